@@ -1,0 +1,63 @@
+"""ament_python / setuptools build for wam_control.
+
+One file serves `colcon build` in a ROS 2 workspace and `pip install -e .` outside ROS.
+The runtime needs only numpy and PyYAML; everything heavy is an extra.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "wam_control"
+
+extras = {
+    # ONNX Runtime (CPU wheel; install onnxruntime-gpu yourself for CUDA / TensorRT EPs).
+    "onnx": ["onnx>=1.17", "onnxruntime>=1.20"],
+    # Native TensorRT: the PyPI wheels fetch libraries from NVIDIA's index.
+    "tensorrt": ["tensorrt>=10.0", "cuda-python>=12.0"],
+    # Training / export. torch is pinned: an unpinned spec pulls the CUDA build on CPU machines.
+    "train": ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.2", "tqdm>=4.60"],
+    # ROS 2 wire format without ROS: the BytesMachine speed-up relies on this exact version.
+    "dds": ["cyclonedds==11.0.1"],
+    # Simulation, recording and plots.
+    "sim": ["mujoco>=3.2", "rosbags>=0.10", "matplotlib>=3.7"],
+    "dev": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "hypothesis>=6.100",
+        "ruckig>=0.12",
+        "ruff>=0.6",
+        "mypy>=1.10",
+        "types-PyYAML",
+    ],
+}
+extras["all"] = sorted({dep for deps in extras.values() for dep in deps if "tensorrt" not in dep and "cuda" not in dep})
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(include=[package_name, package_name + ".*"]),
+    package_data={package_name: ["sim/assets/*.xml", "transport/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/models", glob("models/*.onnx") + glob("models/*.md") + glob("models/*.json")),
+    ],
+    python_requires=">=3.10",
+    install_requires=["numpy>=1.21", "PyYAML>=5.4"],
+    extras_require=extras,
+    zip_safe=True,
+    maintainer="wam_control maintainers",
+    maintainer_email="maintainers@wam-control.invalid",
+    description="ROS 2 controller that runs a distilled World-Action Model with a jerk-limited safety filter.",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "wam-control = wam_control.cli:main",
+            "wam_controller = wam_control.transport.ros_node:main",
+        ],
+    },
+)

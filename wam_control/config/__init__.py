@@ -1,0 +1,30 @@
+"""Typed, validated deployment settings (see schema.py for every key)."""
+
+from wam_control.config.loader import ConfigError, config_from_dict, load_config, load_joint_limits_file
+from wam_control.config.presets import preset_path
+from wam_control.config.schema import (
+    InferenceConfig,
+    JointLimits,
+    LimitArrays,
+    LoopConfig,
+    RobotConfig,
+    SafetyConfig,
+    TimeoutsConfig,
+    TopicsConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "InferenceConfig",
+    "JointLimits",
+    "LimitArrays",
+    "LoopConfig",
+    "RobotConfig",
+    "SafetyConfig",
+    "TimeoutsConfig",
+    "TopicsConfig",
+    "config_from_dict",
+    "load_config",
+    "load_joint_limits_file",
+    "preset_path",
+]

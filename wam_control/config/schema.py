@@ -1,0 +1,199 @@
+"""Typed deployment settings.
+
+One YAML file describes one deployment: joints, rates, topics, command interface, timeouts, the model,
+and joint limits in ros2_control's `joint_limits` schema. Every field below is a YAML key; the loader
+(`loader.py`) rejects unknown keys and wrong types, naming the file and the key.
+
+Units: radians, seconds, rad/s, rad/s^2, rad/s^3 throughout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+CommandInterface = Literal["joint_trajectory", "forward_position"]
+WorkerMode = Literal["thread", "process"]
+GcMode = Literal["freeze", "disable", "off"]
+
+
+@dataclass(frozen=True)
+class JointLimits:
+    """One joint's limits, field for field as ros2_control's joint_limits YAML spells them.
+
+    A `has_*` flag that is false means "no such limit" (the `max_*` value is then ignored, as in
+    ros2_control). `max_deceleration` falls back to `max_acceleration` when absent.
+    """
+
+    has_position_limits: bool = False
+    min_position: float = -math.inf
+    max_position: float = math.inf
+    has_velocity_limits: bool = False
+    max_velocity: float = math.inf
+    has_acceleration_limits: bool = False
+    max_acceleration: float = math.inf
+    has_deceleration_limits: bool = False
+    max_deceleration: float = math.inf
+    has_jerk_limits: bool = False
+    max_jerk: float = math.inf
+    has_effort_limits: bool = False
+    max_effort: float = math.inf
+    angle_wraparound: bool = False
+    # ros2_control's soft-limit keys: accepted so that existing files load; not used by the filter.
+    has_soft_limits: bool = False
+    k_position: float = 0.0
+    k_velocity: float = 0.0
+    soft_lower_limit: float = -math.inf
+    soft_upper_limit: float = math.inf
+
+    @property
+    def deceleration(self) -> float:
+        return self.max_deceleration if self.has_deceleration_limits else self.max_acceleration
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Envelope settings of the safety-limits filter beyond the per-joint limits (DESIGN.md §5)."""
+
+    position_margin: float = 0.05
+    """Distance kept from each position limit (rad)."""
+    max_tracking_error: float = 0.25
+    """Largest allowed |q_cmd - q_measured| (rad); the command is pulled back toward the measurement."""
+    brake_deceleration_fraction: float = 0.8
+    """The envelope plans stops with this fraction of the deceleration limit, leaving headroom."""
+    ramp_in_s: float = 1.0
+    """After start or re-arm, limits ramp from `ramp_in_scale` to full over this time."""
+    ramp_in_scale: float = 0.2
+    max_state_age_s: float = 0.1
+    """Measured joint state older than this counts as lost: the filter brakes to hold."""
+    max_consecutive_bad_targets: int = 5
+    """Rejected (non-finite / wrong-size) targets in a row before the fault latches."""
+    velocity_scale: float = 1.0
+    """Global scale on velocity limits (e.g. for commissioning); must be in (0, 1]."""
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    joint_states: str = "/joint_states"
+    estop: str = "~/estop"
+    rearm_service: str = "~/rearm"
+    trajectory_command: str = "/joint_trajectory_controller/joint_trajectory"
+    forward_command: str = "/forward_position_controller/commands"
+    diagnostics: str = "/diagnostics"
+    predicted_chunk: str = "~/predicted_chunk"
+    surprise: str = "~/surprise"
+    clock: str = "/clock"
+    camera_images: dict[str, str] = field(default_factory=lambda: {"scene": "/camera/image_raw"})
+    """Camera name (as in the model contract) -> image topic; camera_info is the sibling topic."""
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    joint_state_s: float = 0.05
+    """Joint states older than this are stale: no new inference, filter brakes to hold."""
+    image_s: float = 0.5
+    """Images older than this are stale: no new inference from them."""
+    inference_deadline_s: float = 2.0
+    """An inference running longer than this is declared hung: worker restarted, counted."""
+    startup_s: float = 10.0
+    """Time allowed after start for the first joint state and image to arrive."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    model: str = ""
+    """Path of the ONNX model (relative paths resolve against the config file's folder, then cwd)."""
+    backend: str = "auto"
+    """auto | onnxruntime | tensorrt | torch."""
+    worker: WorkerMode = "thread"
+    threads: int = 1
+    """Intra-op threads of the backend: small and fixed for stable latency."""
+    device: str = "auto"
+    """auto | cpu | cuda[:N]."""
+    delay_percentile: float = 95.0
+    """Percentile of measured delay (ticks) that sizes the prefix and triggers the next request."""
+    delay_window: int = 50
+    warmup_chunks: int = 3
+    """Chunks whose delay is excluded from the delay estimate (first calls are slow)."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    spin_s: float = 0.0002
+    """Final part of each wait spent spinning instead of sleeping (hybrid sleep); 0 disables."""
+    realtime_priority: int = 0
+    """SCHED_FIFO priority for the control thread (1-99); 0 leaves the scheduler alone."""
+    cpu_affinity: str = ""
+    """Comma-separated CPU ids for the control thread, e.g. "3"; empty leaves affinity alone."""
+    gc_mode: GcMode = "freeze"
+    """freeze: gc.freeze() at start and collect between ticks; disable: no automatic gc; off: leave gc be."""
+
+
+@dataclass(frozen=True)
+class LimitArrays:
+    """Per-joint limits as arrays in joint order, ready for vectorised filtering.
+
+    Position bounds already include the safety margin. `inf` marks an absent limit.
+    """
+
+    q_min: np.ndarray
+    q_max: np.ndarray
+    v_max: np.ndarray
+    a_max: np.ndarray
+    d_max: np.ndarray
+    j_max: np.ndarray
+    max_tracking_error: float
+
+    @property
+    def dof(self) -> int:
+        return int(self.q_min.shape[0])
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    joints: tuple[str, ...]
+    joint_limits: dict[str, JointLimits]
+    robot: str = "robot"
+    control_hz: float = 500.0
+    command_interface: CommandInterface = "joint_trajectory"
+    command_horizon_points: int = 1
+    """JointTrajectory points per command: 1 streams the filtered setpoint (see README)."""
+    cameras: tuple[str, ...] = ("scene",)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    source: str = "<memory>"
+    """The file this configuration was read from (for error messages)."""
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return self.joints
+
+    @property
+    def dof(self) -> int:
+        return len(self.joints)
+
+    @property
+    def control_period(self) -> float:
+        return 1.0 / self.control_hz
+
+    def limit_arrays(self) -> LimitArrays:
+        def column(fn) -> np.ndarray:  # type: ignore[no-untyped-def]
+            return np.array([fn(self.joint_limits[j]) for j in self.joints], dtype=np.float64)
+
+        margin = self.safety.position_margin
+        scale = self.safety.velocity_scale
+        return LimitArrays(
+            q_min=column(lambda jl: jl.min_position + margin if jl.has_position_limits else -math.inf),
+            q_max=column(lambda jl: jl.max_position - margin if jl.has_position_limits else math.inf),
+            v_max=column(lambda jl: jl.max_velocity * scale if jl.has_velocity_limits else math.inf),
+            a_max=column(lambda jl: jl.max_acceleration if jl.has_acceleration_limits else math.inf),
+            d_max=column(lambda jl: jl.deceleration if jl.has_acceleration_limits else math.inf),
+            j_max=column(lambda jl: jl.max_jerk if jl.has_jerk_limits else math.inf),
+            max_tracking_error=self.safety.max_tracking_error,
+        )
