@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent set-up used by scripts/demo and scripts/test: creates .venv at the repo root on first
+# use, installs the system libraries MuJoCo's offscreen renderer needs (when run as root on Debian),
+# and installs wam_control with the extras the demo and the tests use. Re-runs are fast: the install
+# is skipped while setup.py and this script are unchanged.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+python="${PYTHON:-python3}"
+
+# Offscreen GL for MuJoCo rendering (EGL first, OSMesa as the fallback).
+gl_packages=(libegl1 libgl1 libgles2 libosmesa6 libglfw3)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for pkg in "${gl_packages[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "[setup] installing ${missing[*]} (offscreen rendering for the MuJoCo sim)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$python" -m venv .venv
+fi
+stamp=".venv/.wam_control-installed"
+want="$(cat setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing wam_control[all] into .venv (first run takes a few minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  # torch is pinned to the CPU build in the [train] extra; see setup.py.
+  .venv/bin/python -m pip install -q -e ".[all]" 2>&1 | grep -v -E "^WARNING: Location|is ignored" || true
+  .venv/bin/python -c "import wam_control, numpy, onnxruntime, mujoco, cyclonedds, torch" \
+    || { echo "[setup] install failed: see pip output above"; exit 1; }
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,42 @@
+"""Shared fixtures: loopback-only DDS, and one small contract-valid model per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# DDS traffic from tests stays on loopback unless the user configured Cyclone DDS themselves.
+os.environ.setdefault(
+    "CYCLONEDDS_URI",
+    "<CycloneDDS><Domain><General><Interfaces><NetworkInterface name='lo'/></Interfaces>"
+    "<AllowMulticast>false</AllowMulticast></General><Discovery><Peers><Peer address='127.0.0.1'/>"
+    "</Peers><ParticipantIndex>auto</ParticipantIndex><MaxAutoParticipantIndex>60</MaxAutoParticipantIndex>"
+    "</Discovery></Domain></CycloneDDS>",
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def fr3_config_path() -> Path:
+    return REPO_ROOT / "config" / "fr3.yaml"
+
+
+@pytest.fixture(scope="session")
+def test_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init but contract-valid ONNX model for FR3's joints and one 96x96 camera (needs torch)."""
+    pytest.importorskip("torch", reason="torch ([train] extra) is needed to build the test model")
+    from wam_control.model.export import make_test_model
+
+    path = tmp_path_factory.mktemp("model") / "wam_test.onnx"
+    make_test_model(path, joint_names=FR3_JOINTS, camera_names=("scene",), image_hw=(96, 96), horizon=16,
+                    action_dt=0.05, max_prefix=8, seed=0)
+    return path
