@@ -1,0 +1,344 @@
+"""The distilled World-Action Model (PyTorch), shaped exactly like the ONNX contract (DESIGN.md §3).
+
+    images uint8 [B,N,H,W,3] ─► ImageEncoder (per camera, shared) ─┐
+    state  float32 [B,D] ─► normalise ─► Linear ───────────────────┴► fuse MLP ─► latent z [B,C] (LayerNorm)
+    z + masked prefix (residuals to state, mask channel) ─► ActionHead MLP ─► residuals [B,H,D]
+        actions = state + residual * residual_scale, then steps < prefix_len := action_prefix (in-graph)
+    z + actions (relative to state, normalised) ─► WorldHead MLP ─► latent_pred [B,K,C]
+
+Why this shape: a strided conv stack (96x96 -> 6x6) keeps spatial layout for manipulation and is a
+handful of fused Conv+ReLU nodes for ONNX Runtime; the heads are MLPs (one pass, no diffusion steps),
+so batch-1 latency is dominated by ~10 MMACs of convolution. The action head predicts residuals to the
+measured state, so an untrained or uncertain model stays near where the arm is. The prefix is fed as
+residuals times a 0/1 mask plus the mask itself, so "no prefix" is distinguishable from "prefix equals
+the state" (never zero-padding semantics), and the first prefix_len output steps are overwritten with
+the prefix in-graph so the contract "continue the committed actions" holds exactly, not approximately.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from wam_control.policy.contract import CONTRACT_VERSION, ModelContract
+
+CHECKPOINT_FORMAT = "wam_control.wam-checkpoint"
+CHECKPOINT_VERSION = 1
+
+# ImageNet statistics: the usual choice for RGB encoders, and harmless for a network trained from scratch.
+_RGB_MEAN = (0.485, 0.456, 0.406)
+_RGB_STD = (0.229, 0.224, 0.225)
+
+
+def default_latent_offsets(horizon: int) -> tuple[int, ...]:
+    """Powers of two below the horizon plus the horizon itself: (2, 4, 8, 16) for H_act = 16."""
+    offs = [o for o in (2, 4, 8, 16, 32, 64, 128) if o < horizon]
+    return tuple([*offs, horizon])
+
+
+@dataclass
+class WAMConfig:
+    joint_names: tuple[str, ...] = ("joint1", "joint2", "joint3", "joint4", "joint5", "joint6", "joint7")
+    camera_names: tuple[str, ...] = ("scene",)
+    image_height: int = 96
+    image_width: int = 96
+    horizon: int = 16
+    action_dt: float = 0.05
+    max_prefix: int = 8
+    latent_dim: int = 128
+    latent_offsets: tuple[int, ...] = ()  # empty -> default_latent_offsets(horizon)
+    conv_channels: tuple[int, ...] = (32, 64, 96, 128)
+    image_feature_dim: int = 256
+    hidden_dim: int = 512
+    model_name: str = "wam-small"
+
+    def __post_init__(self) -> None:
+        self.joint_names = tuple(self.joint_names)
+        self.camera_names = tuple(self.camera_names)
+        self.conv_channels = tuple(self.conv_channels)
+        self.latent_offsets = tuple(self.latent_offsets) or default_latent_offsets(self.horizon)
+        if max(self.latent_offsets) > self.horizon:
+            raise ValueError(f"latent_offsets {self.latent_offsets} reach past horizon {self.horizon}")
+        if not 0 <= self.max_prefix < self.horizon:
+            raise ValueError(f"max_prefix {self.max_prefix} must be in [0, horizon-1]")
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joint_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WAMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown WAMConfig keys {unknown}")
+        return cls(**dict(d))
+
+
+class WAMTrainOutput(NamedTuple):
+    actions: torch.Tensor  # [B,H,D] absolute, prefix steps overwritten (what the contract outputs)
+    actions_raw: torch.Tensor  # [B,H,D] absolute, before the prefix overwrite (for the loss on all steps)
+    residual: torch.Tensor  # [B,H,D] normalised residual the head produced (unit-scale loss target space)
+    latent: torch.Tensor  # [B,C]
+    latent_pred: torch.Tensor  # [B,K,C]
+    prefix_mask: torch.Tensor  # [B,H] bool, True where the prefix was committed
+
+
+class ImageEncoder(nn.Module):
+    """uint8 RGB [B,N,H,W,3] -> features [B, N*F]; one conv stack shared by all cameras."""
+
+    def __init__(self, cfg: WAMConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, cout in enumerate(cfg.conv_channels):
+            k = 5 if i == 0 else 3
+            layers += [nn.Conv2d(cin, cout, k, stride=2, padding=k // 2), nn.ReLU()]
+            cin = cout
+        self.convs = nn.Sequential(*layers)
+        # Folded normalisation: x/255 then (x - mean)/std == x * scale + shift, one Mul+Add in-graph.
+        std = torch.tensor(_RGB_STD)
+        self.register_buffer("pix_scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pix_shift", (-torch.tensor(_RGB_MEAN) / std).view(1, 3, 1, 1), persistent=False)
+        with torch.no_grad():
+            h, w = self.convs(torch.zeros(1, 3, cfg.image_height, cfg.image_width)).shape[-2:]
+        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(cin * h * w, cfg.image_feature_dim), nn.ReLU())
+        self.num_cameras = len(cfg.camera_names)
+        self.out_dim = self.num_cameras * cfg.image_feature_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, n, h, w, c = images.shape
+        dtype = self.proj[1].weight.dtype
+        x = images.reshape(b * n, h, w, c).permute(0, 3, 1, 2).to(dtype)
+        x = x * self.pix_scale.to(dtype) + self.pix_shift.to(dtype)
+        return self.proj(self.convs(x)).reshape(b, -1)
+
+
+class ObservationEncoder(nn.Module):
+    """(images, normalised state) -> latent z [B,C]. Copy this module for a target (EMA) encoder."""
+
+    def __init__(self, cfg: WAMConfig) -> None:
+        super().__init__()
+        self.image = ImageEncoder(cfg)
+        self.state = nn.Sequential(nn.Linear(cfg.num_joints, 64), nn.ReLU())
+        self.fuse = nn.Sequential(
+            nn.Linear(self.image.out_dim + 64, cfg.hidden_dim),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden_dim, cfg.latent_dim),
+            nn.LayerNorm(cfg.latent_dim),
+        )
+
+    def forward(self, images: torch.Tensor, state_norm: torch.Tensor) -> torch.Tensor:
+        dtype = self.fuse[0].weight.dtype
+        return self.fuse(torch.cat([self.image(images), self.state(state_norm.to(dtype))], dim=-1))
+
+
+class ActionHead(nn.Module):
+    """(z, masked prefix residuals, mask) -> normalised residuals [B,H,D], one pass."""
+
+    def __init__(self, cfg: WAMConfig) -> None:
+        super().__init__()
+        self.h, self.d = cfg.horizon, cfg.num_joints
+        self.net = nn.Sequential(
+            nn.Linear(cfg.latent_dim + cfg.horizon * (cfg.num_joints + 1), cfg.hidden_dim),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden_dim, cfg.hidden_dim),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden_dim, cfg.horizon * cfg.num_joints),
+        )
+
+    def forward(self, z: torch.Tensor, prefix_res: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        x = torch.cat([z, prefix_res.reshape(b, -1), mask.reshape(b, -1)], dim=-1)
+        return self.net(x).reshape(b, self.h, self.d)
+
+
+class WorldHead(nn.Module):
+    """(z, normalised action residuals [B,H,D]) -> predicted latents [B,K,C] at latent_offsets."""
+
+    def __init__(self, cfg: WAMConfig) -> None:
+        super().__init__()
+        self.k, self.c = len(cfg.latent_offsets), cfg.latent_dim
+        self.net = nn.Sequential(
+            nn.Linear(cfg.latent_dim + cfg.horizon * cfg.num_joints, cfg.hidden_dim),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden_dim, self.k * self.c),
+        )
+
+    def forward(self, z: torch.Tensor, action_res: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        # Predict the change of latent, so "nothing moves" is the easy default.
+        delta = self.net(torch.cat([z, action_res.reshape(b, -1)], dim=-1)).reshape(b, self.k, self.c)
+        return z.unsqueeze(1) + delta
+
+
+class WorldActionModel(nn.Module):
+    """forward(images uint8, state, action_prefix, prefix_len) -> (actions, latent, latent_pred)."""
+
+    def __init__(self, cfg: WAMConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d = cfg.num_joints
+        self.encoder = ObservationEncoder(cfg)
+        self.action_head = ActionHead(cfg)
+        self.world_head = WorldHead(cfg)
+        # Data statistics; a trainer sets them with set_normalization(). Kept fp32 even in FP16 exports.
+        self.register_buffer("state_mean", torch.zeros(d))
+        self.register_buffer("state_std", torch.ones(d))
+        self.register_buffer("residual_scale", torch.full((d,), 0.1))
+        self.register_buffer("steps", torch.arange(cfg.horizon), persistent=False)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.action_head.net[0].weight.dtype
+
+    def set_normalization(
+        self, state_mean: torch.Tensor, state_std: torch.Tensor, residual_scale: torch.Tensor
+    ) -> None:
+        """Per-joint statistics (radians): state mean/std, and the typical |action - state| per joint."""
+        with torch.no_grad():
+            self.state_mean.copy_(torch.as_tensor(state_mean, dtype=torch.float32))
+            self.state_std.copy_(torch.as_tensor(state_std, dtype=torch.float32).clamp_min(1e-6))
+            self.residual_scale.copy_(torch.as_tensor(residual_scale, dtype=torch.float32).clamp_min(1e-6))
+
+    def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        return (state - self.state_mean) / self.state_std
+
+    def encode(self, images: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Latent of an observation (float32 [B,C]); what a target encoder computes for future frames."""
+        return self.encoder(images, self.normalize_state(state)).float()
+
+    def prefix_mask(self, prefix_len: torch.Tensor) -> torch.Tensor:
+        plen = prefix_len.clamp(0, self.config.horizon)
+        return self.steps.unsqueeze(0) < plen.unsqueeze(1)
+
+    def predict_latents(
+        self, latent: torch.Tensor, state: torch.Tensor, actions: torch.Tensor
+    ) -> torch.Tensor:
+        """World-model head on any action chunk (e.g. the demonstration's, for teacher forcing)."""
+        dt = self.compute_dtype
+        res = (actions - state.unsqueeze(1)) / self.residual_scale
+        return self.world_head(latent.to(dt), res.to(dt)).float()
+
+    def forward_train(
+        self, images: torch.Tensor, state: torch.Tensor, action_prefix: torch.Tensor, prefix_len: torch.Tensor
+    ) -> WAMTrainOutput:
+        dt = self.compute_dtype
+        z = self.encoder(images, self.normalize_state(state))
+        mask = self.prefix_mask(prefix_len)
+        maskf = mask.to(torch.float32).unsqueeze(-1)
+        prefix_res = (action_prefix - state.unsqueeze(1)) / self.residual_scale * maskf
+        residual = self.action_head(z, prefix_res.to(dt), maskf.to(dt)).float()
+        actions_raw = state.unsqueeze(1) + residual * self.residual_scale
+        actions = torch.where(mask.unsqueeze(-1), action_prefix, actions_raw)
+        res_out = (actions - state.unsqueeze(1)) / self.residual_scale
+        latent_pred = self.world_head(z, res_out.to(dt)).float()
+        return WAMTrainOutput(actions, actions_raw, residual, z.float(), latent_pred, mask)
+
+    def forward(
+        self, images: torch.Tensor, state: torch.Tensor, action_prefix: torch.Tensor, prefix_len: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.forward_train(images, state, action_prefix, prefix_len)
+        return out.actions, out.latent, out.latent_pred
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(
+    config: WAMConfig | Mapping[str, Any] | None = None, seed: int | None = 0
+) -> WorldActionModel:
+    """A WorldActionModel in eval mode; `seed` makes the random init reproducible (None: leave RNG alone)."""
+    cfg = config if isinstance(config, WAMConfig) else WAMConfig.from_dict(config or {})
+    if seed is None:
+        return WorldActionModel(cfg).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WorldActionModel(cfg).eval()
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def contract_for(
+    model: WorldActionModel, weights_sha256: str, training_data: Mapping[str, Any] | None = None
+) -> ModelContract:
+    cfg = model.config
+    return ModelContract(
+        contract_version=CONTRACT_VERSION,
+        model_name=cfg.model_name,
+        joint_names=tuple(cfg.joint_names),
+        camera_names=tuple(cfg.camera_names),
+        image_height=cfg.image_height,
+        image_width=cfg.image_width,
+        action_dt=float(cfg.action_dt),
+        horizon=cfg.horizon,
+        latent_steps=len(cfg.latent_offsets),
+        latent_offsets=tuple(cfg.latent_offsets),
+        max_prefix=cfg.max_prefix,
+        latent_dim=cfg.latent_dim,
+        weights_sha256=weights_sha256,
+        training_data=dict(training_data or {}),
+    )
+
+
+@dataclass
+class Checkpoint:
+    config: WAMConfig
+    state_dict: dict[str, torch.Tensor]
+    training_data: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(
+    model: WorldActionModel, path: str, training_data: Mapping[str, Any] | None = None
+) -> None:
+    """Write {format, version, config, state_dict, training_data}: loadable with torch.load(weights_only=True)."""
+    import os
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "training_data": dict(training_data or {}),
+    }
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> tuple[WorldActionModel, dict[str, Any]]:
+    """Rebuild the model from a checkpoint written by save_checkpoint; returns (model in eval, training_data)."""
+    import os
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} is not readable (corrupt or truncated?): {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} is not a {CHECKPOINT_FORMAT} file")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has version {payload.get('version')}, expected {CHECKPOINT_VERSION}"
+        )
+    model = build_model(WAMConfig.from_dict(payload["config"]), seed=None)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), dict(payload.get("training_data") or {})

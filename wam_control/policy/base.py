@@ -1,0 +1,157 @@
+"""Backend interface: one model call without a batch dimension, and `load_backend`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from wam_control.policy.contract import ModelContract
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+
+
+@dataclass(slots=True)
+class PolicyInput:
+    """One observation. Arrays are owned by the caller; backends read them and keep no reference."""
+
+    images: np.ndarray  # uint8 [N_cam, H, W, 3], RGB, cameras in contract order
+    state: np.ndarray  # float32 [D], radians, joints in contract order
+    action_prefix: np.ndarray  # float32 [H_act, D]; only the first prefix_len rows are read
+    prefix_len: int
+
+
+@dataclass(slots=True)
+class PolicyOutput:
+    actions: np.ndarray  # float32 [H_act, D], absolute joint targets, step k at t_obs + k * action_dt
+    latent: np.ndarray  # float32 [C]
+    latent_pred: np.ndarray  # float32 [K, C], at contract.latent_offsets action steps ahead
+
+
+@runtime_checkable
+class PolicyBackend(Protocol):
+    contract: ModelContract
+    name: str
+    # True when infer() spends its time outside the GIL, so a worker thread does not stall the loop.
+    releases_gil: bool
+
+    def warmup(self, n: int = 3) -> None: ...
+
+    def infer(self, inp: PolicyInput) -> PolicyOutput: ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class InputChecker:
+    """Per-call shape/dtype checks; precomputed so the hot path does a few tuple compares."""
+
+    def __init__(self, contract: ModelContract) -> None:
+        self.contract = contract
+        shapes = contract.input_shapes(batch=1)
+        self.images_shape = shapes["images"][1:]
+        self.state_shape = shapes["state"][1:]
+        self.prefix_shape = shapes["action_prefix"][1:]
+
+    def check(self, inp: PolicyInput) -> None:
+        if inp.images.dtype != np.uint8 or inp.images.shape != self.images_shape:
+            raise ValueError(
+                f"images must be uint8 {list(self.images_shape)} (cameras {list(self.contract.camera_names)}), "
+                f"got {inp.images.dtype} {list(inp.images.shape)}"
+            )
+        if inp.state.dtype != np.float32 or inp.state.shape != self.state_shape:
+            raise ValueError(
+                f"state must be float32 {list(self.state_shape)}, got {inp.state.dtype} {list(inp.state.shape)}"
+            )
+        if inp.action_prefix.dtype != np.float32 or inp.action_prefix.shape != self.prefix_shape:
+            raise ValueError(
+                f"action_prefix must be float32 {list(self.prefix_shape)}, got "
+                f"{inp.action_prefix.dtype} {list(inp.action_prefix.shape)}"
+            )
+        if not 0 <= int(inp.prefix_len) <= self.contract.horizon:
+            raise ValueError(f"prefix_len must be in [0, {self.contract.horizon}], got {inp.prefix_len}")
+
+
+def example_input(contract: ModelContract, seed: int = 0, prefix_len: int | None = None) -> PolicyInput:
+    """A random, non-degenerate input (never zeros): for warm-up, benchmarks and parity checks."""
+    rng = np.random.default_rng(seed)
+    state = rng.uniform(-1.0, 1.0, contract.num_joints).astype(np.float32)
+    steps = np.cumsum(rng.normal(0, 0.01, (contract.horizon, contract.num_joints)), axis=0)
+    return PolicyInput(
+        images=rng.integers(
+            0, 256, (contract.num_cameras, contract.image_height, contract.image_width, 3), np.uint8
+        ),
+        state=state,
+        action_prefix=(state + steps).astype(np.float32),
+        prefix_len=int(rng.integers(0, contract.max_prefix + 1)) if prefix_len is None else prefix_len,
+    )
+
+
+def load_backend(model_path: str | os.PathLike[str], backend: str = "auto", **options: Any) -> PolicyBackend:
+    """Load a model file with the requested backend and warm it up (`warmup=N`, 0 to skip).
+
+    "auto" tries native TensorRT where it is installed and a GPU is visible, then ONNX Runtime (whose
+    own provider choice is TensorRT EP -> CUDA EP -> CPU), then PyTorch. A failure of a preferred
+    backend is logged and the next one is tried; an explicitly named backend fails loudly.
+    """
+    warmup = int(options.pop("warmup", 3))
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+    path = os.fspath(model_path)
+    if backend == "auto":
+        impl = _load_auto(path, options)
+    else:
+        impl = _construct(backend, path, options)
+    if warmup > 0:
+        impl.warmup(warmup)
+    return impl
+
+
+def _construct(backend: str, path: str, options: dict[str, Any]) -> PolicyBackend:
+    if backend == "onnxruntime":
+        from wam_control.policy.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(path, **options)
+    if backend == "tensorrt":
+        from wam_control.policy.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, **options)
+    from wam_control.policy.torch_backend import TorchBackend
+
+    return TorchBackend(path, **options)
+
+
+def _load_auto(path: str, options: dict[str, Any]) -> PolicyBackend:
+    from wam_control.policy.contract import ModelFileError
+
+    order = []
+    if path.endswith(".onnx"):
+        from wam_control.policy.tensorrt_backend import tensorrt_usable
+
+        usable, why = tensorrt_usable()
+        if usable:
+            order.append("tensorrt")
+        else:
+            log.info("auto backend: skipping native TensorRT (%s)", why)
+        order.append("onnxruntime")
+    order.append("torch")
+    errors = []
+    for name in order:
+        try:
+            return _construct(name, path, dict(options))
+        except (ModelFileError, FileNotFoundError):
+            raise
+        except Exception as exc:  # a preferred backend failing must not stop the controller
+            from wam_control.policy.contract import ContractError
+
+            if isinstance(exc, ContractError):
+                raise
+            errors.append(f"{name}: {exc}")
+            log.warning("auto backend: %s failed (%s); trying the next one", name, exc)
+    raise RuntimeError(f"no backend could load {path}: " + " | ".join(errors))
