@@ -1,0 +1,202 @@
+"""Scripted expert for the SimArm tasks: damped-least-squares IK with a jerk-limited joint command.
+
+Each call to `act()` (once per control period) does:
+1. Kinematics of the expert's own last *command* (not the measured state): the command sequence is
+   then a smooth function of the plan, free of servo lag and contact noise.
+2. A Cartesian goal from the task planner (reach: the target; push: a small state machine that
+   approaches behind the puck, descends, pushes along the puck->goal line, and backs off to
+   re-approach when the puck slides off the pusher).
+3. A 5-D task velocity: tool position (P gain, speed cap) plus tool axis pointing down (rotation
+   about the tool axis is left free), mapped to joint velocity with damped least squares on
+   `mj_jacSite`, plus a null-space pull towards the home posture.
+4. A per-joint limiter: |v| <= v_max, |a| <= a_max, |jerk| <= j_max, acceleration bounded by
+   sqrt(2 j_max |dv|) so it can ramp to zero without overshoot, and velocity bounded by the speed
+   from which it can stop before the joint range (minus a margin).
+
+Defaults are well inside the FR3 limits (reference/limits.md), measured as the robot measures them
+(backward differences of consecutive commands): v <= 50% of FR3 v_max and of Franka's conservative
+box, a <= 4 rad/s^2 (FR3: 10), jerk <= 200 rad/s^3 (FR3: 5000).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from wam_control.sim.arm import HOME_Q, SimArm, mujoco
+
+# Franka's conservative "rectangular" velocity limits (rad/s), halved.
+DEFAULT_V_MAX = 0.5 * np.array([2.0, 1.0, 1.5, 1.25, 3.0, 1.5, 3.0])
+DEFAULT_A_MAX = 4.0
+DEFAULT_J_MAX = 200.0
+JOINT_MARGIN = 0.08  # rad kept clear of each joint limit
+
+_DOWN = np.array([0.0, 0.0, -1.0])
+
+
+class Expert:
+    """Scripted controller for `arm.task`; call `reset()` after `arm.reset()`, then `act()` per tick."""
+
+    def __init__(
+        self,
+        arm: SimArm,
+        *,
+        v_max: np.ndarray | float = DEFAULT_V_MAX,
+        a_max: float = DEFAULT_A_MAX,
+        j_max: float = DEFAULT_J_MAX,
+        damping: float = 0.05,
+    ) -> None:
+        self.arm = arm
+        self.model = arm.model
+        self._kin = mujoco.MjData(arm.model)
+        self._site = arm.model.site("ee").id
+        self._qadr = arm._qadr
+        self.dt = arm.control_period
+        n = len(arm.joint_names)
+        self.v_max = np.broadcast_to(np.asarray(v_max, float), (n,)).copy()
+        self.a_max = float(a_max)
+        self.j_max = float(j_max)
+        self.damping = float(damping)
+        self.q_lo = arm.joint_range[:, 0] + JOINT_MARGIN
+        self.q_hi = arm.joint_range[:, 1] - JOINT_MARGIN
+        self._jacp = np.zeros((3, arm.model.nv))
+        self._jacr = np.zeros((3, arm.model.nv))
+        self._dof = arm._dadr
+        self.q = np.zeros(n)
+        self.v = np.zeros(n)
+        self.a = np.zeros(n)
+        self.phase = "approach"
+        self._u = np.array([1.0, 0.0])
+        self.reset()
+
+    def reset(self) -> None:
+        """Seed from the measured joint state at rest (as a real robot requires)."""
+        _, q, _ = self.arm.joint_state()
+        self.q[:] = np.clip(q, self.q_lo, self.q_hi)
+        self.v[:] = 0.0
+        self.a[:] = 0.0
+        self.phase = "approach"
+
+    # ------------------------------------------------------------------ kinematics
+    def _fk(self) -> tuple[np.ndarray, np.ndarray]:
+        self._kin.qpos[self._qadr] = self.q
+        mujoco.mj_kinematics(self.model, self._kin)
+        mujoco.mj_comPos(self.model, self._kin)
+        return self._kin.site_xpos[self._site].copy(), self._kin.site_xmat[self._site].reshape(3, 3).copy()
+
+    def tool_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tool position and rotation at the expert's current command."""
+        return self._fk()
+
+    # ------------------------------------------------------------------ planners
+    def _plan_reach(self, p: np.ndarray) -> tuple[np.ndarray, float]:
+        return self.arm.task.info()["target"], 0.25  # type: ignore[return-value]
+
+    def _plan_push(self, p: np.ndarray) -> tuple[np.ndarray, float]:
+        task = self.arm.task
+        info = task.info()
+        obj = np.asarray(info["object"])[:2]
+        goal = np.asarray(info["goal"])[:2]
+        d = goal - obj
+        dist = float(np.linalg.norm(d))
+        if dist > 1e-3:
+            self._u = d / dist
+        u = self._u
+        standoff = task.puck_radius + 0.012 + 0.004  # puck + pusher radius + clearance
+        z_hover, z_push = 0.09, 0.018
+        pre = obj - u * (standoff + 0.045)
+        rel = obj - p[:2]
+        if self.phase == "approach":
+            if np.linalg.norm(p[:2] - pre) < 0.01 and abs(p[2] - z_hover) < 0.03:
+                self.phase = "descend"
+            return np.array([pre[0], pre[1], z_hover]), 0.25
+        if self.phase == "descend":
+            if abs(p[2] - z_push) < 0.006:
+                self.phase = "push"
+            return np.array([pre[0], pre[1], z_push]), 0.12
+        if self.phase == "push":
+            if dist < 0.008:
+                self.phase = "done"
+            aligned = float(rel @ u) / max(float(np.linalg.norm(rel)), 1e-9)
+            if np.linalg.norm(rel) > standoff + 0.08 or aligned < math.cos(math.radians(35.0)):
+                self.phase = "retreat"
+            contact = obj - u * standoff
+            lead = min(0.02, dist)
+            tgt = contact + u * lead
+            return np.array([tgt[0], tgt[1], z_push]), 0.06
+        if self.phase == "retreat":
+            if abs(p[2] - z_hover) < 0.02:
+                self.phase = "approach"
+            back = p[:2] - u * 0.01
+            return np.array([back[0], back[1], z_hover]), 0.15
+        # done: hold just behind the puck; resume if it drifted off the goal
+        if dist > 0.02:
+            self.phase = "retreat"
+        hold = obj - u * (standoff + 0.01)
+        return np.array([hold[0], hold[1], z_push]), 0.05
+
+    # ------------------------------------------------------------------ control
+    def act(self) -> np.ndarray:
+        """Next joint position target (rad, joint order of JOINT_NAMES); a fresh array."""
+        p, rot = self._fk()
+        if self.arm.task.name == "reach":
+            goal, speed = self._plan_reach(p)
+        elif self.arm.task.name == "push":
+            goal, speed = self._plan_push(p)
+        else:
+            raise ValueError(f"expert has no planner for task {self.arm.task.name!r}")
+
+        err = goal - p
+        vel = 4.0 * err
+        norm = float(np.linalg.norm(vel))
+        if norm > speed:
+            vel *= speed / norm
+        axis = rot[:, 2]
+        omega = 3.0 * np.cross(axis, _DOWN)
+        # Two directions orthogonal to the tool axis: rotation about the axis itself stays free.
+        e1 = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(axis, e1)
+
+        mujoco.mj_jacSite(self.model, self._kin, self._jacp, self._jacr, self._site)
+        jp = self._jacp[:, self._dof]
+        jr = self._jacr[:, self._dof]
+        jac = np.vstack([jp, e1 @ jr, e2 @ jr])
+        twist = np.concatenate([vel, [e1 @ omega, e2 @ omega]])
+        jjt = jac @ jac.T + (self.damping**2) * np.eye(jac.shape[0])
+        pinv = jac.T @ np.linalg.inv(jjt)
+        dq = pinv @ twist
+        dq += (np.eye(len(dq)) - pinv @ jac) @ (1.0 * (HOME_Q - self.q))
+        return self._limit(dq)
+
+    def _limit(self, v_des: np.ndarray) -> np.ndarray:
+        dt, a_max, j_max = self.dt, self.a_max, self.j_max
+        v_des = np.clip(v_des, -self.v_max, self.v_max)
+        # Speed from which the joint can still stop inside its range at a_max / 2.
+        room_hi = np.maximum(self.q_hi - self.q, 0.0)
+        room_lo = np.maximum(self.q - self.q_lo, 0.0)
+        v_des = np.minimum(v_des, np.sqrt(a_max * room_hi))
+        v_des = np.maximum(v_des, -np.sqrt(a_max * room_lo))
+        dv = v_des - self.v
+        a_des = np.sign(dv) * np.minimum.reduce(
+            [np.full_like(dv, a_max), np.abs(dv) / dt, np.sqrt(2 * j_max * np.abs(dv))]
+        )
+        a_new = self.a + np.clip(a_des - self.a, -j_max * dt, j_max * dt)
+        self.v += a_new * dt
+        self.a = a_new
+        self.q = np.clip(self.q + self.v * dt, self.q_lo, self.q_hi)
+        return self.q.copy()
+
+
+def run_expert_episode(arm: SimArm, expert: Expert, seed: int, settle_s: float = 0.5) -> tuple[bool, float]:
+    """Reset to `seed`, run the expert until success held `settle_s` or the horizon; (success, time)."""
+    arm.reset(seed)
+    expert.reset()
+    held = 0.0
+    while arm.time < arm.task.horizon_s:
+        arm.step(expert.act())
+        held = held + arm.control_period if arm.task.success() else 0.0
+        if held >= settle_s:
+            return True, arm.time
+    return arm.task.success(), arm.time
