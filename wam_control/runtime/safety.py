@@ -1,0 +1,560 @@
+"""Safety-limits filter: policy targets in, a command inside the joint envelope out (DESIGN.md §5).
+
+Defence in depth, not a safety-rated function.
+
+Model. Each joint is a discrete jerk-limited triple integrator at the control period dt:
+    a_k = a_{k-1} + j_k dt,  v_k = v_{k-1} + a_k dt,  q_k = q_{k-1} + v_k dt
+so the backward differences of the emitted positions (what the robot checks) are exactly the
+filter's own v, a and jerk. Every tick the filter picks one jerk per joint, |j| <= j_max.
+
+Guarantee. `_certify` is a cheap, conservative test T(q, v, a) that implies: the brake law
+(`_brake_jerk`, a memoryless feedback) started from (q, v, a) keeps |a| <= a_max, |v| <= v_max and q in
+[q_min, q_max] (margins included) and ends at v = a = 0. Each tick a joint takes the tracking law's
+jerk only if the state it leads to passes T; otherwise it applies the brake law. So the state is
+always either T-certified or on the brake trajectory of a certified state, and the brake law keeps
+every limit on the way down: the limits hold on every tick, including during braking, ramp-in and
+after re-arm. (test_safety_properties.py checks T => safe brake trajectory over random states.)
+
+Two implementations of the same arithmetic: `SafetyFilter` in plain Python floats over the joints
+(a 7-joint tick costs far less than the ~40 numpy ufunc calls the vectorised form needs), and
+`BatchCore`, the same law over (batch, joint) arrays, used by the benchmark to run many adversarial
+streams at once. Tests run identical streams through both and require identical commands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from wam_control.config.schema import LimitArrays, SafetyConfig
+
+# Certification tolerance (relative) so that float rounding at exactly-on-the-limit states is not
+# mistaken for a violation; far below anything a robot's limit check resolves.
+_TOL = 1e-9
+# |v|, |a| below these at the end of a stop are rounding residue: snapped to exact zero (hold).
+_SNAP_V = 1e-12
+_SNAP_A = 1e-9
+
+# Tracking-law gains, in units of the control rate: the velocity error closes by this fraction per
+# tick (no overshoot for < 1), the position loop is slower than the velocity loop by _KP_RATIO.
+_KV_PER_TICK = 0.3
+_KP_RATIO = 6.0
+
+JOINT_KINDS = (
+    "position",  # target outside the position limits (clamped)
+    "velocity",  # target stream moved faster than the velocity limit (no feed-forward)
+    "tracking_error",  # |q_cmd - q_measured| too large: hold, or target pulled toward measurement
+    "envelope_acceleration",  # tracking step rejected by the certified envelope: braking instead
+    "envelope_velocity",
+    "envelope_position",
+)
+GLOBAL_KINDS = (
+    "target_rejected.nonfinite",
+    "target_rejected.shape",
+    "state.missing",
+    "state.stale",
+    "state.invalid",
+    "hold.no_target",
+    "hold.fault",
+    "fault.latched",
+)
+_K_POS, _K_VEL, _K_TRACK, _K_ENV_A, _K_ENV_V, _K_ENV_P = range(6)
+_G_NONFINITE, _G_SHAPE, _G_MISSING, _G_STALE, _G_INVALID, _G_NO_TARGET, _G_FAULT, _G_LATCHED = range(8)
+
+
+def _stop_distance(vabs: float, ap: float, jm: float, b: float) -> float:
+    """Travel (>= 0) until v = 0 from speed `vabs` with acceleration `ap` along the motion, braking
+    with jerk `jm` and deceleration `b` (continuous time; the discrete brake law travels no further
+    than this plus one tick of motion, which `_certify` adds)."""
+    if ap > 0.0:
+        t0 = ap / jm
+        v0 = vabs + ap * ap / (2.0 * jm)
+        return vabs * t0 + ap * ap * ap / (3.0 * jm * jm) + _rest_stop(v0, jm, b)
+    am = -ap
+    if am * am <= 2.0 * jm * vabs:
+        # On or above the braking curve: the state lies on the stop profile that starts at rest
+        # acceleration with the (virtual) speed v0; subtract the part already behind it.
+        v0 = vabs + am * am / (2.0 * jm)
+        t0 = am / jm
+        return _rest_stop(v0, jm, b) - (v0 * t0 - jm * t0 * t0 * t0 / 6.0)
+    # Below the curve: velocity reaches zero before the deceleration is ramped out.
+    t_s = (am - math.sqrt(am * am - 2.0 * jm * vabs)) / jm
+    return vabs * t_s
+
+
+def _rest_stop(v0: float, jm: float, b: float) -> float:
+    """Jerk-limited stop distance from speed v0 at zero acceleration (trapezoidal or triangular)."""
+    if v0 * jm >= b * b:
+        tr = b / jm
+        vc = b * b / (2.0 * jm)
+        v1 = v0 - vc
+        return (
+            v0 * tr - jm * tr * tr * tr / 6.0 + (v1 * v1 - vc * vc) / (2.0 * b) + b * b * b / (6.0 * jm * jm)
+        )
+    return v0 * math.sqrt(v0 / jm)
+
+
+def _brake_jerk(v: float, a: float, jm: float, b: float, dt: float) -> float:
+    """Brake law: the jerk that drives (v, a) to rest within jerk `jm` and deceleration `b`.
+
+    The next acceleration aims at the discrete braking curve a = -h(v), h(v) = (sqrt((jm dt)^2 +
+    8 jm v) - jm dt) / 2: from a point on it, ramping the acceleration out at exactly +jm per tick
+    lands on v = a = 0 (it maps the curve onto itself, one tick at a time). Capped by the
+    deceleration b and by v/dt (never overshoot zero velocity in one tick).
+    """
+    jdt = jm * dt
+    if v > 0.0 or (v == 0.0 and a > 0.0):
+        h = 0.5 * (math.sqrt(jdt * jdt + 8.0 * jm * v) - jdt)
+        target = -min(b, h, v / dt)
+    elif v < 0.0 or a < 0.0:
+        h = 0.5 * (math.sqrt(jdt * jdt - 8.0 * jm * v) - jdt)
+        target = min(b, h, -v / dt)
+    else:
+        return 0.0
+    j = (target - a) / dt
+    if j > jm:
+        return jm
+    if j < -jm:
+        return -jm
+    return j
+
+
+def _certify(
+    q: float, v: float, a: float, lo: float, hi: float, vm: float, am_: float, jm: float, dt: float
+) -> tuple[int, float, float]:
+    """T(q, v, a): (0, reach_lo, reach_hi) if the brake law from here stays inside the limits, else
+    (1 + kind, ...) with kind 0 acceleration, 1 velocity, 2 position. reach_* bound where the brake
+    trajectory can go."""
+    if abs(a) > am_ * (1.0 + _TOL):
+        return 1, q, q
+    if v > 0.0 or (v == 0.0 and a > 0.0):
+        s = 1.0
+    elif v < 0.0 or a < 0.0:
+        s = -1.0
+    else:
+        if q < lo or q > hi:
+            return 3, q, q
+        return 0, q, q
+    vabs = abs(v)
+    ap = a * s
+    if ap > 0.0:
+        if vabs + ap * ap / (2.0 * jm) > vm * (1.0 + _TOL):
+            return 2, q, q
+    elif vabs > vm * (1.0 + _TOL):
+        return 2, q, q
+    ahead = _stop_distance(vabs, ap, jm, am_) + (vabs + abs(a) * dt) * dt
+    # Below the braking curve the motion reverses briefly before it settles: bound that excursion.
+    behind = 0.0
+    if ap < 0.0 and ap * ap > 2.0 * jm * vabs:
+        behind = _stop_distance(0.0, -ap, jm, am_) + abs(a) * dt * dt
+    if s > 0.0:
+        r_lo, r_hi = q - behind, q + ahead
+    else:
+        r_lo, r_hi = q - ahead, q + behind
+    if r_lo < lo or r_hi > hi:
+        return 3, r_lo, r_hi
+    return 0, r_lo, r_hi
+
+
+class SafetyFilter:
+    """Per-tick limiter between the chunk scheduler and the joint command (see module docstring)."""
+
+    def __init__(
+        self, limits: LimitArrays, safety: SafetyConfig, dt: float, joint_names: Sequence[str]
+    ) -> None:
+        n = limits.dof
+        if len(joint_names) != n:
+            raise ValueError(f"SafetyFilter: {len(joint_names)} joint names for {n} joints in the limits")
+        if not (dt > 0 and math.isfinite(dt)):
+            raise ValueError(f"SafetyFilter: control period dt must be a positive number, got {dt}")
+        self.joint_names = tuple(joint_names)
+        self.dt = float(dt)
+        self.safety = safety
+        self._n = n
+        p = _joint_params(limits, self.dt, self.joint_names)
+        self._lo, self._hi, self._vm, self._am, self._jm = p
+        self._track = float(limits.max_tracking_error)
+        self._frac = float(safety.brake_deceleration_fraction)
+        self._kv = _KV_PER_TICK / self.dt
+        self._kp = self._kv / _KP_RATIO
+        # Effective position bounds: equal to the limits except after seeding outside them, where
+        # they start at the seed and only ever tighten toward the limits (never "jump inside").
+        self._lo_eff = list(self._lo)
+        self._hi_eff = list(self._hi)
+        # Commanded state (plain floats: the hot path never touches numpy per joint).
+        self._q = [0.0] * n
+        self._v = [0.0] * n
+        self._a = [0.0] * n
+        self._j = [0.0] * n
+        self._p_prev = [0.0] * n
+        self._have_prev = False
+        self._seeded = False
+        self._ticks_since_seed = 0
+        self._bad_in_row = 0
+        self._scale = 1.0
+        self.fault: str | None = None
+        self.holding = True
+        self._joint_counts = [0] * (n * len(JOINT_KINDS))
+        self._global_counts = [0] * len(GLOBAL_KINDS)
+        self._fault_reasons: dict[str, int] = {}
+        self._out = np.zeros(n)
+        self._arrays = {name: np.zeros(n) for name in ("q", "v", "a", "jerk")}
+        self._views = {}
+        for name, arr in self._arrays.items():
+            view = arr.view()
+            view.flags.writeable = False
+            self._views[name] = view
+
+    # ---------------------------------------------------------------------------------- state
+    @property
+    def q(self) -> np.ndarray:
+        return self._view("q", self._q)
+
+    @property
+    def v(self) -> np.ndarray:
+        return self._view("v", self._v)
+
+    @property
+    def a(self) -> np.ndarray:
+        return self._view("a", self._a)
+
+    @property
+    def jerk(self) -> np.ndarray:
+        return self._view("jerk", self._j)
+
+    def _view(self, name: str, values: list[float]) -> np.ndarray:
+        self._arrays[name][:] = values
+        return self._views[name]
+
+    @property
+    def stopped(self) -> bool:
+        """True when the commanded motion is at rest (v = a = 0 on every joint)."""
+        return not any(self._v) and not any(self._a)
+
+    @property
+    def seeded(self) -> bool:
+        return self._seeded
+
+    @property
+    def ramp(self) -> float:
+        """Current ramp-in factor on velocity, acceleration and jerk (ramp_in_scale .. 1)."""
+        s = self.safety
+        if s.ramp_in_s <= 0.0:
+            return 1.0
+        x = self._ticks_since_seed * self.dt / s.ramp_in_s
+        return 1.0 if x >= 1.0 else s.ramp_in_scale + (1.0 - s.ramp_in_scale) * x
+
+    # -------------------------------------------------------------------------------- control
+    def reset(self, q_measured: np.ndarray) -> None:
+        """Seed at rest from the measured positions and start the ramp-in: a new command sequence.
+
+        A latched fault stays latched (only `rearm` clears it).
+        """
+        qm = self._measured_list(q_measured)
+        if qm is None:
+            raise ValueError(
+                f"SafetyFilter.reset: expected {self._n} finite joint positions "
+                f"({', '.join(self.joint_names)}), got {q_measured!r}"
+            )
+        self._seed(qm)
+
+    def _seed(self, q0: list[float]) -> None:
+        n = self._n
+        for i in range(n):
+            self._q[i] = q0[i]
+            self._v[i] = self._a[i] = self._j[i] = 0.0
+            self._lo_eff[i] = min(self._lo[i], q0[i])
+            self._hi_eff[i] = max(self._hi[i], q0[i])
+            if q0[i] < self._lo[i] or q0[i] > self._hi[i]:
+                self._joint_counts[i * len(JOINT_KINDS) + _K_POS] += 1
+        self._have_prev = False
+        self._seeded = True
+        self._ticks_since_seed = 0
+        self._bad_in_row = 0
+        self.holding = True
+
+    def latch(self, reason: str) -> None:
+        """Latch a fault (e-stop, inference crash, repeated bad input): brake to hold until rearm()."""
+        if self.fault is None:
+            self.fault = reason
+            self._global_counts[_G_LATCHED] += 1
+        self._fault_reasons[reason] = self._fault_reasons.get(reason, 0) + 1
+
+    def rearm(self, q_measured: np.ndarray | None) -> bool:
+        """Clear the fault and restart (ramp-in) once the commanded motion has stopped.
+
+        The command resumes from the held commanded position when the robot is there (within the
+        tracking-error bound): jumping to the measured q would break the jerk limit. When the robot
+        is elsewhere (moved during the stop), this is a new motion that starts at the measured q, as
+        `reset` does. Returns False, changing nothing, while still moving or without a valid
+        measurement.
+        """
+        if not self._seeded or not self.stopped:
+            return False
+        qm = self._measured_list(q_measured)
+        if qm is None:
+            return False
+        if all(abs(qm[i] - self._q[i]) <= self._track for i in range(self._n)):
+            self._seed(list(self._q))
+        else:
+            self._seed(qm)
+        self.fault = None
+        return True
+
+    def set_velocity_scale(self, scale: float) -> None:
+        """Scale the velocity the tracking law aims for, in (0, 1]; braking is never slowed by it."""
+        if not (0.0 < scale <= 1.0):
+            raise ValueError(f"SafetyFilter.set_velocity_scale: expected a scale in (0, 1], got {scale}")
+        self._scale = float(scale)
+
+    def interventions(self) -> dict[str, int]:
+        """Nonzero counters: '<joint>.<kind>' (JOINT_KINDS), GLOBAL_KINDS and 'fault.<reason>'."""
+        out: dict[str, int] = {}
+        nk = len(JOINT_KINDS)
+        for i, name in enumerate(self.joint_names):
+            for k, kind in enumerate(JOINT_KINDS):
+                c = self._joint_counts[i * nk + k]
+                if c:
+                    out[f"{name}.{kind}"] = c
+        for g, kind in enumerate(GLOBAL_KINDS):
+            if self._global_counts[g]:
+                out[kind] = self._global_counts[g]
+        for reason, c in self._fault_reasons.items():
+            out[f"fault.{reason}"] = c
+        return out
+
+    def _measured_list(self, q: object) -> list[float] | None:
+        if not isinstance(q, np.ndarray):
+            if q is None:
+                return None
+            try:
+                q = np.asarray(q, dtype=np.float64)
+            except (TypeError, ValueError):
+                return None
+        if q.shape != (self._n,) or q.dtype.kind not in "fiu":
+            return None
+        values: list[float] = q.tolist()
+        # sum() propagates NaN and inf: one C call instead of a per-element check.
+        if not math.isfinite(sum(values)):
+            return None
+        return values
+
+    def step(
+        self, target: np.ndarray | None, q_measured: np.ndarray | None, state_age_s: float
+    ) -> np.ndarray:
+        """One control period. Returns the internal q_cmd buffer (copy it to keep it)."""
+        if not self._seeded:
+            raise RuntimeError("SafetyFilter.step before reset(): seed it from a measured joint state first")
+        n = self._n
+        gc = self._global_counts
+        jc = self._joint_counts
+        nk = len(JOINT_KINDS)
+        self._ticks_since_seed += 1
+
+        hold = False
+        if self.fault is not None:
+            hold = True
+            gc[_G_FAULT] += 1
+        qm: list[float] | None = None
+        if q_measured is None:
+            hold = True
+            gc[_G_MISSING] += 1
+        elif not (state_age_s <= self.safety.max_state_age_s):  # NaN age counts as stale
+            hold = True
+            gc[_G_STALE] += 1
+        else:
+            qm = self._measured_list(q_measured)
+            if qm is None:
+                hold = True
+                gc[_G_INVALID] += 1
+
+        p: list[float] | None = None
+        if target is None:
+            hold = True
+            gc[_G_NO_TARGET] += 1
+        else:
+            p = self._target_list(target)
+            if p is None:
+                hold = True
+                self._bad_in_row += 1
+                if self._bad_in_row >= self.safety.max_consecutive_bad_targets:
+                    self.latch("repeated_bad_target")
+            else:
+                self._bad_in_row = 0
+
+        q, v, a, jl = self._q, self._v, self._a, self._j
+        track = self._track
+        if qm is not None and not hold:
+            for i in range(n):
+                if abs(q[i] - qm[i]) > track:
+                    jc[i * nk + _K_TRACK] += 1
+                    hold = True
+
+        lo, hi, vmax, amax, jmax = self._lo_eff, self._hi_eff, self._vm, self._am, self._jm
+        dt = self.dt
+        if hold or p is None or qm is None:
+            for i in range(n):
+                jm = jmax[i]
+                j = _brake_jerk(v[i], a[i], jm, amax[i], dt)
+                ai = a[i] + j * dt
+                vi = v[i] + ai * dt
+                if -_SNAP_V < vi < _SNAP_V and -_SNAP_A < ai < _SNAP_A:
+                    vi = ai = 0.0
+                    j = -a[i] / dt
+                jl[i] = j
+                a[i] = ai
+                v[i] = vi
+                q[i] = q[i] + vi * dt
+            self._have_prev = False
+            self.holding = True
+        else:
+            self.holding = False
+            r = self.ramp
+            frac = self._frac
+            kv, kp = self._kv, self._kp
+            scale = self._scale * r
+            have_prev = self._have_prev
+            pp = self._p_prev
+            lo_lim, hi_lim = self._lo, self._hi
+            for i in range(n):
+                qi, vi, ai = q[i], v[i], a[i]
+                vs = vmax[i] * scale
+                as_ = amax[i] * r
+                js = jmax[i] * r
+                bn = frac * as_
+                # Target: inside the position limits and within the tracking bound of the robot.
+                pi = p[i]
+                if pi > hi_lim[i]:
+                    pi = hi_lim[i]
+                    jc[i * nk + _K_POS] += 1
+                elif pi < lo_lim[i]:
+                    pi = lo_lim[i]
+                    jc[i * nk + _K_POS] += 1
+                m = qm[i]
+                if pi > m + track:
+                    pi = m + track
+                    jc[i * nk + _K_TRACK] += 1
+                elif pi < m - track:
+                    pi = m - track
+                    jc[i * nk + _K_TRACK] += 1
+                # Feed-forward of the target's own velocity, only when it is a plausible one.
+                vt = 0.0
+                if have_prev:
+                    vt = (pi - pp[i]) / dt
+                    if vt > vs or vt < -vs:
+                        vt = 0.0
+                        jc[i * nk + _K_VEL] += 1
+                pp[i] = pi
+                e = pi - qi
+                ae = e if e >= 0.0 else -e
+                pv = math.sqrt(2.0 * bn * ae)
+                if kp * ae < pv:
+                    pv = kp * ae
+                vd = vt + pv if e >= 0.0 else vt - pv
+                if vd > vs:
+                    vd = vs
+                elif vd < -vs:
+                    vd = -vs
+                # Soft braking envelope toward the position limits, with the reduced deceleration.
+                room = hi[i] - qi
+                venv = math.sqrt(2.0 * bn * room) if room > 0.0 else 0.0
+                if vd > venv:
+                    vd = venv
+                room = qi - lo[i]
+                venv = math.sqrt(2.0 * bn * room) if room > 0.0 else 0.0
+                if vd < -venv:
+                    vd = -venv
+                ev = vd - vi
+                aev = ev if ev >= 0.0 else -ev
+                jsdt = js * dt
+                ad = 0.5 * (math.sqrt(jsdt * jsdt + 8.0 * js * aev) - jsdt)
+                if kv * aev < ad:
+                    ad = kv * aev
+                if ad > as_:
+                    ad = as_
+                j = ((ad if ev >= 0.0 else -ad) - ai) / dt
+                if j > js:
+                    j = js
+                elif j < -js:
+                    j = -js
+                a1 = ai + j * dt
+                v1 = vi + a1 * dt
+                q1 = qi + v1 * dt
+                jm = jmax[i]
+                kind, r_lo, r_hi = _certify(q1, v1, a1, lo[i], hi[i], vmax[i], amax[i], jm, dt)
+                if kind:
+                    jc[i * nk + _K_ENV_A - 1 + kind] += 1
+                    j = _brake_jerk(vi, ai, jm, amax[i], dt)
+                    a1 = ai + j * dt
+                    v1 = vi + a1 * dt
+                    q1 = qi + v1 * dt
+                elif lo[i] < lo_lim[i] or hi[i] > hi_lim[i]:
+                    self._tighten(i, r_lo, r_hi)
+                jl[i] = j
+                a[i] = a1
+                v[i] = v1
+                q[i] = q1
+            self._have_prev = True
+        out = self._out
+        out[:] = q
+        return out
+
+    def _tighten(self, i: int, r_lo: float, r_hi: float) -> None:
+        if self._lo_eff[i] < self._lo[i]:
+            self._lo_eff[i] = min(self._lo[i], max(self._lo_eff[i], r_lo))
+        if self._hi_eff[i] > self._hi[i]:
+            self._hi_eff[i] = max(self._hi[i], min(self._hi_eff[i], r_hi))
+
+    def _target_list(self, target: object) -> list[float] | None:
+        gc = self._global_counts
+        if not isinstance(target, np.ndarray):
+            try:
+                target = np.asarray(target, dtype=np.float64)
+            except (TypeError, ValueError):
+                gc[_G_SHAPE] += 1
+                return None
+        if target.shape != (self._n,) or target.dtype.kind not in "fiu":
+            gc[_G_SHAPE] += 1
+            return None
+        values: list[float] = target.tolist()
+        if not math.isfinite(sum(values)):
+            gc[_G_NONFINITE] += 1
+            return None
+        return values
+
+
+def _joint_params(
+    limits: LimitArrays, dt: float, names: Sequence[str]
+) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
+    """Per-joint (q_min, q_max, v_max, a_max, j_max) as floats, validated for the filter.
+
+    The acceleration bound is min(a_max, d_max) in both directions: a separate deceleration limit
+    would switch meaning as the velocity crosses zero, which a jerk-limited command cannot follow.
+    A joint without a jerk limit gets 2 a_max / dt (acceleration may swing fully in one tick).
+    """
+    lo = [float(x) for x in limits.q_min]
+    hi = [float(x) for x in limits.q_max]
+    vm = [float(x) for x in limits.v_max]
+    am = [float(min(x, y)) for x, y in zip(limits.a_max, limits.d_max)]
+    jm = []
+    for i, name in enumerate(names):
+        if not (vm[i] > 0 and math.isfinite(vm[i])):
+            raise ValueError(
+                f"SafetyFilter: joint '{name}' needs a finite positive velocity limit, got {vm[i]}"
+            )
+        if not (am[i] > 0 and math.isfinite(am[i])):
+            raise ValueError(
+                f"SafetyFilter: joint '{name}' needs a finite positive acceleration limit, got {am[i]}"
+            )
+        if not lo[i] < hi[i]:
+            raise ValueError(
+                f"SafetyFilter: joint '{name}' position range [{lo[i]}, {hi[i]}] is empty after the margin"
+            )
+        j = float(limits.j_max[i])
+        jm.append(j if (j > 0 and math.isfinite(j)) else 2.0 * am[i] / dt)
+    return lo, hi, vm, am, jm
+
+
+__all__ = ["GLOBAL_KINDS", "JOINT_KINDS", "SafetyFilter"]
