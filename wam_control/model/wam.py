@@ -55,6 +55,7 @@ class WAMConfig:
     conv_channels: tuple[int, ...] = (32, 64, 96, 128)
     image_feature_dim: int = 256
     hidden_dim: int = 512
+    head_blocks: int = 2  # residual MLP blocks in the action head (world head: half, at least 1)
     model_name: str = "wam-small"
 
     def __post_init__(self) -> None:
@@ -96,6 +97,9 @@ class WAMTrainOutput(NamedTuple):
 class ImageEncoder(nn.Module):
     """uint8 RGB [B,N,H,W,3] -> features [B, N*F]; one conv stack shared by all cameras."""
 
+    pix_scale: torch.Tensor
+    pix_shift: torch.Tensor
+
     def __init__(self, cfg: WAMConfig) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -111,16 +115,16 @@ class ImageEncoder(nn.Module):
         self.register_buffer("pix_shift", (-torch.tensor(_RGB_MEAN) / std).view(1, 3, 1, 1), persistent=False)
         with torch.no_grad():
             h, w = self.convs(torch.zeros(1, 3, cfg.image_height, cfg.image_width)).shape[-2:]
-        self.proj = nn.Sequential(nn.Flatten(), nn.Linear(cin * h * w, cfg.image_feature_dim), nn.ReLU())
+        self.linear = nn.Linear(cin * h * w, cfg.image_feature_dim)
         self.num_cameras = len(cfg.camera_names)
         self.out_dim = self.num_cameras * cfg.image_feature_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, n, h, w, c = images.shape
-        dtype = self.proj[1].weight.dtype
+        dtype = self.linear.weight.dtype
         x = images.reshape(b * n, h, w, c).permute(0, 3, 1, 2).to(dtype)
         x = x * self.pix_scale.to(dtype) + self.pix_shift.to(dtype)
-        return self.proj(self.convs(x)).reshape(b, -1)
+        return torch.relu(self.linear(self.convs(x).flatten(1))).reshape(b, -1)
 
 
 class ObservationEncoder(nn.Module):
@@ -130,16 +134,35 @@ class ObservationEncoder(nn.Module):
         super().__init__()
         self.image = ImageEncoder(cfg)
         self.state = nn.Sequential(nn.Linear(cfg.num_joints, 64), nn.ReLU())
+        self.fuse_in = nn.Linear(self.image.out_dim + 64, cfg.hidden_dim)
         self.fuse = nn.Sequential(
-            nn.Linear(self.image.out_dim + 64, cfg.hidden_dim),
             nn.ReLU(),
             nn.Linear(cfg.hidden_dim, cfg.latent_dim),
             nn.LayerNorm(cfg.latent_dim),
         )
 
     def forward(self, images: torch.Tensor, state_norm: torch.Tensor) -> torch.Tensor:
-        dtype = self.fuse[0].weight.dtype
-        return self.fuse(torch.cat([self.image(images), self.state(state_norm.to(dtype))], dim=-1))
+        dtype = self.fuse_in.weight.dtype
+        return self.fuse(
+            self.fuse_in(torch.cat([self.image(images), self.state(state_norm.to(dtype))], dim=-1))
+        )
+
+
+class ResidualMLP(nn.Module):
+    """Pre-LayerNorm residual MLP block: x + W2 gelu(W1 LN(x)). Stable to train deep, cheap to run."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, 2 * dim)
+        self.down = nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(nn.functional.gelu(self.up(self.norm(x))))
+
+
+def _trunk(dim: int, blocks: int) -> nn.Sequential:
+    return nn.Sequential(*[ResidualMLP(dim) for _ in range(blocks)], nn.LayerNorm(dim))
 
 
 class ActionHead(nn.Module):
@@ -148,18 +171,14 @@ class ActionHead(nn.Module):
     def __init__(self, cfg: WAMConfig) -> None:
         super().__init__()
         self.h, self.d = cfg.horizon, cfg.num_joints
-        self.net = nn.Sequential(
-            nn.Linear(cfg.latent_dim + cfg.horizon * (cfg.num_joints + 1), cfg.hidden_dim),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden_dim, cfg.hidden_dim),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden_dim, cfg.horizon * cfg.num_joints),
-        )
+        self.first = nn.Linear(cfg.latent_dim + cfg.horizon * (cfg.num_joints + 1), cfg.hidden_dim)
+        self.trunk = _trunk(cfg.hidden_dim, cfg.head_blocks)
+        self.out = nn.Linear(cfg.hidden_dim, cfg.horizon * cfg.num_joints)
 
     def forward(self, z: torch.Tensor, prefix_res: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b = z.shape[0]
         x = torch.cat([z, prefix_res.reshape(b, -1), mask.reshape(b, -1)], dim=-1)
-        return self.net(x).reshape(b, self.h, self.d)
+        return self.out(self.trunk(self.first(x))).reshape(b, self.h, self.d)
 
 
 class WorldHead(nn.Module):
@@ -168,21 +187,25 @@ class WorldHead(nn.Module):
     def __init__(self, cfg: WAMConfig) -> None:
         super().__init__()
         self.k, self.c = len(cfg.latent_offsets), cfg.latent_dim
-        self.net = nn.Sequential(
-            nn.Linear(cfg.latent_dim + cfg.horizon * cfg.num_joints, cfg.hidden_dim),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden_dim, self.k * self.c),
-        )
+        self.first = nn.Linear(cfg.latent_dim + cfg.horizon * cfg.num_joints, cfg.hidden_dim)
+        self.trunk = _trunk(cfg.hidden_dim, max(1, cfg.head_blocks // 2))
+        self.out = nn.Linear(cfg.hidden_dim, self.k * self.c)
 
     def forward(self, z: torch.Tensor, action_res: torch.Tensor) -> torch.Tensor:
         b = z.shape[0]
+        x = torch.cat([z, action_res.reshape(b, -1)], dim=-1)
         # Predict the change of latent, so "nothing moves" is the easy default.
-        delta = self.net(torch.cat([z, action_res.reshape(b, -1)], dim=-1)).reshape(b, self.k, self.c)
+        delta = self.out(self.trunk(self.first(x))).reshape(b, self.k, self.c)
         return z.unsqueeze(1) + delta
 
 
 class WorldActionModel(nn.Module):
     """forward(images uint8, state, action_prefix, prefix_len) -> (actions, latent, latent_pred)."""
+
+    state_mean: torch.Tensor
+    state_std: torch.Tensor
+    residual_scale: torch.Tensor
+    steps: torch.Tensor
 
     def __init__(self, cfg: WAMConfig) -> None:
         super().__init__()
@@ -199,7 +222,7 @@ class WorldActionModel(nn.Module):
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        return self.action_head.net[0].weight.dtype
+        return self.action_head.first.weight.dtype
 
     def set_normalization(
         self, state_mean: torch.Tensor, state_std: torch.Tensor, residual_scale: torch.Tensor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -113,18 +114,27 @@ def load_backend(model_path: str | os.PathLike[str], backend: str = "auto", **op
     return impl
 
 
-def _construct(backend: str, path: str, options: dict[str, Any]) -> PolicyBackend:
+def _backend_class(backend: str) -> Any:
     if backend == "onnxruntime":
         from wam_control.policy.onnxruntime_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(path, **options)
+        return OnnxRuntimeBackend
     if backend == "tensorrt":
         from wam_control.policy.tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(path, **options)
+        return TensorRTBackend
     from wam_control.policy.torch_backend import TorchBackend
 
-    return TorchBackend(path, **options)
+    return TorchBackend
+
+
+def _construct(backend: str, path: str, options: dict[str, Any], *, lenient: bool = False) -> PolicyBackend:
+    cls = _backend_class(backend)
+    if lenient:
+        # "auto" hands each candidate only the options it understands (e.g. intra_op_threads is ORT's).
+        accepted = inspect.signature(cls).parameters
+        options = {k: v for k, v in options.items() if k in accepted}
+    return cls(path, **options)  # type: ignore[no-any-return]
 
 
 def _load_auto(path: str, options: dict[str, Any]) -> PolicyBackend:
@@ -144,7 +154,7 @@ def _load_auto(path: str, options: dict[str, Any]) -> PolicyBackend:
     errors = []
     for name in order:
         try:
-            return _construct(name, path, dict(options))
+            return _construct(name, path, dict(options), lenient=True)
         except (ModelFileError, FileNotFoundError):
             raise
         except Exception as exc:  # a preferred backend failing must not stop the controller
