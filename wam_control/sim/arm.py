@@ -34,24 +34,18 @@ import math
 from importlib import resources
 from pathlib import Path
 
+import mujoco
 import numpy as np
 
-from wam_control.sim import gl as _gl
+from wam_control.sim.gl import OffscreenRenderer, RenderUnavailableError
+from wam_control.sim.tasks import Task, make_task
 
-_gl.prepare()
-
-import mujoco  # noqa: E402  (MUJOCO_GL must be set before this import)
-
-from wam_control.sim.tasks import Task, make_task  # noqa: E402
+__all__ = ["CAMERAS", "HOME_Q", "JOINT_NAMES", "RenderUnavailableError", "SimArm", "asset_path"]
 
 JOINT_NAMES: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))
 HOME_Q = np.array([0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4])
 CAMERAS: tuple[str, ...] = ("scene", "wrist")
 NOMINAL_PHYSICS_DT = 0.002
-
-
-class RenderUnavailableError(RuntimeError):
-    """No offscreen OpenGL backend works here; the message names what to install."""
 
 
 def asset_path(name: str = "fr3_scene.xml") -> Path:
@@ -109,7 +103,7 @@ class SimArm:
             v.flags.writeable = False
         self._stamps = dict.fromkeys(CAMERAS, -math.inf)
         self._next_frame_t = 0.0
-        self._renderer: mujoco.Renderer | None = None
+        self._renderer: OffscreenRenderer | None = None
         self._rendered_all = self.cameras
         self._rendered_none: tuple[str, ...] = ()
 
@@ -172,20 +166,10 @@ class SimArm:
         ).copy()
 
     # ------------------------------------------------------------------ cameras
-    def _ensure_renderer(self) -> mujoco.Renderer:
-        if self._renderer is None:
-            if _gl.prepare() is None:
-                raise RenderUnavailableError(_gl.explain_failure())
-            try:
-                self._renderer = mujoco.Renderer(self.model, self.image_hw[0], self.image_hw[1])
-            except Exception as exc:  # the GL stack raises many types (ImportError, FatalError, ...)
-                raise RenderUnavailableError(_gl.explain_failure(f"{type(exc).__name__}: {exc}")) from exc
-        return self._renderer
-
     def _render_into(self, camera: str) -> None:
-        renderer = self._ensure_renderer()
-        renderer.update_scene(self.data, camera=self._cam_ids[camera])
-        renderer.render(out=self._frames[camera])
+        if self._renderer is None:
+            self._renderer = OffscreenRenderer(self.model, self.image_hw[0], self.image_hw[1])
+        self._renderer.render(self.data, self._cam_ids[camera], self._frames[camera])
         self._stamps[camera] = self.data.time
 
     def _render_due(self) -> tuple[str, ...]:
@@ -244,6 +228,7 @@ class SimArm:
             raise ValueError(f"move_camera: delta must be 3 finite numbers, got {delta!r}")
         self.model.cam_pos[self._cam_ids[camera]] += d
         mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_camlight(self.model, self.data)
 
     def set_occluder(self, on: bool) -> None:
         """Show or hide a dark panel between the scene camera and the workspace."""

@@ -68,12 +68,17 @@ class Expert:
         self.a = np.zeros(n)
         self.phase = "approach"
         self._u = np.array([1.0, 0.0])
+        self._lo = self.q_lo.copy()
+        self._hi = self.q_hi.copy()
         self.reset()
 
     def reset(self) -> None:
         """Seed from the measured joint state at rest (as a real robot requires)."""
         _, q, _ = self.arm.joint_state()
-        self.q[:] = np.clip(q, self.q_lo, self.q_hi)
+        self.q[:] = q
+        # A start outside the margin band must not jump inside it: widen the band to include it.
+        self._lo = np.minimum(self.q_lo, q)
+        self._hi = np.maximum(self.q_hi, q)
         self.v[:] = 0.0
         self.a[:] = 0.0
         self.phase = "approach"
@@ -174,8 +179,8 @@ class Expert:
         dt, a_max, j_max = self.dt, self.a_max, self.j_max
         v_des = np.clip(v_des, -self.v_max, self.v_max)
         # Speed from which the joint can still stop inside its range at a_max / 2.
-        room_hi = np.maximum(self.q_hi - self.q, 0.0)
-        room_lo = np.maximum(self.q - self.q_lo, 0.0)
+        room_hi = np.maximum(self._hi - self.q, 0.0)
+        room_lo = np.maximum(self.q - self._lo, 0.0)
         v_des = np.minimum(v_des, np.sqrt(a_max * room_hi))
         v_des = np.maximum(v_des, -np.sqrt(a_max * room_lo))
         dv = v_des - self.v
@@ -185,7 +190,7 @@ class Expert:
         a_new = self.a + np.clip(a_des - self.a, -j_max * dt, j_max * dt)
         self.v += a_new * dt
         self.a = a_new
-        self.q = np.clip(self.q + self.v * dt, self.q_lo, self.q_hi)
+        self.q = np.clip(self.q + self.v * dt, self._lo, self._hi)
         return self.q.copy()
 
 

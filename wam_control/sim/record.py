@@ -1,0 +1,147 @@
+"""`wam-control record`: record scripted-expert demonstrations from the sim as ROS 2 bags.
+
+    wam-control record --task reach --episodes 20 --seed 0 --out demos/
+
+writes one bag directory per episode, `<out>/<task>_seed<seed>` (MCAP by default), with the topics of
+wam_control.sim.bag. `record_episode()` records any controller (a callable returning the next joint
+position target), not only the expert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from wam_control.sim.arm import SimArm
+from wam_control.sim.bag import BagRecorder, CameraSpec
+from wam_control.sim.tasks import TASKS
+
+FRAME_IDS = {"scene": "scene_camera_optical_frame", "wrist": "wrist_camera_optical_frame"}
+
+
+def camera_specs(arm: SimArm) -> dict[str, CameraSpec]:
+    height, width = arm.image_hw
+    specs = {}
+    for cam in arm.cameras:
+        fx, fy, cx, cy = arm.camera_intrinsics(cam)
+        specs[cam] = CameraSpec(height, width, fx, fy, cx, cy, FRAME_IDS[cam])
+    return specs
+
+
+def record_episode(
+    arm: SimArm,
+    controller: Callable[[], np.ndarray],
+    recorder: BagRecorder,
+    max_time_s: float,
+    stop_after_success_s: float | None = 0.5,
+) -> bool:
+    """Run `controller` on the (already reset) arm, writing every tick to `recorder`; return success.
+
+    Per tick at sim time t: /clock, /joint_states (measured at t), the command computed at t, then
+    the step; images are written at the sim time they were rendered (including the one at reset).
+    """
+
+    def observe(rendered: tuple[str, ...]) -> None:
+        t = arm.time
+        recorder.write_clock(t)
+        _, q, qd = arm.joint_state()
+        recorder.write_joint_state(t, q, qd)
+        for cam in rendered:
+            image, stamp = arm.frame(cam)
+            recorder.write_image(cam, stamp, image)
+
+    observe(tuple(c for c in arm.cameras if arm.frame(c)[1] == arm.time))
+    held = 0.0
+    while arm.time < max_time_s - 1e-9:
+        command = controller()
+        recorder.write_command(arm.time, command)
+        observe(arm.step(command))
+        if stop_after_success_s is not None:
+            held = held + arm.control_period if arm.task.success() else 0.0
+            if held >= stop_after_success_s - 1e-9:
+                break
+    return arm.task.success()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wam_control.sim.expert import Expert
+
+    ap = argparse.ArgumentParser(prog="wam-control record", description=__doc__.split("\n")[0])
+    ap.add_argument("--task", choices=TASKS, default="reach")
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the first episode; episode i uses seed+i")
+    ap.add_argument("--out", type=Path, required=True, help="directory for the bags (created)")
+    ap.add_argument("--control-hz", type=float, default=100.0)
+    ap.add_argument("--camera-hz", type=float, default=15.0)
+    ap.add_argument("--image-hw", type=int, nargs=2, default=(96, 96), metavar=("H", "W"))
+    ap.add_argument("--cameras", default="scene,wrist", help="comma-separated subset of scene,wrist")
+    ap.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    ap.add_argument("--keep-failures", action="store_true", help="keep bags of episodes the expert failed")
+    args = ap.parse_args(argv)
+    if args.episodes < 1:
+        ap.error("--episodes must be >= 1")
+    cameras = tuple(c for c in args.cameras.split(",") if c)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    arm = SimArm(
+        task=args.task,
+        seed=args.seed,
+        control_hz=args.control_hz,
+        camera_hz=args.camera_hz,
+        image_hw=tuple(args.image_hw),
+        cameras=cameras,
+    )
+    expert = Expert(arm)
+    kept = successes = 0
+    start = time.perf_counter()
+    try:
+        for i in range(args.episodes):
+            seed = args.seed + i
+            path = args.out / f"{args.task}_seed{seed}"
+            if path.exists():
+                print(f"record: {path} exists already; not overwriting", file=sys.stderr)
+                return 1
+            arm.reset(seed)
+            expert.reset()
+            meta = {
+                "task": args.task,
+                "seed": str(seed),
+                "controller": "scripted_expert",
+                "control_hz": str(arm.control_hz),
+                "camera_hz": str(arm.camera_hz),
+                "cameras": ",".join(cameras),
+            }
+            with BagRecorder(
+                path, arm.joint_names, camera_specs(arm), storage=args.storage, metadata=meta
+            ) as rec:
+                ok = record_episode(arm, expert.act, rec, arm.task.horizon_s)
+                rec.set_metadata("success", str(ok).lower())
+                rec.set_metadata("duration_s", f"{arm.time:.3f}")
+            successes += ok
+            if ok or args.keep_failures:
+                kept += 1
+            else:
+                _remove_bag(path)
+            print(f"episode seed={seed} success={str(ok).lower()} duration_s={arm.time:.2f}")
+    finally:
+        arm.close()
+    wall = time.perf_counter() - start
+    print(
+        f"episodes={args.episodes} kept={kept} success_rate={successes / args.episodes:.3f} wall_s={wall:.1f} out={args.out}"
+    )
+    return 0
+
+
+def _remove_bag(path: Path) -> None:
+    for child in sorted(path.iterdir()):
+        child.unlink()
+    path.rmdir()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
