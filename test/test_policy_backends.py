@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from wam_control.model.export import make_test_model  # noqa: E402
-from wam_control.policy import (  # noqa: E402
+from wam_control.model.export import make_test_model
+from wam_control.policy import (
     ContractError,
     ModelFileError,
     PolicyBackend,
@@ -20,7 +20,7 @@ from wam_control.policy import (  # noqa: E402
     example_input,
     load_backend,
 )
-from wam_control.policy.onnxruntime_backend import choose_providers  # noqa: E402
+from wam_control.policy.onnxruntime_backend import choose_providers
 
 SMALL = dict(
     joint_names=("a", "b", "c", "d"),
