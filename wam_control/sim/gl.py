@@ -27,6 +27,7 @@ import mujoco
 import numpy as np
 
 CANDIDATES = ("egl", "osmesa")
+USER_CHOICES = (*CANDIDATES, "glfw")  # glfw needs a display: honoured when asked for, never probed
 APT_PACKAGES = {
     "egl": "libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libopengl0",
     "osmesa": "libosmesa6",
@@ -77,13 +78,14 @@ def prepare() -> str | None:
     _decided = True
     for var in ("MUJOCO_GL", "PYOPENGL_PLATFORM"):
         user = os.environ.get(var, "").strip().lower()
-        if user in CANDIDATES:
+        if user in USER_CHOICES:
             _chosen = user
             os.environ.setdefault("MUJOCO_GL", user)
-            os.environ.setdefault("PYOPENGL_PLATFORM", user)
+            if user in CANDIDATES:
+                os.environ.setdefault("PYOPENGL_PLATFORM", user)
             return _chosen
         if user:
-            _errors[var] = f"{var}={user!r} is not an offscreen backend (expected one of {list(CANDIDATES)})"
+            _errors[var] = f"{var}={user!r} is not supported here (expected one of {list(USER_CHOICES)})"
             return None
     for backend in CANDIDATES:
         reason = _probe(backend)
