@@ -1,0 +1,174 @@
+"""Controller on a simulated clock: composition, prefix hand-over, reaction, status, stop/start."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from wam_control.policy.contract import ContractError
+from wam_control.runtime.clock import SimClock
+from wam_control.runtime.controller import ERROR, OK, Controller
+from wam_control.runtime.replay import build_rig, make_contract
+
+
+def test_contract_is_checked_against_the_config():
+    rig = build_rig()
+    cfg, con = rig.config, rig.contract
+    swapped = dataclasses.replace(
+        con, joint_names=(con.joint_names[1], con.joint_names[0], *con.joint_names[2:])
+    )
+    with pytest.raises(ContractError, match="order") as exc:
+        Controller(cfg, swapped, rig.worker, SimClock())
+    assert exc.value.field == "joint_names"
+    with pytest.raises(ContractError) as exc:
+        Controller(cfg, dataclasses.replace(con, camera_names=("wrist",)), rig.worker, SimClock())
+    assert exc.value.field == "camera_names"
+    with pytest.raises(ContractError, match="whole number of ticks"):
+        Controller(cfg, make_contract(cfg, action_dt=0.0033), rig.worker, SimClock())
+
+
+def test_no_command_before_start_and_before_the_first_joint_state():
+    rig = build_rig()
+    c = rig.controller
+    c.stop()
+    c._started = False  # a fresh controller: not started
+    assert c.tick(0) is None
+    c.start()
+    assert c.tick(1) is None  # started, but no joint state yet
+    c.on_joint_state(rig.config.joint_names, rig.plant.q, None, 0.0)
+    cmd = c.tick(2)
+    assert cmd is not None and cmd.tick == 2
+    np.testing.assert_allclose(cmd.positions, rig.plant.q)  # seeded at the measured pose, at rest
+    assert not cmd.velocities.any()
+
+
+def test_nominal_run_tracks_the_reference_with_measured_delay_and_prompt_reaction():
+    latency = 30
+    rig = build_rig(latency_ticks=latency, noise_rad=0.0)
+    log = rig.replay.run(2000)
+    c, dt = rig.controller, rig.controller.dt
+    m = c.scheduler.metrics()
+    assert m["starved_ticks"] == 0 and m["chunks_expired"] == 0
+    assert m["delay_ticks_estimate"] == latency
+    assert m["delay_warmup_excluded"] == rig.config.inference.warmup_chunks
+    # reaction: the first command that uses a chunk comes at observation tick + delay
+    reqs = {r.request_id: r.obs_tick for r in rig.worker.requests}
+    first_use = {}
+    for tick, v in zip(log.ticks, log.version):
+        first_use.setdefault(int(v), int(tick))
+    obs_of_version = [r.obs_tick for r in rig.worker.requests]  # versions are accepted in request order
+    reactions = [first_use[v] - obs_of_version[v - 1] for v in first_use if v > 0]
+    assert len(reactions) > 10 and max(reactions) <= latency + 2
+    assert len(reqs) == len(rig.worker.requests)
+    # after the ramp-in the command follows the motion the model predicts (exact model: small lag)
+    late = slice(1000, None)
+    err = np.abs(log.q_cmd[late] - rig.motion(log.ticks[late] * dt)).max()
+    assert err < 0.01
+    assert c.status().level == OK
+
+
+def test_requests_carry_the_committed_prefix_never_zero_padded():
+    rig = build_rig(latency_ticks=25)
+    log = rig.replay.run(1500)
+    s = int(rig.controller.scheduler.s)
+    later = [r for r in rig.worker.requests if r.prefix_len > 0 and r.obs_tick > 600]
+    assert len(later) > 5, "no request carried a prefix"
+    for r in later:
+        assert r.prefix_len == min(25 // s + 2, rig.contract.max_prefix)
+        rows = r.action_prefix
+        tail = np.repeat(rows[r.prefix_len - 1][None], len(rows) - r.prefix_len, 0)
+        np.testing.assert_array_equal(rows[r.prefix_len :], tail)
+        # the prefix is what the arm was then told to do at those ticks (the filter lags ~1 mrad)
+        for k in range(r.prefix_len):
+            i = r.obs_tick + k * s - int(log.ticks[0])
+            if i < len(log.ticks):
+                assert np.abs(rows[k] - log.q_cmd[i]).max() < 5e-3
+    first = rig.worker.requests[0]
+    assert first.prefix_len == 0
+    np.testing.assert_allclose(first.action_prefix, np.repeat(first.state[None], len(first.action_prefix), 0))
+
+
+def test_stop_brakes_to_hold_and_start_resumes():
+    rig = build_rig(latency_ticks=10)
+    rig.replay.run(1200)
+    c, dt = rig.controller, rig.controller.dt
+    c.stop()
+    log = rig.replay.run(600)
+    assert np.abs(log.v_cmd[-100:]).max() == 0.0  # held
+    assert c.status().message.startswith("stopped")
+    n_req = len(rig.worker.requests)
+    held = log.q_cmd[-1].copy()
+    c.start()
+    log = rig.replay.run(1200)
+    assert len(rig.worker.requests) > n_req
+    assert np.abs(log.q_cmd[-1] - held).max() > 1e-3  # moving again
+    lim = rig.config.limit_arrays()
+    assert (np.abs(log.acc(dt)) <= lim.a_max * (1 + 1e-6)).all()
+
+
+def test_status_reports_rates_delays_seams_and_worker_health():
+    rig = build_rig(latency_ticks=20)
+    rig.replay.run(1500)
+    st = rig.controller.status()
+    v = st.values
+    for key in (
+        "ticks",
+        "ticks_per_s",
+        "inferences_per_s",
+        "scheduler.delay_ticks_p50",
+        "scheduler.delay_ms_p95",
+        "scheduler.seam_jump_max_rad",
+        "scheduler.seam_jerk_max",
+        "scheduler.starved_ticks",
+        "filter.interventions_total",
+        "worker.state",
+        "obs.joint_state.age_s",
+        "fault",
+    ):
+        assert key in v, key
+    assert v["scheduler.delay_ticks_p95"] == 20
+    assert v["scheduler.delay_ms_p50"] == pytest.approx(40.0)
+    rig.replay.run(500)
+    v = rig.controller.status().values
+    assert v["ticks_per_s"] == pytest.approx(500.0, rel=0.01)
+    assert 0 < v["inferences_per_s"] < 500
+
+
+def test_predicted_chunk_is_relative_to_the_last_tick():
+    rig = build_rig(latency_ticks=5)
+    assert rig.controller.predicted_chunk() is None
+    rig.replay.run(300)
+    version, t, pos = rig.controller.predicted_chunk()
+    assert version == rig.controller.scheduler.version
+    assert t.shape == (rig.contract.horizon,) and pos.shape == (rig.contract.horizon, rig.config.dof)
+    assert t[0] <= 0.0 < t[-1]
+
+
+def test_results_from_before_a_reset_are_discarded():
+    rig = build_rig(latency_ticks=40)
+    rig.replay.run(1000)
+    assert rig.worker.busy
+    rig.controller.stop()
+    rig.controller.start()
+    before = rig.controller.counters["results_discarded"]
+    rig.replay.run(60)
+    assert rig.controller.counters["results_discarded"] == before + 1
+
+
+def test_a_latched_filter_fault_is_an_error_status():
+    rig = build_rig()
+    rig.replay.run(600)
+    rig.controller.filter.latch("test fault")
+    rig.replay.run(5)
+    st = rig.controller.status()
+    assert st.level == ERROR and "test fault" in st.message
+
+
+def test_scripted_worker_is_deterministic():
+    def trace() -> np.ndarray:
+        rig = build_rig(latency_ticks=lambda n: 10 + (7 * n) % 23, noise_rad=0.01, seed=3)
+        return rig.replay.run(1500).q_cmd
+
+    np.testing.assert_array_equal(trace(), trace())

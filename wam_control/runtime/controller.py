@@ -1,0 +1,478 @@
+"""The controller: observation buffers + inference worker + chunk scheduler + safety filter in one tick.
+
+Threads: transport callbacks call the `on_*` inputs (they store the latest value and return); the
+fixed-rate loop calls `tick()`; a diagnostics publisher calls `status()` / `predicted_chunk()`;
+a service calls `rearm()`. One lock serialises tick, start/stop, re-arm and status snapshots; the
+inputs go through the buffers' own lock, so a camera callback never waits for a tick.
+
+Per tick: supervise the worker (at a lower rate), take every finished result, maybe start the next
+request, look up this tick's target, run the safety filter. Nothing per tick logs or allocates more
+than a few scalars; problems become counters, and `status()` turns them into a level and a message.
+
+Faults latch in the safety filter (brake to hold until `rearm()`): e-stop, a worker crash or hang
+(DESIGN.md §5), and `max_consecutive_bad_targets` unusable model results in a row. A single bad result
+is dropped and counted; the current chunk keeps running meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from wam_control.config.schema import LimitArrays, RobotConfig, SafetyConfig
+from wam_control.policy.contract import ModelContract, check_contract
+from wam_control.runtime.clock import Clock
+from wam_control.runtime.scheduler import ChunkScheduler, SchedulerParams
+from wam_control.runtime.worker import InferenceRequest, InferenceResult, InferenceWorker
+
+log = logging.getLogger(__name__)
+
+OK, WARN, ERROR = 0, 1, 2
+
+
+@dataclass
+class JointCommand:
+    """One command. The arrays are views of the safety filter's state: copy them to keep them."""
+
+    tick: int
+    positions: np.ndarray
+    velocities: np.ndarray
+    accelerations: np.ndarray
+
+
+@dataclass
+class ControllerStatus:
+    level: int
+    """0 OK, 1 WARN, 2 ERROR (diagnostic_msgs/DiagnosticStatus levels)."""
+    message: str
+    values: dict[str, float | int | str] = field(default_factory=dict)
+
+
+class _Filter(Protocol):
+    """The part of runtime.safety.SafetyFilter the controller uses."""
+
+    fault: str | None
+    holding: bool
+
+    @property
+    def q(self) -> np.ndarray: ...
+
+    @property
+    def v(self) -> np.ndarray: ...
+
+    @property
+    def a(self) -> np.ndarray: ...
+
+    def reset(self, q_measured: np.ndarray) -> None: ...
+
+    def step(
+        self, target: np.ndarray | None, q_measured: np.ndarray | None, state_age_s: float
+    ) -> np.ndarray: ...
+
+    def latch(self, reason: str) -> None: ...
+
+    def rearm(self, q_measured: np.ndarray) -> bool: ...
+
+    def interventions(self) -> dict[str, int]: ...
+
+
+def default_scheduler_params(limits: LimitArrays) -> SchedulerParams:
+    """Seam corrections may use a quarter of the tightest acceleration and jerk limits."""
+    base = SchedulerParams()
+    acc = float(np.min(limits.a_max))
+    jerk = float(np.min(limits.j_max))
+    return SchedulerParams(
+        blend_max_acc=0.25 * acc if math.isfinite(acc) and acc > 0 else base.blend_max_acc,
+        blend_max_jerk=0.25 * jerk if math.isfinite(jerk) and jerk > 0 else base.blend_max_jerk,
+    )
+
+
+class Controller:
+    """See the module docstring. `buffers` and `safety_filter` may be injected (tests, replays); by
+    default they are built from the configuration."""
+
+    def __init__(
+        self,
+        config: RobotConfig,
+        contract: ModelContract,
+        worker: InferenceWorker,
+        clock: Clock,
+        *,
+        scheduler_params: SchedulerParams | None = None,
+        buffers: Any = None,
+        safety_filter: _Filter | None = None,
+        latch_on_worker_failure: bool = True,
+    ) -> None:
+        check_contract(
+            contract,
+            joint_names=config.joint_names,
+            camera_names=config.cameras,
+            control_hz=config.control_hz,
+        )
+        self.config = config
+        self.contract = contract
+        self.worker = worker
+        self.clock = clock
+        self.dt = config.control_period
+        self.dof = config.dof
+        self.horizon = contract.horizon
+        self.latch_on_worker_failure = latch_on_worker_failure
+        limits = config.limit_arrays()
+        if buffers is None:
+            from wam_control.runtime.buffers import ObservationBuffers
+
+            buffers = ObservationBuffers(
+                config.joint_names,
+                config.cameras,
+                (contract.image_height, contract.image_width),
+                clock,
+                config.timeouts,
+            )
+        self.buffers = buffers
+        if safety_filter is None:
+            from wam_control.runtime.safety import SafetyFilter
+
+            self.filter: _Filter = SafetyFilter(limits, config.safety, self.dt, config.joint_names)
+        else:
+            self.filter = safety_filter
+        self.scheduler = ChunkScheduler(
+            contract.horizon,
+            self.dof,
+            contract.action_dt * config.control_hz,
+            contract.max_prefix,
+            self.dt,
+            config.inference,
+            scheduler_params or default_scheduler_params(limits),
+        )
+        from wam_control.runtime.buffers import ObservationSnapshot
+
+        self._snap = ObservationSnapshot(
+            len(config.cameras), (contract.image_height, contract.image_width), self.dof
+        )
+        self._prefix = np.zeros((contract.horizon, self.dof), np.float32)
+        self._request = InferenceRequest(0, 0, self._snap.images, self._snap.state, self._prefix, 0)
+        self._q_meas = np.zeros(self.dof)
+        self._cmd: JointCommand | None = None
+        self._lock = threading.RLock()
+        self._safety: SafetyConfig = config.safety
+        self._check_every = max(1, int(round(0.01 * config.control_hz)))
+
+        self._started = False
+        self._running = False
+        self._seeded = False
+        self._estop = False
+        self._estop_pending = False
+        self._next_id = 1
+        self._epoch_first_id = 1  # results of requests older than this are from before a reset
+        self._inflight_id = 0
+        self._last_tick = -1
+        self._last_check_tick = -(10**9)
+        self._worker_restarts = 0
+        self._worker_crashes = 0
+        self._bad_in_row = 0
+        self._fault: str | None = None
+        self._fault_tick = -1
+        self._last_result_error = ""
+        self._last_reject = ""
+        self._input_reject = ""
+        self.counters: dict[str, int] = {
+            "ticks": 0,
+            "commands": 0,
+            "results": 0,
+            "results_discarded": 0,
+            "model_errors": 0,
+            "rejected_nonfinite": 0,
+            "rejected_shape": 0,
+            "chunks_dropped": 0,
+            "submit_refused": 0,
+            "obs_not_ready_ticks": 0,
+            "joint_state_rejected": 0,
+            "image_rejected": 0,
+            "faults": 0,
+            "rearms": 0,
+            "estops": 0,
+        }
+        self._rate_t = clock.now()
+        self._rate_ticks = 0
+        self._rate_chunks = 0
+        self._rates = (0.0, 0.0)
+        self._last_logged = ""
+
+    # ------------------------------------------------------------------ inputs (any thread)
+
+    def on_joint_state(
+        self,
+        names: Sequence[str],
+        positions: Sequence[float] | np.ndarray,
+        velocities: Sequence[float] | np.ndarray | None,
+        stamp_s: float,
+    ) -> str | None:
+        why: str | None = self.buffers.put_joint_state(names, positions, velocities, stamp_s)
+        if why is not None:
+            self.counters["joint_state_rejected"] += 1
+            self._input_reject = why
+        return why
+
+    def on_image(self, camera: str, rgb: np.ndarray, stamp_s: float) -> str | None:
+        why: str | None = self.buffers.put_image(camera, rgb, stamp_s)
+        if why is not None:
+            self.counters["image_rejected"] += 1
+            self._input_reject = why
+        return why
+
+    def on_estop(self, engaged: bool) -> None:
+        """E-stop input: engaging latches a fault at the next tick (brake to hold); releasing does not
+        re-arm by itself."""
+        if engaged and not self._estop:
+            self._estop_pending = True
+        self._estop = bool(engaged)
+
+    def rearm(self) -> tuple[bool, str]:
+        with self._lock:
+            if self._estop:
+                return False, "e-stop is still engaged: release it first"
+            if self.filter.fault is None and self._fault is None:
+                return True, "nothing to re-arm: no fault latched"
+            q, age = self.buffers.joint_positions(self._q_meas)
+            if q is None or age > self._safety.max_state_age_s:
+                return False, f"no fresh joint state (age {age:.3f} s): cannot re-arm"
+            if not self.filter.rearm(q):
+                return False, "the commanded motion has not stopped yet: retry when the arm holds"
+            self._fault = None
+            self._fault_tick = -1
+            self._bad_in_row = 0
+            self._reset_motion()
+            self.counters["rearms"] += 1
+            return True, "re-armed"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start (or resume after stop()): inference begins once joint states and images arrive."""
+        with self._lock:
+            if self.worker.health().get("state") == "stopped":
+                self.worker.start()
+            if not self._running:
+                self._reset_motion()
+            self._started = True
+            self._running = True
+
+    def stop(self) -> None:
+        """Brake to hold and idle: no new requests; commands keep holding the stopped position."""
+        with self._lock:
+            self._running = False
+            self._reset_motion()
+
+    def close(self) -> None:
+        self.stop()
+        self.worker.close()
+
+    def _reset_motion(self) -> None:
+        self.scheduler.reset()
+        # Anything already in flight was planned for a motion that is being abandoned.
+        self._epoch_first_id = self._next_id
+
+    # ------------------------------------------------------------------ the tick
+
+    def tick(self, tick: int) -> JointCommand | None:
+        with self._lock:
+            return self._tick(int(tick))
+
+    def _tick(self, tick: int) -> JointCommand | None:
+        c = self.counters
+        c["ticks"] += 1
+        self._last_tick = tick
+        if not self._started:
+            return None
+        q, age = self.buffers.joint_positions(self._q_meas)
+        if not self._seeded:
+            if q is None or age > self._safety.max_state_age_s:
+                return None
+            self.filter.reset(q)
+            self._seeded = True
+            self._cmd = JointCommand(tick, self.filter.q, self.filter.v, self.filter.a)
+
+        if self._estop_pending:
+            self._estop_pending = False
+            c["estops"] += 1
+            self.filter.latch("e-stop engaged")
+
+        if tick - self._last_check_tick >= self._check_every:
+            self._last_check_tick = tick
+            self._supervise_worker()
+
+        while True:
+            res = self.worker.poll()
+            if res is None:
+                break
+            self._on_result(res, tick)
+
+        if self.filter.fault is not None and self._fault is None:
+            self._fault = self.filter.fault
+            self._fault_tick = tick
+            c["faults"] += 1
+            self._reset_motion()
+
+        target = None
+        if self._running and self._fault is None:
+            if not self.worker.busy and self.scheduler.want_request(tick):
+                self._maybe_submit(tick)
+            target = self.scheduler.target(tick)
+
+        self.filter.step(target, q, age)
+        cmd = self._cmd
+        assert cmd is not None
+        cmd.tick = tick
+        cmd.positions, cmd.velocities, cmd.accelerations = self.filter.q, self.filter.v, self.filter.a
+        c["commands"] += 1
+        return cmd
+
+    def _supervise_worker(self) -> None:
+        self.worker.check(self.clock.now())
+        h = self.worker.health()
+        restarts = int(h.get("restarts", 0))
+        if restarts != self._worker_restarts:
+            self._worker_restarts = restarts
+            # A restarted model is slow for its first calls again.
+            self.scheduler.delay.restart_warmup()
+            if self.latch_on_worker_failure and self.filter.fault is None:
+                self.filter.latch(f"inference worker failed: {h.get('last_error', '')}")
+
+    def _on_result(self, res: InferenceResult, tick: int) -> None:
+        c = self.counters
+        c["results"] += 1
+        if res.request_id == self._inflight_id:
+            self._inflight_id = 0
+        if res.request_id < self._epoch_first_id or self._fault is not None or not self._running:
+            c["results_discarded"] += 1
+            return
+        out = res.output
+        if res.error is not None or out is None:
+            c["model_errors"] += 1
+            self._last_result_error = res.error or "no output"
+            self._bad_result()
+            return
+        actions = out.actions
+        if not isinstance(actions, np.ndarray) or actions.shape != (self.horizon, self.dof):
+            c["rejected_shape"] += 1
+            shape = list(actions.shape) if isinstance(actions, np.ndarray) else type(actions).__name__
+            self._last_result_error = f"actions shape {shape}, expected {[self.horizon, self.dof]}"
+            self._bad_result()
+            return
+        if not np.isfinite(actions).all():
+            c["rejected_nonfinite"] += 1
+            self._last_result_error = "actions contain NaN/Inf"
+            self._bad_result()
+            return
+        self._bad_in_row = 0
+        f = self.filter
+        why = self.scheduler.accept(res.obs_tick, actions, tick, (f.q, f.v, f.a))
+        if why is not None:
+            c["chunks_dropped"] += 1
+            self._last_reject = why
+
+    def _bad_result(self) -> None:
+        self._bad_in_row += 1
+        if self._bad_in_row >= self._safety.max_consecutive_bad_targets and self.filter.fault is None:
+            self.filter.latch(
+                f"{self._bad_in_row} unusable model results in a row ({self._last_result_error})"
+            )
+
+    def _maybe_submit(self, tick: int) -> None:
+        snap = self._snap
+        if not self.buffers.snapshot(snap):
+            self.counters["obs_not_ready_ticks"] += 1
+            return
+        req = self._request
+        req.request_id = self._next_id
+        req.obs_tick = tick
+        req.prefix_len = self.scheduler.fill_prefix(tick, self._prefix, snap.state)
+        if self.worker.submit(req):
+            self._inflight_id = self._next_id
+            self._next_id += 1
+            self.scheduler.on_request(tick)
+        else:
+            self.counters["submit_refused"] += 1
+
+    # ------------------------------------------------------------------ outputs (any thread)
+
+    def predicted_chunk(self) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """(version, seconds from now per action step [H], action points [H, D]) of the executing chunk."""
+        with self._lock:
+            return self.scheduler.predicted(self._last_tick)
+
+    def status(self) -> ControllerStatus:
+        with self._lock:
+            values: dict[str, float | int | str] = {}
+            values.update(self.counters)
+            sched = self.scheduler.metrics()
+            values.update({f"scheduler.{k}": v for k, v in sched.items()})
+            interventions = self.filter.interventions()
+            values.update({f"filter.{k}": v for k, v in interventions.items()})
+            values["filter.interventions_total"] = int(sum(interventions.values()))
+            values["filter.holding"] = int(self.filter.holding)
+            health = self.worker.health()
+            values.update({f"worker.{k}": v for k, v in health.items()})
+            values.update({f"obs.{k}": v for k, v in self.buffers.status().items()})
+            values["fault"] = self._fault or ""
+            values["estop"] = int(self._estop)
+            values["running"] = int(self._running)
+            now = self.clock.now()
+            span = now - self._rate_t
+            if span >= 0.5:
+                chunks = int(sched["chunks_accepted"])
+                self._rates = (
+                    (self.counters["ticks"] - self._rate_ticks) / span,
+                    (chunks - self._rate_chunks) / span,
+                )
+                self._rate_t, self._rate_ticks, self._rate_chunks = now, self.counters["ticks"], chunks
+            values["ticks_per_s"], values["inferences_per_s"] = self._rates
+            level, message = self._summary(sched, health)
+        if message != self._last_logged:
+            log.log(logging.WARNING if level else logging.INFO, "controller: %s", message)
+            self._last_logged = message
+        return ControllerStatus(level, message, values)
+
+    def _summary(
+        self, sched: dict[str, float | int], health: dict[str, float | int | str]
+    ) -> tuple[int, str]:
+        if self._fault is not None:
+            return ERROR, f"fault latched: {self._fault}; holding, re-arm required"
+        if not self._started:
+            return WARN, "not started"
+        if not self._seeded:
+            return WARN, "waiting for the first joint state"
+        if not self._running:
+            return OK, "stopped: holding position"
+        warnings = []
+        state = health.get("state", "")
+        if state != "ready":
+            warnings.append(f"inference worker {state}")
+        if self.scheduler.starving:
+            warnings.append(
+                f"starving: no action for this tick (delay {sched['delay_ticks_last']} ticks, "
+                f"chunk {self.scheduler.chunk_ticks:g} ticks); braking to hold"
+            )
+        if self.scheduler.prefix_needed_last > self.contract.max_prefix:
+            warnings.append(
+                f"inference delay {sched['delay_ticks_estimate']} ticks needs a "
+                f"{self.scheduler.prefix_needed_last}-step prefix but the model was trained with max_prefix "
+                f"{self.contract.max_prefix}; prefix capped ({sched['prefix_overflows']} times), seams blended"
+            )
+        if (
+            self.counters["obs_not_ready_ticks"]
+            and not self._snap.ok
+            and self.scheduler.want_request(self._last_tick)
+        ):
+            stale = [n for n, s in self.buffers.stale().items() if s]
+            if stale:
+                warnings.append(f"stale inputs {stale}: no new inference")
+        if warnings:
+            return WARN, "; ".join(warnings)
+        return OK, "running"
