@@ -86,6 +86,8 @@ class _Resizer:
     nearest: pixel-centre sampling, two `np.take` passes (touches only output-sized data).
     area: box average over the source pixels of each output pixel with `np.add.reduceat`, then a
     rounded integer divide; used only when shrinking both axes (nearest otherwise).
+    Indices are in range by construction, so np.take runs with mode="clip": with the default "raise"
+    it would buffer `out` through a temporary of the full size on every call.
     """
 
     def __init__(self, hw_in: tuple[int, int], hw_out: tuple[int, int], mode: ResizeMode) -> None:
@@ -108,8 +110,8 @@ class _Resizer:
 
     def __call__(self, src: np.ndarray, dst: np.ndarray) -> None:
         if self.mode == "nearest":
-            np.take(src, self.rows, axis=0, out=self.tmp)
-            np.take(self.tmp, self.cols, axis=1, out=dst)
+            np.take(src, self.rows, axis=0, out=self.tmp, mode="clip")
+            np.take(self.tmp, self.cols, axis=1, out=dst, mode="clip")
             return
         np.add.reduceat(src, self.r_starts, axis=0, dtype=np.uint32, out=self.rsum)
         np.add.reduceat(self.rsum, self.c_starts, axis=1, out=self.csum)
@@ -212,7 +214,7 @@ class ObservationBuffers:
         if not math.isfinite(stamp):
             return "stamp", f"joint state stamp is not finite ({stamp})"
         pos = np.asarray(positions, dtype=np.float64)
-        np.take(pos, self._map_idx, out=self._q_in)
+        np.take(pos, self._map_idx, out=self._q_in, mode="clip")
         if not np.isfinite(self._q_in).all():
             j = int(np.flatnonzero(~np.isfinite(self._q_in))[0])
             return "nonfinite", f"joint {self.joint_names[j]!r} position is {self._q_in[j]}"
@@ -227,7 +229,7 @@ class ObservationBuffers:
         v_valid = False
         if have_v:
             vel = np.asarray(velocities, dtype=np.float64)
-            np.take(vel, self._map_idx, out=self._v_in)
+            np.take(vel, self._map_idx, out=self._v_in, mode="clip")
             # A non-finite velocity does not make the positions wrong: velocity is marked unknown.
             v_valid = bool(np.isfinite(self._v_in).all())
         self._q[:] = self._q_in

@@ -159,6 +159,7 @@ class _Supervised(abc.ABC):
         self._describe = ""
         self._releases_gil = -1
         self._last_error = ""
+        self._polite = False
         self._n = collections.Counter[str]()
 
     # -------------------------------------------------------------- protocol
@@ -203,7 +204,10 @@ class _Supervised(abc.ABC):
         self._pump()
         st = self._state
         if st in ("starting", "ready") and not self._alive():
-            self._fail("crash", self._death_reason(), now)
+            # A dying worker posts its reason before it exits: collect it, then report what is left.
+            self._pump()
+            if self._state in ("starting", "ready"):
+                self._fail("crash", self._death_reason(), now)
         elif st == "ready" and self._inflight is not None and now - self._inflight.t_submit > self.deadline_s:
             self._fail(
                 "hang",
@@ -242,6 +246,8 @@ class _Supervised(abc.ABC):
     def close(self) -> None:
         if self._state == "closed":
             return
+        # Only an idle, ready worker is asked to stop; one that is starting or busy is killed.
+        self._polite = self._state == "ready" and self._inflight is None
         self._state = "closed"
         self._inflight = None
         self._stop_instance(graceful=True)
@@ -472,7 +478,7 @@ class ThreadWorker(_Supervised):
             return
         # A thread cannot be killed: it exits after its current call, and its result is discarded.
         inst.inbox.put(None)
-        if graceful and inst.thread is not None:
+        if graceful and self._polite and inst.thread is not None:
             inst.thread.join(timeout=2.0)
 
     def _alive(self) -> bool:
@@ -709,10 +715,10 @@ class ProcessWorker(_Supervised):
             self._proc = self._conn = None
         if proc is None:
             return
-        if graceful and conn is not None:
+        if graceful and self._polite and conn is not None:
             with contextlib.suppress(OSError):
                 conn.send(None)
-            proc.join(timeout=5.0)
+            proc.join(timeout=2.0)
         if proc.is_alive():
             proc.kill()
         if conn is not None:
