@@ -1,0 +1,204 @@
+"""`wam-control run`: the controller speaking ROS 2 wire format over Cyclone DDS, without a ROS install.
+
+The same Controller, converters and topic/QoS choices as the rclpy node (`ros_node.py`); only the
+plumbing differs. ROS 2 tools see its topics (`ros2 topic echo /joint_trajectory_controller/...`) but
+not a node (`ros2 node list`): a plain DDS participant is not a ROS node.
+
+Topics (names from the config's `topics:`; `~` expands to /<namespace>/<node name>):
+  in   /joint_states (JointState, reliable/10), /camera/image_raw + /camera/camera_info (sensor data),
+       ~/estop (std_msgs/Bool, reliable), ~/rearm (std_msgs/Bool: `true` requests a re-arm, because DDS
+       without ROS has no services; the rclpy node offers std_srvs/Trigger on the same name),
+       /clock (with --use-sim-time: stamps follow sim time)
+  out  the command topic (JointTrajectory or Float64MultiArray, reliable), ~/predicted_chunk (on change),
+       /diagnostics (about 1 Hz), ~/rearm_result (std_msgs/Bool, the answer to each re-arm request)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from wam_control.transport import qos
+from wam_control.transport.adapter import ControllerIO, ControlRunner, build_controller, camera_info_topic
+
+log = logging.getLogger("wam_control.run")
+
+
+class DdsControllerNode:
+    """Wires one Controller to a DdsNode: subscriptions that store the latest, publishers, the loop."""
+
+    def __init__(
+        self, controller: Any, node: Any, use_sim_time: bool = False, diagnostics_period_s: float = 1.0
+    ) -> None:
+        from wam_control.transport import dds_types as d
+        from wam_control.transport.messages import bool_msg, dds_msg_types
+
+        self.controller = controller
+        self.node = node
+        self.io = ControllerIO(controller, dds_msg_types(), node.name)
+        cfg = controller.config
+        t = cfg.topics
+        io = self.io
+        self.subscriptions = [
+            node.subscription(t.joint_states, d.JointState_, functools.partial(io.on_joint_state, topic=t.joint_states), qos.JOINT_STATES),
+            node.subscription(t.estop, d.Bool_, functools.partial(io.on_estop, topic=node.resolve(t.estop)), qos.RELIABLE),
+            node.subscription(t.rearm_service, d.Bool_, self._on_rearm, qos.RELIABLE),
+        ]  # fmt: skip
+        for camera, topic in t.camera_images.items():
+            self.subscriptions.append(
+                node.subscription(topic, d.Image_, functools.partial(io.on_image, camera), qos.SENSOR_DATA)
+            )
+            self.subscriptions.append(
+                node.subscription(
+                    camera_info_topic(topic),
+                    d.CameraInfo_,
+                    functools.partial(io.on_camera_info, camera),
+                    qos.SENSOR_DATA,
+                )
+            )
+        if use_sim_time:
+            self.subscriptions.append(node.subscription(t.clock, d.Clock_, io.on_clock, qos.CLOCK))
+        if cfg.command_interface == "forward_position":
+            self.command_pub = node.publisher(t.forward_command, d.Float64MultiArray_, qos.RELIABLE)
+        else:
+            self.command_pub = node.publisher(t.trajectory_command, d.JointTrajectory_, qos.RELIABLE)
+        self.chunk_pub = node.publisher(t.predicted_chunk, d.JointTrajectory_, qos.PREDICTED_CHUNK)
+        self.diag_pub = node.publisher(t.diagnostics, d.DiagnosticArray_, qos.DIAGNOSTICS)
+        self.rearm_result_pub = node.publisher(t.rearm_service + "_result", d.Bool_, qos.RELIABLE)
+        self._bool_msg = functools.partial(bool_msg, io.T)
+        self._diag_period = diagnostics_period_s
+        self._next_diag = 0.0
+        self.last_rearm = ""
+        self.runner = ControlRunner(controller, self._publish_command, self._aux, name=f"{node.name}-loop")
+
+    def _publish_command(self, cmd: Any) -> None:
+        self.command_pub.publish(self.io.command_msg(cmd))
+
+    def _on_rearm(self, msg: Any) -> None:
+        if not msg.data:
+            return
+        ok, message = self.io.rearm()
+        self.last_rearm = f"{'ok' if ok else 'refused'}: {message}"
+        self.rearm_result_pub.publish(self._bool_msg(ok))
+
+    def _aux(self) -> None:
+        chunk = self.io.predicted_chunk_msg()
+        if chunk is not None:
+            self.chunk_pub.publish(chunk)
+        now = time.monotonic()
+        if now >= self._next_diag:
+            self._next_diag = now + self._diag_period
+            self.diag_pub.publish(self.io.diagnostics_msg(self.transport_values()))
+
+    def transport_values(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "domain_id": self.node.domain_id,
+            "command_publish_failures": self.command_pub.failed,
+            "tick_errors": self.runner.tick_errors,
+        }
+        if self.command_pub.last_error:
+            out["command_publish_last_error"] = self.command_pub.last_error
+        if self.last_rearm:
+            out["rearm.last"] = self.last_rearm
+        stats = self.runner.loop_stats()
+        if stats is not None:
+            for key in ("late_p50_us", "late_p99_us", "misses", "overruns"):
+                if hasattr(stats, key):
+                    out[f"loop.{key}"] = getattr(stats, key)
+        return out
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def stop(self) -> Any:
+        return self.runner.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="wam-control run",
+        description="Run the WAM controller over Cyclone DDS (ROS 2 wire format, no ROS 2 install needed).",
+    )
+    parser.add_argument("--config", required=True, help="deployment YAML, or a preset name (fr3, panda)")
+    parser.add_argument("--model", help="ONNX model (default: inference.model of the config)")
+    parser.add_argument("--backend", help="auto | onnxruntime | tensorrt | torch (default: from the config)")
+    parser.add_argument(
+        "--worker", choices=("thread", "process"), help="inference worker (default: from the config)"
+    )
+    parser.add_argument("--command-interface", choices=("joint_trajectory", "forward_position"))
+    parser.add_argument("--node-name", default="wam_controller", help="name used to expand ~/ topics")
+    parser.add_argument("--namespace", default="", help="ROS namespace for relative and ~/ topics")
+    parser.add_argument("--domain-id", type=int, help="DDS domain (default: ROS_DOMAIN_ID, else 0)")
+    parser.add_argument("--use-sim-time", action="store_true", help="stamp messages with /clock time")
+    parser.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--no-loopback",
+        action="store_true",
+        help="do not pin DDS to the loopback interface (default pins it unless CYCLONEDDS_URI is set)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    from wam_control.config import ConfigError, load_config, preset_path
+
+    try:
+        config_path = Path(args.config) if Path(args.config).exists() else preset_path(args.config)
+        overrides: dict[str, Any] = {}
+        if args.command_interface:
+            overrides["command_interface"] = args.command_interface
+        config = load_config(config_path, overrides)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"wam-control run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        controller = build_controller(config, args.model, args.backend, args.worker)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"wam-control run: {exc}", file=sys.stderr)
+        return 2
+
+    from wam_control.transport.dds import DdsNode
+
+    node = DdsNode(args.node_name, args.namespace, args.domain_id, loopback=not args.no_loopback)
+    runner = DdsControllerNode(controller, node, use_sim_time=args.use_sim_time)
+    topic = runner.command_pub.topic
+    log.info(
+        "%s on DDS domain %d: %s -> %s (%s, %g Hz, %d point(s))",
+        node.resolve("~"), node.domain_id, config.topics.joint_states, topic, config.command_interface,
+        config.control_hz, config.command_horizon_points,
+    )  # fmt: skip
+
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
+    runner.start()
+    try:
+        stop.wait(args.duration if args.duration > 0 else None)
+    finally:
+        stats = runner.stop()
+        status = controller.status()
+        controller.close()
+        node.close()
+    log.info(
+        "stopped: %s; commands published %d; loop %s", status.message, runner.command_pub.published, stats
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
