@@ -376,8 +376,10 @@ class Controller:
         if why is not None:
             c["chunks_dropped"] += 1
             self._last_reject = why
+            self.scheduler.on_request_failed()
 
     def _bad_result(self) -> None:
+        self.scheduler.on_request_failed()
         self._bad_in_row += 1
         if self._bad_in_row >= self._safety.max_consecutive_bad_targets and self.filter.fault is None:
             self.filter.latch(

@@ -431,6 +431,10 @@ class ChunkScheduler:
         self._last_request_tick = tick
         self.counters["requests"] += 1
 
+    def on_request_failed(self) -> None:
+        """The last request produced no usable chunk: the cadence must not wait for it, ask again now."""
+        self._last_request_tick = None
+
     def fill_prefix(self, tick: int, out: np.ndarray, fallback: np.ndarray) -> int:
         """Write the action prefix for a request observed at `tick` into `out` [H, D]; return prefix_len.
 
