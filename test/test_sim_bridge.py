@@ -68,7 +68,7 @@ def link():
 
     domain = 150 + os.getpid() % 70  # private domain: parallel test runs on this host never cross-talk
     try:
-        arm = SimArm(task="reach", seed=1, camera_hz=20.0, cameras=("scene",))
+        arm = SimArm(control_hz=100.0, task="reach", seed=1, camera_hz=20.0, cameras=("scene",))
     except RenderUnavailableError as exc:
         pytest.skip(f"no offscreen GL backend: {exc}")
     sim_node = DdsNode("wam_sim", domain_id=domain)

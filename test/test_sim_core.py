@@ -35,7 +35,7 @@ def _fr3_limits() -> dict[int, tuple[float, float]]:
 
 @pytest.fixture(scope="module")
 def arm() -> SimArm:
-    a = SimArm(task="reach", seed=0, cameras=())
+    a = SimArm(control_hz=100.0, task="reach", seed=0, cameras=())
     yield a
     a.close()
 
@@ -52,7 +52,7 @@ def test_model_joints_and_limits_match_fr3(arm: SimArm) -> None:
 
 
 def test_home_pose_points_tool_down_in_front_of_base() -> None:
-    with SimArm(task="reach", seed=0, cameras=()) as a:
+    with SimArm(control_hz=100.0, task="reach", seed=0, cameras=()) as a:
         a.data.qpos[a._qadr] = HOME_Q
         import mujoco
 
@@ -85,7 +85,10 @@ def test_step_rejects_bad_targets(arm: SimArm) -> None:
 
 @pytest.mark.parametrize("task", ["reach", "push"])
 def test_tasks_reproducible_by_seed(task: str) -> None:
-    with SimArm(task=task, seed=5, cameras=()) as a, SimArm(task=task, seed=5, cameras=()) as b:
+    with (
+        SimArm(control_hz=100.0, task=task, seed=5, cameras=()) as a,
+        SimArm(control_hz=100.0, task=task, seed=5, cameras=()) as b,
+    ):
         cmd = HOME_Q + 0.05
         for _ in range(20):
             a.step(cmd)
@@ -100,11 +103,13 @@ def test_tasks_reproducible_by_seed(task: str) -> None:
         again = a.task.info()
     key = "target" if task == "reach" else "goal"
     assert not np.allclose(first[key], other[key])
-    assert np.array_equal(again[key], SimArm(task=task, seed=5, cameras=()).task.info()[key])
+    assert np.array_equal(
+        again[key], SimArm(control_hz=100.0, task=task, seed=5, cameras=()).task.info()[key]
+    )
 
 
 def test_reach_targets_cover_workspace_and_start_unsolved() -> None:
-    with SimArm(task="reach", seed=0, cameras=()) as a:
+    with SimArm(control_hz=100.0, task="reach", seed=0, cameras=()) as a:
         targets = []
         for seed in range(30):
             a.reset(seed)
@@ -117,7 +122,7 @@ def test_reach_targets_cover_workspace_and_start_unsolved() -> None:
 
 
 def test_push_puck_rests_on_table_and_goal_is_apart() -> None:
-    with SimArm(task="push", seed=3, cameras=()) as a:
+    with SimArm(control_hz=100.0, task="push", seed=3, cameras=()) as a:
         start = a.task.info()
         for _ in range(50):
             a.step(a.joint_state()[1])
@@ -151,7 +156,14 @@ def test_block_joint_and_teleport(arm: SimArm) -> None:
 @pytest.fixture(scope="module")
 def seen() -> SimArm:
     try:
-        a = SimArm(task="reach", seed=4, camera_hz=10.0, image_hw=(96, 96), cameras=("scene", "wrist"))
+        a = SimArm(
+            control_hz=100.0,
+            task="reach",
+            seed=4,
+            camera_hz=10.0,
+            image_hw=(96, 96),
+            cameras=("scene", "wrist"),
+        )
     except RenderUnavailableError as exc:
         pytest.skip(f"no offscreen GL backend: {exc}")
     yield a

@@ -23,7 +23,7 @@ def _commands(arm: SimArm, expert: Expert, seed: int) -> tuple[bool, np.ndarray]
 
 @pytest.mark.parametrize("seed", [11, 12, 13, 14])
 def test_expert_solves_reach_with_smooth_commands(seed: int) -> None:
-    with SimArm(task="reach", cameras=()) as arm:
+    with SimArm(control_hz=100.0, task="reach", cameras=()) as arm:
         expert = Expert(arm)
         ok, cmds = _commands(arm, expert, seed)
         assert ok, arm.task.info()
@@ -40,7 +40,7 @@ def test_expert_solves_reach_with_smooth_commands(seed: int) -> None:
 
 
 def test_expert_solves_push() -> None:
-    with SimArm(task="push", cameras=()) as arm:
+    with SimArm(control_hz=100.0, task="push", cameras=()) as arm:
         expert = Expert(arm)
         ok, when = run_expert_episode(arm, expert, seed=21)
         assert ok, arm.task.info()
@@ -49,7 +49,7 @@ def test_expert_solves_push() -> None:
 
 def test_expert_stops_at_joint_limits_without_overshoot() -> None:
     # A target far outside the workspace drives joints to their limits: the command must stay in range.
-    with SimArm(task="reach", cameras=()) as arm:
+    with SimArm(control_hz=100.0, task="reach", cameras=()) as arm:
         expert = Expert(arm)
         arm.reset(0)
         expert.reset()

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=50, help="episodes per task")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--task", choices=("reach", "push", "all"), default="all")
-    ap.add_argument("--control-hz", type=float, default=100.0)
+    ap.add_argument("--control-hz", type=float, default=500.0, help="default: control_hz of config/fr3.yaml")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")

@@ -36,7 +36,7 @@ def _steps_per_s(arm: object, cmds: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wam-control bench sim", description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0, help="sim seconds per measurement")
-    ap.add_argument("--control-hz", type=float, default=100.0)
+    ap.add_argument("--control-hz", type=float, default=500.0, help="default: control_hz of config/fr3.yaml")
     ap.add_argument("--camera-hz", type=float, default=15.0)
     ap.add_argument("--image-hw", type=int, nargs=2, default=(96, 96), metavar=("H", "W"))
     ap.add_argument("--task", default="reach")

@@ -3,7 +3,7 @@
 API (everything a controller, demo, recorder or bridge needs)::
 
     from wam_control.sim.arm import SimArm
-    arm = SimArm(task="reach", seed=0, control_hz=100.0, camera_hz=15.0, image_hw=(96, 96),
+    arm = SimArm(task="reach", seed=0, control_hz=500.0, camera_hz=15.0, image_hw=(96, 96),
                  cameras=("scene",))
     arm.reset(seed=3)                   # new episode; same seed -> same initial state
     rendered = arm.step(q_target)       # advance one control period; returns the cameras rendered
@@ -40,11 +40,20 @@ import numpy as np
 from wam_control.sim.gl import OffscreenRenderer, RenderUnavailableError
 from wam_control.sim.tasks import Task, make_task
 
-__all__ = ["CAMERAS", "HOME_Q", "JOINT_NAMES", "RenderUnavailableError", "SimArm", "asset_path"]
+__all__ = [
+    "CAMERAS",
+    "DEFAULT_CONTROL_HZ",
+    "HOME_Q",
+    "JOINT_NAMES",
+    "RenderUnavailableError",
+    "SimArm",
+    "asset_path",
+]
 
 JOINT_NAMES: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))
 HOME_Q = np.array([0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4])
 CAMERAS: tuple[str, ...] = ("scene", "wrist")
+DEFAULT_CONTROL_HZ = 500.0  # control_hz of config/fr3.yaml
 NOMINAL_PHYSICS_DT = 0.002
 
 
@@ -59,7 +68,7 @@ class SimArm:
         self,
         task: str = "reach",
         seed: int = 0,
-        control_hz: float = 100.0,
+        control_hz: float = DEFAULT_CONTROL_HZ,
         camera_hz: float = 15.0,
         image_hw: tuple[int, int] = (96, 96),
         cameras: tuple[str, ...] | list[str] = ("scene",),

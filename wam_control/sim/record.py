@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="seed of the first episode; episode i uses seed+i")
     ap.add_argument("--out", type=Path, required=True, help="directory for the bags (created)")
-    ap.add_argument("--control-hz", type=float, default=100.0)
+    ap.add_argument("--control-hz", type=float, default=500.0, help="default: control_hz of config/fr3.yaml")
     ap.add_argument("--camera-hz", type=float, default=15.0)
     ap.add_argument("--image-hw", type=int, nargs=2, default=(96, 96), metavar=("H", "W"))
     ap.add_argument("--cameras", default="scene,wrist", help="comma-separated subset of scene,wrist")
