@@ -175,6 +175,10 @@ class RobotConfig:
         return self.joints
 
     @property
+    def camera_names(self) -> tuple[str, ...]:
+        return self.cameras
+
+    @property
     def dof(self) -> int:
         return len(self.joints)
 
