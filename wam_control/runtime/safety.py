@@ -148,6 +148,11 @@ def _certify(
     # Below the braking curve the motion reverses briefly before it settles: bound that excursion.
     behind = 0.0
     if ap < 0.0 and ap * ap > 2.0 * jm * vabs:
+        # Velocity crosses zero with acceleration sqrt(ap^2 - 2 jm vabs) still on: the reverse
+        # speed it builds up before the brake law ramps it out must stay within the limit too.
+        ac2 = ap * ap - 2.0 * jm * vabs
+        if ac2 / (2.0 * jm) + math.sqrt(ac2) * dt > vm:
+            return 2, q, q
         behind = _stop_distance(0.0, -ap, jm, am_) + abs(a) * dt * dt
     if s > 0.0:
         r_lo, r_hi = q - behind, q + ahead
@@ -525,6 +530,183 @@ class SafetyFilter:
         return values
 
 
+class BatchCore:
+    """The filter's tracking law, certification and brake law over (batch, joint) arrays.
+
+    The same arithmetic as `SafetyFilter.step`, operation for operation, for running many
+    independent streams at once (the benchmark). It leaves input validation, counters and fault
+    latching to the caller, which passes per-row masks instead: `usable` rows have a valid target
+    and a valid, fresh measurement and no fault; every other row brakes to hold. Seeds must lie
+    inside the position limits.
+    """
+
+    def __init__(self, limits: LimitArrays, safety: SafetyConfig, dt: float, batch: int) -> None:
+        names = [f"joint{i + 1}" for i in range(limits.dof)]
+        lo, hi, vm, am, jm = _joint_params(limits, float(dt), names)
+        self.dt = float(dt)
+        self.safety = safety
+        self.lo, self.hi = np.array(lo), np.array(hi)
+        self.vm, self.am, self.jm = np.array(vm), np.array(am), np.array(jm)
+        self.track = float(limits.max_tracking_error)
+        self.frac = float(safety.brake_deceleration_fraction)
+        self.kv = _KV_PER_TICK / self.dt
+        self.kp = self.kv / _KP_RATIO
+        shape = (int(batch), limits.dof)
+        self.q = np.zeros(shape)
+        self.v = np.zeros(shape)
+        self.a = np.zeros(shape)
+        self.j = np.zeros(shape)
+        self.p_prev = np.zeros(shape)
+        self.have_prev = np.zeros(shape[0], dtype=bool)
+        self.ticks = np.zeros(shape[0])
+        self.velocity_scale = np.ones(shape[0])
+        self.holding = np.ones(shape[0], dtype=bool)
+        self.envelope_brakes = 0
+        """Joint-ticks where certification rejected the tracking step (braked instead)."""
+
+    def reset(self, q0: np.ndarray, rows: np.ndarray | None = None) -> None:
+        sel = slice(None) if rows is None else rows
+        q0 = np.asarray(q0, dtype=np.float64)
+        if np.any(q0 < self.lo) or np.any(q0 > self.hi):
+            raise ValueError("BatchCore.reset: seeds must lie inside the position limits")
+        self.q[sel] = q0
+        self.v[sel] = 0.0
+        self.a[sel] = 0.0
+        self.j[sel] = 0.0
+        self.have_prev[sel] = False
+        self.ticks[sel] = 0.0
+
+    def ramp(self) -> np.ndarray:
+        s = self.safety
+        if s.ramp_in_s <= 0.0:
+            return np.ones_like(self.ticks)
+        x = self.ticks * self.dt / s.ramp_in_s
+        return np.where(x >= 1.0, 1.0, s.ramp_in_scale + (1.0 - s.ramp_in_scale) * x)
+
+    def step(self, target: np.ndarray, q_measured: np.ndarray, usable: np.ndarray) -> np.ndarray:
+        """One tick for every row; returns the commanded positions (B, n) (internal array)."""
+        dt = self.dt
+        lo, hi, vmax, amax, jmax = self.lo, self.hi, self.vm, self.am, self.jm
+        q, v, a = self.q, self.v, self.a
+        self.ticks += 1.0
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            usable = usable & ~np.any(np.abs(q - q_measured) > self.track, axis=1)
+            r = self.ramp()[:, None]
+            scale = self.velocity_scale[:, None] * r
+            vs = vmax * scale
+            as_ = amax * r
+            js = jmax * r
+            bn = self.frac * as_
+            pi = np.minimum(np.maximum(target, lo), hi)
+            pi = np.minimum(np.maximum(pi, q_measured - self.track), q_measured + self.track)
+            vt = (pi - self.p_prev) / dt
+            vt = np.where(self.have_prev[:, None] & (vt <= vs) & (vt >= -vs), vt, 0.0)
+            e = pi - q
+            ae = np.abs(e)
+            pv = np.minimum(np.sqrt(2.0 * bn * ae), self.kp * ae)
+            vd = np.where(e >= 0.0, vt + pv, vt - pv)
+            vd = np.minimum(np.maximum(vd, -vs), vs)
+            room = hi - q
+            vd = np.minimum(vd, np.where(room > 0.0, np.sqrt(2.0 * bn * room), 0.0))
+            room = q - lo
+            vd = np.maximum(vd, -np.where(room > 0.0, np.sqrt(2.0 * bn * room), 0.0))
+            ev = vd - v
+            aev = np.abs(ev)
+            jsdt = js * dt
+            ad = 0.5 * (np.sqrt(jsdt * jsdt + 8.0 * js * aev) - jsdt)
+            ad = np.minimum(np.minimum(ad, self.kv * aev), as_)
+            jn = (np.where(ev >= 0.0, ad, -ad) - a) / dt
+            jn = np.minimum(np.maximum(jn, -js), js)
+            a1 = a + jn * dt
+            v1 = v + a1 * dt
+            q1 = q + v1 * dt
+            ok = _certify_np(q1, v1, a1, lo, hi, vmax, amax, jmax, dt)
+            take = usable[:, None] & ok
+            self.envelope_brakes += int(np.count_nonzero(usable[:, None] & ~ok))
+            jb = _brake_jerk_np(v, a, jmax, amax, dt)
+            ab = a + jb * dt
+            vb = v + ab * dt
+            snap = ~usable[:, None] & (np.abs(vb) < _SNAP_V) & (np.abs(ab) < _SNAP_A)
+            jb = np.where(snap, -a / dt, jb)
+            ab = np.where(snap, 0.0, ab)
+            vb = np.where(snap, 0.0, vb)
+            qb = q + vb * dt
+            self.j[:] = np.where(take, jn, jb)
+            self.a[:] = np.where(take, a1, ab)
+            self.v[:] = np.where(take, v1, vb)
+            self.q[:] = np.where(take, q1, qb)
+            self.p_prev[:] = np.where(usable[:, None], pi, self.p_prev)
+            self.have_prev[:] = usable
+            self.holding[:] = ~usable
+        return self.q
+
+
+def _rest_stop_np(v0: np.ndarray, jm: np.ndarray, b: np.ndarray) -> np.ndarray:
+    tr = b / jm
+    vc = b * b / (2.0 * jm)
+    v1 = v0 - vc
+    trap = v0 * tr - jm * tr * tr * tr / 6.0 + (v1 * v1 - vc * vc) / (2.0 * b) + b * b * b / (6.0 * jm * jm)
+    return np.where(v0 * jm >= b * b, trap, v0 * np.sqrt(v0 / jm))
+
+
+def _stop_distance_np(vabs: np.ndarray, ap: np.ndarray, jm: np.ndarray, b: np.ndarray) -> np.ndarray:
+    t0 = ap / jm
+    v0 = vabs + ap * ap / (2.0 * jm)
+    d_pos = vabs * t0 + ap * ap * ap / (3.0 * jm * jm) + _rest_stop_np(v0, jm, b)
+    am = -ap
+    v0 = vabs + am * am / (2.0 * jm)
+    t0 = am / jm
+    d_on = _rest_stop_np(v0, jm, b) - (v0 * t0 - jm * t0 * t0 * t0 / 6.0)
+    t_s = (am - np.sqrt(np.maximum(am * am - 2.0 * jm * vabs, 0.0))) / jm
+    return np.where(ap > 0.0, d_pos, np.where(am * am <= 2.0 * jm * vabs, d_on, vabs * t_s))
+
+
+def _brake_jerk_np(v: np.ndarray, a: np.ndarray, jm: np.ndarray, b: np.ndarray, dt: float) -> np.ndarray:
+    jdt = jm * dt
+    up = (v > 0.0) | ((v == 0.0) & (a > 0.0))
+    down = ~up & ((v < 0.0) | (a < 0.0))
+    h_up = 0.5 * (np.sqrt(np.maximum(jdt * jdt + 8.0 * jm * v, 0.0)) - jdt)
+    h_down = 0.5 * (np.sqrt(np.maximum(jdt * jdt - 8.0 * jm * v, 0.0)) - jdt)
+    target = np.where(
+        up,
+        -np.minimum(np.minimum(b, h_up), v / dt),
+        np.where(down, np.minimum(np.minimum(b, h_down), -v / dt), a),
+    )
+    return np.minimum(np.maximum((target - a) / dt, -jm), jm)
+
+
+def _certify_np(
+    q: np.ndarray,
+    v: np.ndarray,
+    a: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    vm: np.ndarray,
+    am_: np.ndarray,
+    jm: np.ndarray,
+    dt: float,
+) -> np.ndarray:
+    """`_certify` over arrays: True where the state passes."""
+    up = (v > 0.0) | ((v == 0.0) & (a > 0.0))
+    down = ~up & ((v < 0.0) | (a < 0.0))
+    s = np.where(up, 1.0, np.where(down, -1.0, 0.0))
+    vabs = np.abs(v)
+    aabs = np.abs(a)
+    ap = a * s
+    bad = aabs > am_ * (1.0 + _TOL)
+    bad |= np.where(ap > 0.0, vabs + ap * ap / (2.0 * jm), vabs) > vm * (1.0 + _TOL)
+    below = (ap < 0.0) & (ap * ap > 2.0 * jm * vabs)
+    ac2 = ap * ap - 2.0 * jm * vabs
+    bad |= below & (ac2 / (2.0 * jm) + np.sqrt(np.maximum(ac2, 0.0)) * dt > vm)
+    ahead = _stop_distance_np(vabs, ap, jm, am_) + (vabs + aabs * dt) * dt
+    ahead = np.where(s != 0.0, ahead, 0.0)
+    behind = np.where(below, _stop_distance_np(np.zeros_like(ap), -ap, jm, am_) + aabs * dt * dt, 0.0)
+    r_lo = np.where(s > 0.0, q - behind, q - ahead)
+    r_hi = np.where(s > 0.0, q + ahead, q + behind)
+    bad |= (r_lo < lo) | (r_hi > hi)
+    return ~bad
+
+
 def _joint_params(
     limits: LimitArrays, dt: float, names: Sequence[str]
 ) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
@@ -557,4 +739,4 @@ def _joint_params(
     return lo, hi, vm, am, jm
 
 
-__all__ = ["GLOBAL_KINDS", "JOINT_KINDS", "SafetyFilter"]
+__all__ = ["GLOBAL_KINDS", "JOINT_KINDS", "BatchCore", "SafetyFilter"]
