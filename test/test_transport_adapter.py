@@ -183,3 +183,12 @@ def test_ros_parameters_rebuild_the_same_config(fr3_config_path) -> None:
     rebuilt = config_from_dict(nest(flat), source="params", base_dir=fr3_config_path.parent)
     original = load_config(fr3_config_path)
     assert replace(rebuilt, source="x") == replace(original, source="x")
+
+
+def test_run_cli_reports_bad_config_and_model(tmp_path, fr3_config_path, capsys) -> None:
+    from wam_control.transport import dds_node
+
+    assert dds_node.main(["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert dds_node.main(["--config", str(fr3_config_path), "--model", str(tmp_path / "missing.onnx")]) == 2
+    assert "missing.onnx" in capsys.readouterr().err

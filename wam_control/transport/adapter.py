@@ -375,8 +375,8 @@ def build_controller(
     options: dict[str, Any] = {"threads": config.inference.threads}
     if config.inference.device != "auto":
         options["device"] = config.inference.device
-    inference_worker = make_worker(
-        worker or config.inference.worker,
+    inference_worker: Any = make_worker(
+        worker or config.inference.worker,  # type: ignore[arg-type]  # make_worker validates the mode
         path,
         contract,
         clock,

@@ -194,7 +194,7 @@ class DdsNode:
         self.domain_id = domain_id_from_env() if domain_id is None else int(domain_id)
         if not 0 <= self.domain_id <= MAX_DOMAIN_ID:
             raise ValueError(f"domain id {self.domain_id}: expected 0..{MAX_DOMAIN_ID}")
-        self.participant = DomainParticipant(self.domain_id)
+        self.participant: Any = DomainParticipant(self.domain_id)
         self._topics: dict[str, Any] = {}
         self._entities: list[Any] = []
         self.publishers: list[DdsPublisher[Any]] = []

@@ -1,3 +1,4 @@
+# mypy: disable-error-code="type-arg,assignment,valid-type"
 """ROS 2 message types as Cyclone DDS IDL structs, named and laid out exactly as ROS 2 puts them on the wire.
 
 Each class is `<pkg>::msg::dds_::<Type>_` with the fields of the ROS 2 message in declaration order, so

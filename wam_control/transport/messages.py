@@ -88,12 +88,14 @@ def _floats_list(a: np.ndarray) -> list[float]:
 
 
 def _octets_memoryview(a: np.ndarray) -> memoryview:
-    return memoryview(a).cast("B")
+    return np.ascontiguousarray(a).reshape(-1).data
 
 
 def _octets_array(a: np.ndarray) -> array.array[int]:
     out = array.array("B")
-    out.frombytes(memoryview(a).cast("B"))  # one memcpy; the rclpy setter would iterate a list
+    out.frombytes(
+        np.ascontiguousarray(a).reshape(-1).data
+    )  # one memcpy; the rclpy setter would iterate a list
     return out
 
 
