@@ -151,3 +151,43 @@ def test_publish_failure_is_counted_not_raised(nodes) -> None:
     pub = a.publisher("/y", D.JointState_, "reliable")
     assert pub.publish(D.JointState_(name=["a"], position=["not a number"])) is False  # type: ignore[list-item]
     assert pub.failed == 1 and pub.last_error
+
+
+def test_controller_node_estop_and_rearm_topics(fr3_config_path) -> None:
+    """DdsControllerNode's wiring: ~/estop reaches Controller.on_estop, ~/rearm answers on ~/rearm_result."""
+    from wam_control.config import load_config
+    from wam_control.transport.dds_node import DdsControllerNode
+
+    class Fake:
+        def __init__(self, config) -> None:
+            self.config = config
+            self.estops: list[bool] = []
+
+        def on_estop(self, engaged: bool) -> None:
+            self.estops.append(engaged)
+
+        def rearm(self):
+            return False, "e-stop is still engaged"
+
+    domain = random.randint(100, 200)
+    fake = Fake(load_config(fr3_config_path))
+    ctrl_node = DdsNode("wam_controller", domain_id=domain)
+    peer = DdsNode("operator", domain_id=domain)
+    try:
+        node = DdsControllerNode(fake, ctrl_node)
+        assert node.command_pub.topic == "/joint_trajectory_controller/joint_trajectory"
+        answers: list = []
+        peer.subscription("/wam_controller/rearm_result", D.Bool_, answers.append, "reliable")
+        estop = peer.publisher("/wam_controller/estop", D.Bool_, "reliable")
+        rearm = peer.publisher("/wam_controller/rearm", D.Bool_, "reliable")
+        assert _wait(
+            lambda: estop.matched() == 1 and rearm.matched() == 1 and node.rearm_result_pub.matched() == 1
+        )
+        estop.publish(D.Bool_(data=True))
+        assert _wait(lambda: fake.estops == [True])
+        rearm.publish(D.Bool_(data=True))
+        assert _wait(lambda: answers and answers[-1].data is False)
+        assert node.last_rearm == "refused: e-stop is still engaged"
+    finally:
+        ctrl_node.close()
+        peer.close()
