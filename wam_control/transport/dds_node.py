@@ -194,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         status = controller.status()
         controller.close()
         node.close()
+    loop_line = stats.line() if stats is not None else "loop not started"
     log.info(
-        "stopped: %s; commands published %d; loop %s", status.message, runner.command_pub.published, stats
+        "stopped: %s; commands published %d; %s", status.message, runner.command_pub.published, loop_line
     )
     return 0
 
