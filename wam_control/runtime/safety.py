@@ -188,6 +188,7 @@ class SafetyFilter:
         # they start at the seed and only ever tighten toward the limits (never "jump inside").
         self._lo_eff = list(self._lo)
         self._hi_eff = list(self._hi)
+        self._widened = False
         # Commanded state (plain floats: the hot path never touches numpy per joint).
         self._q = [0.0] * n
         self._v = [0.0] * n
@@ -274,6 +275,7 @@ class SafetyFilter:
             self._hi_eff[i] = max(self._hi[i], q0[i])
             if q0[i] < self._lo[i] or q0[i] > self._hi[i]:
                 self._joint_counts[i * len(JOINT_KINDS) + _K_POS] += 1
+        self._widened = self._lo_eff != self._lo or self._hi_eff != self._hi
         self._have_prev = False
         self._seeded = True
         self._ticks_since_seed = 0
@@ -423,12 +425,16 @@ class SafetyFilter:
             have_prev = self._have_prev
             pp = self._p_prev
             lo_lim, hi_lim = self._lo, self._hi
+            widened = self._widened
+            tol1 = 1.0 + _TOL
             for i in range(n):
                 qi, vi, ai = q[i], v[i], a[i]
-                vs = vmax[i] * scale
-                as_ = amax[i] * r
-                js = jmax[i] * r
-                bn = frac * as_
+                vm_i, am_i, jm = vmax[i], amax[i], jmax[i]
+                lo_i, hi_i = lo[i], hi[i]
+                vs = vm_i * scale
+                as_ = am_i * r
+                js = jm * r
+                bn2 = 2.0 * (frac * as_)
                 # Target: inside the position limits and within the tracking bound of the robot.
                 pi = p[i]
                 if pi > hi_lim[i]:
@@ -452,33 +458,39 @@ class SafetyFilter:
                         vt = 0.0
                         jc[i * nk + _K_VEL] += 1
                 pp[i] = pi
+                # Velocity setpoint: min(kp |e|, sqrt(2 b |e|)) toward the target (the comparisons
+                # are squared so that the square root is taken only when it is the answer).
                 e = pi - qi
                 ae = e if e >= 0.0 else -e
-                pv = math.sqrt(2.0 * bn * ae)
-                if kp * ae < pv:
-                    pv = kp * ae
+                pv = kp * ae
+                x = bn2 * ae
+                if pv * pv >= x:
+                    pv = math.sqrt(x)
                 vd = vt + pv if e >= 0.0 else vt - pv
                 if vd > vs:
                     vd = vs
                 elif vd < -vs:
                     vd = -vs
                 # Soft braking envelope toward the position limits, with the reduced deceleration.
-                room = hi[i] - qi
-                venv = math.sqrt(2.0 * bn * room) if room > 0.0 else 0.0
-                if vd > venv:
-                    vd = venv
-                room = qi - lo[i]
-                venv = math.sqrt(2.0 * bn * room) if room > 0.0 else 0.0
-                if vd < -venv:
-                    vd = -venv
+                if vd > 0.0:
+                    x = bn2 * (hi_i - qi)
+                    if vd * vd > x:
+                        vd = math.sqrt(x) if x > 0.0 else 0.0
+                elif vd < 0.0:
+                    x = bn2 * (qi - lo_i)
+                    if vd * vd > x:
+                        vd = -math.sqrt(x) if x > 0.0 else 0.0
+                # Acceleration setpoint: min(kv |ev|, a_max, h(|ev|)), h the discrete jerk curve.
                 ev = vd - vi
                 aev = ev if ev >= 0.0 else -ev
-                jsdt = js * dt
-                ad = 0.5 * (math.sqrt(jsdt * jsdt + 8.0 * js * aev) - jsdt)
-                if kv * aev < ad:
-                    ad = kv * aev
+                ad = kv * aev
                 if ad > as_:
                     ad = as_
+                jsdt = js * dt
+                x = jsdt * jsdt + 8.0 * js * aev
+                u = 2.0 * ad + jsdt
+                if u * u > x:
+                    ad = 0.5 * (math.sqrt(x) - jsdt)
                 j = ((ad if ev >= 0.0 else -ad) - ai) / dt
                 if j > js:
                     j = js
@@ -487,16 +499,37 @@ class SafetyFilter:
                 a1 = ai + j * dt
                 v1 = vi + a1 * dt
                 q1 = qi + v1 * dt
-                jm = jmax[i]
-                kind, r_lo, r_hi = _certify(q1, v1, a1, lo[i], hi[i], vmax[i], amax[i], jm, dt)
+                # Certification. Fast path: a cruder stop-distance bound (top speed times a bound on
+                # the stop time) that, when it passes, implies the exact test passes.
+                kind = 0
+                aa1 = a1 if a1 >= 0.0 else -a1
+                if aa1 > am_i * tol1:
+                    kind = 1
+                else:
+                    vabs = v1 if v1 >= 0.0 else -v1
+                    ap = a1 if v1 > 0.0 or (v1 == 0.0 and a1 > 0.0) else -a1
+                    vq = vabs + ap * ap / (2.0 * jm)
+                    if (vq if ap > 0.0 else vabs) > vm_i * tol1:
+                        kind = 2
+                    elif widened or (ap < 0.0 and ap * ap > 2.0 * jm * vabs):
+                        kind = -1
+                    else:
+                        d = (
+                            vq * (vq / am_i + (am_i + (ap if ap > 0.0 else 0.0)) / jm)
+                            + (vabs + aa1 * dt) * dt
+                        )
+                        if not (lo_i <= q1 - d and q1 + d <= hi_i):
+                            kind = -1
+                if kind < 0:
+                    kind, r_lo, r_hi = _certify(q1, v1, a1, lo_i, hi_i, vm_i, am_i, jm, dt)
+                    if not kind and widened:
+                        self._tighten(i, r_lo, r_hi)
                 if kind:
                     jc[i * nk + _K_ENV_A - 1 + kind] += 1
-                    j = _brake_jerk(vi, ai, jm, amax[i], dt)
+                    j = _brake_jerk(vi, ai, jm, am_i, dt)
                     a1 = ai + j * dt
                     v1 = vi + a1 * dt
                     q1 = qi + v1 * dt
-                elif lo[i] < lo_lim[i] or hi[i] > hi_lim[i]:
-                    self._tighten(i, r_lo, r_hi)
                 jl[i] = j
                 a[i] = a1
                 v[i] = v1
@@ -511,6 +544,7 @@ class SafetyFilter:
             self._lo_eff[i] = min(self._lo[i], max(self._lo_eff[i], r_lo))
         if self._hi_eff[i] > self._hi[i]:
             self._hi_eff[i] = max(self._hi[i], min(self._hi_eff[i], r_hi))
+        self._widened = self._lo_eff != self._lo or self._hi_eff != self._hi
 
     def _target_list(self, target: object) -> list[float] | None:
         gc = self._global_counts
@@ -601,20 +635,27 @@ class BatchCore:
             pi = np.minimum(np.maximum(pi, q_measured - self.track), q_measured + self.track)
             vt = (pi - self.p_prev) / dt
             vt = np.where(self.have_prev[:, None] & (vt <= vs) & (vt >= -vs), vt, 0.0)
+            bn2 = 2.0 * bn
             e = pi - q
             ae = np.abs(e)
-            pv = np.minimum(np.sqrt(2.0 * bn * ae), self.kp * ae)
+            pv = self.kp * ae
+            x = bn2 * ae
+            pv = np.where(pv * pv >= x, np.sqrt(x), pv)
             vd = np.where(e >= 0.0, vt + pv, vt - pv)
             vd = np.minimum(np.maximum(vd, -vs), vs)
-            room = hi - q
-            vd = np.minimum(vd, np.where(room > 0.0, np.sqrt(2.0 * bn * room), 0.0))
-            room = q - lo
-            vd = np.maximum(vd, -np.where(room > 0.0, np.sqrt(2.0 * bn * room), 0.0))
+            x = bn2 * (hi - q)
+            vd = np.where((vd > 0.0) & (vd * vd > x), np.where(x > 0.0, np.sqrt(np.maximum(x, 0.0)), 0.0), vd)
+            x = bn2 * (q - lo)
+            vd = np.where(
+                (vd < 0.0) & (vd * vd > x), np.where(x > 0.0, -np.sqrt(np.maximum(x, 0.0)), 0.0), vd
+            )
             ev = vd - v
             aev = np.abs(ev)
+            ad = np.minimum(self.kv * aev, as_)
             jsdt = js * dt
-            ad = 0.5 * (np.sqrt(jsdt * jsdt + 8.0 * js * aev) - jsdt)
-            ad = np.minimum(np.minimum(ad, self.kv * aev), as_)
+            x = jsdt * jsdt + 8.0 * js * aev
+            u = 2.0 * ad + jsdt
+            ad = np.where(u * u > x, 0.5 * (np.sqrt(x) - jsdt), ad)
             jn = (np.where(ev >= 0.0, ad, -ad) - a) / dt
             jn = np.minimum(np.maximum(jn, -js), js)
             a1 = a + jn * dt
