@@ -9,7 +9,7 @@ cd "$repo"
 python="${PYTHON:-python3}"
 
 # Offscreen GL for MuJoCo rendering (EGL first, OSMesa as the fallback).
-gl_packages=(libegl1 libgl1 libgles2 libosmesa6)
+gl_packages=(libegl1 libegl-mesa0 libgl1-mesa-dri libgbm1 libopengl0 libosmesa6)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   for pkg in "${gl_packages[@]}"; do

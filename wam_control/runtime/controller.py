@@ -335,14 +335,13 @@ class Controller:
 
     def _supervise_worker(self) -> None:
         self.worker.check(self.clock.now())
-        h = self.worker.health()
-        restarts = int(h.get("restarts", 0))
+        restarts = self.worker.restarts
         if restarts != self._worker_restarts:
             self._worker_restarts = restarts
             # A restarted model is slow for its first calls again.
             self.scheduler.delay.restart_warmup()
             if self.latch_on_worker_failure and self.filter.fault is None:
-                self.filter.latch(f"inference worker failed: {h.get('last_error', '')}")
+                self.filter.latch(f"inference worker failed: {self.worker.last_error}")
 
     def _on_result(self, res: InferenceResult, tick: int) -> None:
         c = self.counters

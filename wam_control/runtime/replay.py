@@ -122,6 +122,14 @@ class ScriptedWorker:
                 "hang", f"request in flight {now - self._submit_t:.3f} s > deadline {self.deadline_s} s"
             )
 
+    @property
+    def restarts(self) -> int:
+        return self._n["restarts"]
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
     def health(self) -> dict[str, float | int | str]:
         h: dict[str, float | int | str] = {
             "mode": "scripted",

@@ -89,6 +89,14 @@ class InferenceWorker(Protocol):
 
     def check(self, now: float) -> None: ...
 
+    @property
+    def restarts(self) -> int:
+        """Restarts so far: cheap, so the control loop can watch it every tick (health() allocates)."""
+        ...
+
+    @property
+    def last_error(self) -> str: ...
+
     def health(self) -> dict[str, float | int | str]: ...
 
 
@@ -171,6 +179,14 @@ class _Supervised(abc.ABC):
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def restarts(self) -> int:
+        return self._n["restarts"]
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
 
     @property
     def ready(self) -> bool:
