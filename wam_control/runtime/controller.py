@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from wam_control.policy.contract import ModelContract, check_contract
 from wam_control.runtime.clock import Clock
 from wam_control.runtime.scheduler import ChunkScheduler, SchedulerParams
 from wam_control.runtime.worker import InferenceRequest, InferenceResult, InferenceWorker
+
+if TYPE_CHECKING:
+    from wam_control.runtime.surprise import SurpriseMonitor
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,8 @@ class _Filter(Protocol):
 
     def latch(self, reason: str) -> None: ...
 
+    def set_velocity_scale(self, scale: float) -> None: ...
+
     def rearm(self, q_measured: np.ndarray) -> bool: ...
 
     def interventions(self) -> dict[str, int]: ...
@@ -108,6 +113,8 @@ class Controller:
         buffers: Any = None,
         safety_filter: _Filter | None = None,
         latch_on_worker_failure: bool = True,
+        surprise_monitor: SurpriseMonitor | None = None,
+        result_hook: Callable[[InferenceResult], None] | None = None,
     ) -> None:
         check_contract(
             contract,
@@ -141,6 +148,11 @@ class Controller:
             self.filter: _Filter = SafetyFilter(limits, config.safety, self.dt, config.joint_names)
         else:
             self.filter = safety_filter
+        # Optional WAM consumers of every usable result (surprise monitor, imagination preview).
+        self.surprise = surprise_monitor
+        if surprise_monitor is not None:
+            surprise_monitor.attach(self.filter)
+        self.result_hook = result_hook
         self.scheduler = ChunkScheduler(
             contract.horizon,
             self.dof,
@@ -275,6 +287,8 @@ class Controller:
 
     def _reset_motion(self) -> None:
         self.scheduler.reset()
+        if self.surprise is not None:
+            self.surprise.reset()
         # Anything already in flight was planned for a motion that is being abandoned.
         self._epoch_first_id = self._next_id
 
@@ -370,6 +384,10 @@ class Controller:
             self._bad_result()
             return
         self._bad_in_row = 0
+        if self.surprise is not None:
+            self.surprise.on_result(res.obs_tick, out.latent, out.latent_pred)
+        if self.result_hook is not None:
+            self.result_hook(res)
         f = self.filter
         why = self.scheduler.accept(res.obs_tick, actions, tick, (f.q, f.v, f.a))
         if why is not None:
@@ -424,6 +442,8 @@ class Controller:
             values["fault"] = self._fault or ""
             values["estop"] = int(self._estop)
             values["running"] = int(self._running)
+            if self.surprise is not None:
+                values.update(self.surprise.values())
             now = self.clock.now()
             span = now - self._rate_t
             if span >= 0.5:
@@ -474,6 +494,9 @@ class Controller:
             stale = [n for n, s in self.buffers.stale().items() if s]
             if stale:
                 warnings.append(f"stale inputs {stale}: no new inference")
+        surprise = self.surprise.warning() if self.surprise is not None else None
+        if surprise is not None:
+            warnings.append(surprise)
         if warnings:
             return WARN, "; ".join(warnings)
         return OK, "running"

@@ -1,0 +1,309 @@
+"""The surprise monitor: how far reality departs from what the world model expected.
+
+Every inference result carries `latent` (the model's latent of the observation at `obs_tick`) and
+`latent_pred[i]` (its prediction of the latent `latent_offsets[i]` action steps later, conditioned on the
+chunk it proposes). The monitor keeps those predictions in a preallocated ring, keyed by the absolute
+tick they refer to (`obs_tick + offset * ticks_per_step`). When a later result brings the latent of an
+observation at tick T, each earlier request's prediction nearest to T (within `match_tolerance_steps`)
+is compared with it:
+
+    d = ||pred - obs|| / sqrt(C)            (the calibrated metric, see runtime.calibration)
+    z = (d - mean[offset]) / std[offset]    (nominal statistics from closed-loop runs)
+    raw = mean z over the predictions that targeted T
+    score = smoothing * raw + (1 - smoothing) * score
+
+Responses, on the safety filter the controller attaches: score >= `slow_threshold` scales the velocity
+envelope down linearly, from 1 at `slow_threshold` to `min_scale` at `stop_threshold`; score >=
+`stop_threshold` brakes to hold and latches ("surprise", re-arm required). Predictions whose target
+passes without an observation near it expire (counted); a missing result simply means fewer matches.
+
+Cost: nothing per control tick. Per inference result, O(ring * K) scalar work and K vector
+differences into one preallocated buffer; no allocation beyond a few scalars (the reason string of a
+latch is a constant).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from wam_control.policy.contract import ModelContract
+from wam_control.runtime.calibration import SurpriseCalibration
+
+LATCH_REASON = "surprise: world-model prediction error above stop_threshold"
+
+
+@dataclass(frozen=True)
+class SurpriseConfig:
+    """The `surprise:` section of a deployment YAML (proposed; see docs/surprise.md)."""
+
+    enabled: bool = True
+    calibration: str = ""
+    """Nominal statistics file; empty means `<model>.surprise.json` beside the model."""
+    slow_threshold: float = 4.0
+    """Score (z units) from which the velocity envelope is scaled down."""
+    stop_threshold: float = 8.0
+    """Score at which the filter brakes to hold and latches (when `latch` is true)."""
+    min_scale: float = 0.25
+    """Velocity scale reached at `stop_threshold` (and kept above it when `latch` is false)."""
+    smoothing: float = 0.6
+    """EWMA weight of the newest observation's z (1 = no smoothing)."""
+    match_tolerance_steps: float = 0.5
+    """A prediction matches an observation at most this many action steps from its target tick."""
+    latch: bool = True
+    ring_requests: int = 8
+    """Requests whose predictions are kept; older ones are overwritten."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.slow_threshold) and math.isfinite(self.stop_threshold)):
+            raise ValueError("surprise.slow_threshold and surprise.stop_threshold must be finite numbers")
+        if not self.stop_threshold > self.slow_threshold:
+            raise ValueError(
+                f"surprise.stop_threshold ({self.stop_threshold}) must be greater than "
+                f"surprise.slow_threshold ({self.slow_threshold})"
+            )
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ValueError(f"surprise.min_scale must be in (0, 1], got {self.min_scale}")
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ValueError(f"surprise.smoothing must be in (0, 1], got {self.smoothing}")
+        if not 0.0 <= self.match_tolerance_steps < 8.0:
+            raise ValueError(
+                f"surprise.match_tolerance_steps must be in [0, 8) action steps, got {self.match_tolerance_steps}"
+            )
+        if not 1 <= self.ring_requests <= 256:
+            raise ValueError(f"surprise.ring_requests must be in [1, 256], got {self.ring_requests}")
+
+
+class _Filter(Protocol):
+    fault: str | None
+
+    def set_velocity_scale(self, scale: float) -> None: ...
+
+    def latch(self, reason: str) -> None: ...
+
+
+class SurpriseMonitor:
+    """See the module docstring. `calibration=None` measures distances only (calibration runs):
+    score stays 0 and nothing is slowed or latched; give `record` a dict to collect distances."""
+
+    def __init__(
+        self,
+        contract: ModelContract,
+        control_hz: float,
+        calibration: SurpriseCalibration | None,
+        config: SurpriseConfig | None = None,
+        *,
+        record: dict[int, list[float]] | None = None,
+    ) -> None:
+        self.config = cfg = config or SurpriseConfig()
+        self.contract = contract
+        if calibration is not None:
+            calibration.check(contract)
+        self.calibration = calibration
+        k, c = contract.latent_steps, contract.latent_dim
+        self.k, self.c = k, c
+        self.ticks_per_step = contract.action_dt * float(control_hz)
+        self._offset_ticks = np.array(
+            [int(round(o * self.ticks_per_step)) for o in contract.latent_offsets], np.int64
+        )
+        self.tolerance_ticks = int(math.floor(cfg.match_tolerance_steps * self.ticks_per_step + 1e-9))
+        # Per contract offset: calibrated mean/std, or NaN where the calibration has no entry.
+        self._mean = np.full(k, math.nan)
+        self._std = np.full(k, math.nan)
+        if calibration is not None:
+            for j, o in enumerate(calibration.offsets):
+                i = contract.latent_offsets.index(o)
+                self._mean[i] = calibration.mean[j]
+                self._std[i] = calibration.std[j]
+        self._scored = np.isfinite(self._mean)
+        r = cfg.ring_requests
+        self._pred = np.zeros((r, k, c), np.float32)
+        self._target = np.zeros((r, k), np.int64)
+        self._live = np.zeros((r, k), bool)
+        self._diff = np.zeros(c, np.float32)
+        self._z_last = np.full(k, math.nan)
+        self._next = 0
+        self._last_obs_tick = -(2**62)
+        self._scale_span = cfg.stop_threshold - cfg.slow_threshold
+        self._filter: _Filter | None = None
+        self._record = record
+        self.score = 0.0
+        self.raw = math.nan
+        self.velocity_scale = 1.0
+        self.peak_score = 0.0
+        self.tripped = False
+        self.last_update_tick = -1
+        self.counters: dict[str, int] = {
+            "observations": 0,
+            "observations_scored": 0,
+            "matches": 0,
+            "expired": 0,
+            "overwritten": 0,
+            "bad_outputs": 0,
+            "slowdowns": 0,
+            "trips": 0,
+        }
+
+    # ------------------------------------------------------------------ wiring
+
+    def attach(self, safety_filter: _Filter) -> None:
+        """The filter whose velocity envelope is scaled and which is latched on a trip."""
+        self._filter = safety_filter
+
+    def reset(self) -> None:
+        """Forget pending predictions and the score (the motion they were made for was abandoned)."""
+        self._live[:] = False
+        self._last_obs_tick = -(2**62)
+        self.score = 0.0
+        self.raw = math.nan
+        self.tripped = False
+        self._set_scale(1.0)
+
+    # ------------------------------------------------------------------ per inference result
+
+    def on_result(self, obs_tick: int, latent: np.ndarray, latent_pred: np.ndarray) -> float:
+        """Score the observation of `obs_tick` against earlier predictions, then store this result's
+        predictions; apply the response. Returns the (smoothed) score."""
+        k, c = self.k, self.c
+        if (
+            not isinstance(latent, np.ndarray)
+            or not isinstance(latent_pred, np.ndarray)
+            or latent.shape != (c,)
+            or latent_pred.shape != (k, c)
+        ):
+            self.counters["bad_outputs"] += 1
+            return self.score
+        self.counters["observations"] += 1
+        if obs_tick <= self._last_obs_tick:
+            # Observations arrive in order; an older one would match predictions already expired.
+            self.counters["bad_outputs"] += 1
+            return self.score
+        self._last_obs_tick = obs_tick
+        self._match(obs_tick, latent)
+        self._store(obs_tick, latent_pred)
+        return self.score
+
+    def _match(self, t: int, latent: np.ndarray) -> None:
+        tol = self.tolerance_ticks
+        live, target, zl = self._live, self._target, self._z_last
+        zl[:] = math.nan
+        total = 0.0
+        n = 0
+        for r in range(live.shape[0]):
+            best = -1
+            best_gap = tol + 1
+            for i in range(self.k):
+                if not live[r, i]:
+                    continue
+                gap = int(target[r, i]) - t
+                if gap < -tol:
+                    live[r, i] = False  # its target has passed with no observation near it
+                    self.counters["expired"] += 1
+                elif abs(gap) < best_gap:
+                    best, best_gap = i, abs(gap)
+            if best < 0:
+                continue
+            live[r, best] = False
+            np.subtract(self._pred[r, best], latent, out=self._diff)
+            d = math.sqrt(float(np.dot(self._diff, self._diff)) / self.c)
+            if not math.isfinite(d):
+                self.counters["bad_outputs"] += 1
+                continue
+            self.counters["matches"] += 1
+            if self._record is not None:
+                self._record.setdefault(int(self.contract.latent_offsets[best]), []).append(d)
+            if self._scored[best]:
+                z = (d - self._mean[best]) / self._std[best]
+                zl[best] = z if math.isnan(zl[best]) else max(zl[best], z)
+                total += z
+                n += 1
+        if n == 0:
+            return
+        self.counters["observations_scored"] += 1
+        self.raw = total / n
+        a = self.config.smoothing
+        self.score = a * self.raw + (1.0 - a) * self.score
+        self.last_update_tick = t
+        if self.score > self.peak_score:
+            self.peak_score = self.score
+        self._respond()
+
+    def _store(self, obs_tick: int, latent_pred: np.ndarray) -> None:
+        r = self._next
+        self._next = (r + 1) % self._live.shape[0]
+        if self._live[r].any():
+            self.counters["overwritten"] += int(self._live[r].sum())
+        self._pred[r] = latent_pred
+        np.add(self._offset_ticks, obs_tick, out=self._target[r])
+        self._live[r] = True
+
+    def _respond(self) -> None:
+        cfg = self.config
+        s = self.score
+        if s < cfg.slow_threshold:
+            self._set_scale(1.0)
+            return
+        x = min(1.0, (s - cfg.slow_threshold) / self._scale_span)
+        self._set_scale(1.0 - (1.0 - cfg.min_scale) * x)
+        if s >= cfg.stop_threshold and cfg.latch and not self.tripped:
+            self.tripped = True
+            self.counters["trips"] += 1
+            if self._filter is not None and self._filter.fault is None:
+                self._filter.latch(LATCH_REASON)
+
+    def _set_scale(self, scale: float) -> None:
+        if scale < 1.0 and self.velocity_scale >= 1.0:
+            self.counters["slowdowns"] += 1
+        if scale != self.velocity_scale:
+            self.velocity_scale = scale
+            if self._filter is not None:
+                self._filter.set_velocity_scale(scale)
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def values(self) -> dict[str, float | int | str]:
+        """Diagnostics (the controller adds them to its status under `surprise.`)."""
+        out: dict[str, float | int | str] = {
+            "surprise.score": float(self.score),
+            "surprise.raw": float(self.raw),
+            "surprise.peak": float(self.peak_score),
+            "surprise.velocity_scale": float(self.velocity_scale),
+            "surprise.tripped": int(self.tripped),
+            "surprise.calibrated": int(self.calibration is not None),
+        }
+        for name, v in self.counters.items():
+            out[f"surprise.{name}"] = v
+        for i, o in enumerate(self.contract.latent_offsets):
+            if self._scored[i]:
+                out[f"surprise.z_offset{o}"] = float(self._z_last[i])
+        return out
+
+    def warning(self) -> str | None:
+        """A one-line status warning while the monitor is slowing the arm, else None."""
+        if self.velocity_scale >= 1.0:
+            return None
+        return (
+            f"surprise score {self.score:.1f} >= slow_threshold {self.config.slow_threshold:g}: "
+            f"velocity scaled to {self.velocity_scale:.2f}"
+        )
+
+
+def build_monitor(
+    config: SurpriseConfig,
+    contract: ModelContract,
+    control_hz: float,
+    model_path: str = "",
+) -> SurpriseMonitor | None:
+    """The monitor a deployment asks for, or None when `enabled` is false. An enabled monitor without
+    its calibration file is an error (CalibrationError naming the file), never silently off."""
+    if not config.enabled:
+        return None
+    from wam_control.runtime.calibration import default_calibration_path
+
+    path = config.calibration or (str(default_calibration_path(model_path)) if model_path else "")
+    if not path:
+        raise ValueError("surprise.calibration is empty and no model path was given to place it beside")
+    return SurpriseMonitor(contract, control_hz, SurpriseCalibration.load(path, contract), config)
