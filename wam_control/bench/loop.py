@@ -27,7 +27,7 @@ class CommandTick:
     "robot" reports the previous command as its measured position.
     """
 
-    def __init__(self, config: RobotConfig, hz: float, period_s: float = 4.0) -> None:
+    def __init__(self, config: RobotConfig, hz: float, period_s: float = 8.0) -> None:
         n = config.dof
         limits = config.limit_arrays()
         self.filter = SafetyFilter(limits, config.safety, 1.0 / hz, config.joint_names)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hz", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=10.0, help="total run time (both variants)")
     parser.add_argument("--preset", default="fr3")
-    parser.add_argument("--block", type=float, default=1.0, help="seconds per alternating block")
+    parser.add_argument("--block", type=float, default=0.5, help="seconds per alternating block")
     args = parser.parse_args(argv)
     if args.hz <= 0 or args.seconds <= 0 or args.block <= 0:
         parser.error("--hz, --seconds and --block must be positive")

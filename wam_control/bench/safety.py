@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1_000_000, help="filter ticks in total (all presets)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", choices=("fr3", "panda", "both"), default="both")
-    parser.add_argument("--batch", type=int, default=1000, help="independent streams run side by side")
+    parser.add_argument("--batch", type=int, default=200, help="independent streams run side by side")
     parser.add_argument("--hz", type=float, default=None, help="control rate (default: the preset's)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
         print(
             f"preset={name} hz={args.hz or config.control_hz:g} steps={res.steps} violations={res.violations} "
-            f"max_ratio_pos={res.max_ratio_pos:.6f} max_ratio_vel={res.max_ratio_vel:.6f} "
-            f"max_ratio_acc={res.max_ratio_acc:.6f} max_ratio_jerk={res.max_ratio_jerk:.6f} "
+            f"max_ratio_pos={res.max_ratio_pos:.9f} max_ratio_vel={res.max_ratio_vel:.9f} "
+            f"max_ratio_acc={res.max_ratio_acc:.9f} max_ratio_jerk={res.max_ratio_jerk:.9f} "
             f"holding_fraction={res.holding_fraction:.3f} envelope_brakes={res.envelope_brakes} "
             f"steps_per_s={res.steps / res.seconds:.0f}",
             flush=True,
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = sum(r.seconds for r in results)
     print(
         f"steps={steps} violations={sum(r.violations for r in results)} "
-        f"max_ratio_pos={max(r.max_ratio_pos for r in results):.6f} "
-        f"max_ratio_vel={max(r.max_ratio_vel for r in results):.6f} "
-        f"max_ratio_acc={max(r.max_ratio_acc for r in results):.6f} "
-        f"max_ratio_jerk={max(r.max_ratio_jerk for r in results):.6f} "
+        f"max_ratio_pos={max(r.max_ratio_pos for r in results):.9f} "
+        f"max_ratio_vel={max(r.max_ratio_vel for r in results):.9f} "
+        f"max_ratio_acc={max(r.max_ratio_acc for r in results):.9f} "
+        f"max_ratio_jerk={max(r.max_ratio_jerk for r in results):.9f} "
         f"seconds={seconds:.1f} steps_per_s={steps / seconds:.0f} seed={args.seed}"
     )
     return 0 if all(r.violations == 0 for r in results) else 1
