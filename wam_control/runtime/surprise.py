@@ -51,8 +51,10 @@ class SurpriseConfig:
     """Velocity scale reached at `stop_threshold` (and kept above it when `latch` is false)."""
     smoothing: float = 0.6
     """EWMA weight of the newest observation's z (1 = no smoothing)."""
-    match_tolerance_steps: float = 0.5
-    """A prediction matches an observation at most this many action steps from its target tick."""
+    match_tolerance_steps: float = 1.0
+    """A prediction matches an observation at most this many action steps from its target tick. The
+    scheduler requests every ~half chunk (not on the offsets' grid), so half a step would leave the
+    longest offset unmatched; calibration is measured with the same tolerance."""
     latch: bool = True
     ring_requests: int = 8
     """Requests whose predictions are kept; older ones are overwritten."""

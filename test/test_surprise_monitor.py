@@ -1,0 +1,306 @@
+"""Surprise monitor: matching predictions to ticks, scoring, responses, calibration (simulated clock)."""
+
+from __future__ import annotations
+
+import json
+import math
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wam_control.policy.contract import ModelContract
+from wam_control.runtime.calibration import (
+    CalibrationError,
+    SurpriseCalibration,
+    default_calibration_path,
+)
+from wam_control.runtime.surprise import (
+    LATCH_REASON,
+    SurpriseConfig,
+    SurpriseMonitor,
+    build_monitor,
+)
+
+FR3 = tuple(f"fr3_joint{i}" for i in range(1, 8))
+HZ = 500.0
+STEP = 25  # ticks per action step: action_dt 0.05 s at 500 Hz
+C = 16
+
+
+def contract(**kw: object) -> ModelContract:
+    args: dict[str, object] = dict(
+        contract_version=1,
+        model_name="surprise-test",
+        joint_names=FR3,
+        camera_names=("scene",),
+        image_height=8,
+        image_width=8,
+        action_dt=0.05,
+        horizon=16,
+        latent_steps=4,
+        latent_offsets=(2, 4, 8, 16),
+        max_prefix=8,
+        latent_dim=C,
+        weights_sha256="ab" * 32,
+    )
+    args.update(kw)
+    return ModelContract(**args)  # type: ignore[arg-type]
+
+
+class World:
+    """A latent trajectory f(tick) and a model that predicts it, both with seeded noise."""
+
+    def __init__(self, noise: float = 0.0, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.freq = rng.uniform(0.2, 1.0, C)
+        self.phase = rng.uniform(0, 2 * np.pi, C)
+        self.noise = noise
+        self.rng = np.random.default_rng(seed + 1)
+        self.offsets = np.array([2, 4, 8, 16]) * STEP
+        self.jump = np.zeros(C, np.float32)
+
+    def f(self, tick: float) -> np.ndarray:
+        return np.sin(2 * np.pi * self.freq * tick / HZ + self.phase).astype(np.float32)
+
+    def result(self, tick: int) -> tuple[np.ndarray, np.ndarray]:
+        latent = self.f(tick) + self.jump + self.rng.normal(0, self.noise, C).astype(np.float32)
+        pred = np.stack([self.f(tick + o) for o in self.offsets]) + self.jump
+        pred = pred + self.rng.normal(0, self.noise, pred.shape).astype(np.float32)
+        return latent.astype(np.float32), pred.astype(np.float32)
+
+
+class FakeFilter:
+    def __init__(self) -> None:
+        self.fault: str | None = None
+        self.calls: list[tuple[str, object]] = []
+
+    def set_velocity_scale(self, scale: float) -> None:
+        assert 0.0 < scale <= 1.0
+        self.calls.append(("scale", scale))
+
+    def latch(self, reason: str) -> None:
+        self.calls.append(("latch", reason))
+        if self.fault is None:
+            self.fault = reason
+
+
+def calibrate(world: World, ticks: range, config: SurpriseConfig | None = None) -> SurpriseCalibration:
+    samples: dict[int, list[float]] = {}
+    mon = SurpriseMonitor(contract(), HZ, None, config, record=samples)
+    for t in ticks:
+        mon.on_result(t, *world.result(t))
+    assert mon.score == 0.0  # uncalibrated: measures only
+    return SurpriseCalibration.from_samples(
+        samples, episodes=1, seeds=[0], weights_sha256=contract().weights_sha256
+    )
+
+
+def test_predictions_are_matched_to_the_tick_they_target() -> None:
+    world = World(noise=0.0)
+    rec: dict[int, list[float]] = {}
+    # zero tolerance: only a prediction whose target is exactly this tick can match
+    mon = SurpriseMonitor(contract(), HZ, None, SurpriseConfig(match_tolerance_steps=0.0), record=rec)
+    for t in range(0, 1001, 200):
+        mon.on_result(t, *world.result(t))
+    # 200 sees request 0's +8 steps; every later observation sees +8 of t-200 and +16 of t-400.
+    assert sorted(rec) == [8, 16]
+    assert len(rec[8]) == 5 and len(rec[16]) == 4
+    # Exact predictions of the right tick: distance is float32 rounding only.
+    assert max(rec[8] + rec[16]) < 1e-6
+    # +2 and +4 steps (50, 100 ticks) never had an observation near them.
+    assert mon.counters["expired"] >= 2 * 4
+    assert mon.counters["matches"] == 9
+
+
+def test_a_wrong_tick_would_show_as_distance() -> None:
+    """Guard for the test above: the latent moves enough in one action step to be seen."""
+    world = World()
+    assert np.sqrt(np.mean((world.f(200) - world.f(200 + STEP)) ** 2)) > 0.05
+
+
+def test_nearest_prediction_within_tolerance_wins() -> None:
+    world = World()
+    rec: dict[int, list[float]] = {}
+    cfg = SurpriseConfig(match_tolerance_steps=2.0)  # 50 ticks: +2 (50) and +4 (100) are both candidates
+    mon = SurpriseMonitor(contract(), HZ, None, cfg, record=rec)
+    mon.on_result(0, *world.result(0))
+    mon.on_result(60, *world.result(60))
+    assert list(rec) == [2]  # target 50 (10 ticks away) beats target 100 (40 ticks away)
+    assert rec[2][0] > 1e-3  # 10 ticks off: a real, small difference
+    # request 0's +4 (target 100) stayed pending; at 160 it is out of reach and expires
+    expired = mon.counters["expired"]
+    mon.on_result(160, *world.result(160))
+    assert mon.counters["expired"] == expired + 1
+    assert len(rec[8]) == 1  # request 0's +8 (target 200, 40 ticks away) is its nearest now
+
+
+def test_scheduler_cadence_matches_within_one_step() -> None:
+    """Requests come every ~188 ticks (half a chunk minus the delay margin), not on the offsets' grid."""
+    world = World()
+    rec: dict[int, list[float]] = {}
+    mon = SurpriseMonitor(contract(), HZ, None, record=rec)
+    for t in range(0, 188 * 8, 188):
+        mon.on_result(t, *world.result(t))
+    assert len(rec[8]) == 7 and len(rec[16]) == 6
+
+
+def test_missing_results_are_tolerated() -> None:
+    world = World(noise=0.01)
+    cal = calibrate(world, range(0, 20001, 200))
+    mon = SurpriseMonitor(contract(), HZ, cal)
+    flt = FakeFilter()
+    mon.attach(flt)
+    for t in range(0, 4001, 200):
+        if t in (1000, 1200, 2600):
+            continue  # results lost (worker restart, stale input)
+        mon.on_result(t, *world.result(t))
+    assert mon.counters["expired"] > 0
+    assert math.isfinite(mon.score) and mon.score < mon.config.slow_threshold
+    assert flt.calls == []
+    # out-of-order or malformed results are counted and ignored
+    mon.on_result(100, *world.result(100))
+    mon.on_result(5000, np.zeros(C + 1, np.float32), np.zeros((4, C), np.float32))
+    assert mon.counters["bad_outputs"] == 2
+
+
+def test_latent_jump_raises_the_score_then_slows_then_latches() -> None:
+    world = World(noise=0.02, seed=3)
+    cal = calibrate(world, range(0, 40001, 200))
+    cfg = SurpriseConfig(slow_threshold=4.0, stop_threshold=12.0, smoothing=0.5)
+    mon = SurpriseMonitor(contract(), HZ, cal, cfg)
+    flt = FakeFilter()
+    mon.attach(flt)
+    scores = []
+    for t in range(50000, 54001, 200):
+        mon.on_result(t, *world.result(t))
+        scores.append(mon.score)
+    assert max(scores) < cfg.slow_threshold, scores
+    assert flt.calls == []
+    # Reality starts to drift away from the predictions: the gap grows each observation.
+    first_slow = first_latch = None
+    for i, t in enumerate(range(54200, 60001, 200)):
+        world.jump[:] = 0.03 * (i + 1)
+        latent, _ = world.result(t)
+        _, pred = World(noise=0.0, seed=3).result(t)  # predictions made without the drift
+        mon.on_result(t, latent, pred)
+        if first_slow is None and mon.velocity_scale < 1.0:
+            first_slow = t
+        if first_latch is None and flt.fault is not None:
+            first_latch = t
+    assert first_slow is not None and first_latch is not None and first_slow < first_latch
+    kinds = [k for k, _ in flt.calls]
+    assert kinds.count("latch") == 1 and flt.fault == LATCH_REASON
+    before = [v for k, v in flt.calls[: kinds.index("latch")] if k == "scale"]
+    assert before and all(cfg.min_scale <= float(v) < 1.0 for v in before)  # type: ignore[arg-type]
+    assert before == sorted(before, reverse=True)  # slowing down monotonically while the gap grows
+    assert mon.counters["trips"] == 1 and mon.peak_score >= cfg.stop_threshold
+    # re-arm path: the controller resets the monitor, which restores the full envelope
+    mon.reset()
+    assert flt.calls[-1] == ("scale", 1.0) and mon.score == 0.0 and not mon._live.any()
+
+
+def test_single_spike_is_seen_without_smoothing_delay() -> None:
+    world = World(noise=0.02, seed=5)
+    cal = calibrate(world, range(0, 40001, 200))
+    mon = SurpriseMonitor(contract(), HZ, cal, SurpriseConfig(smoothing=0.6))
+    flt = FakeFilter()
+    mon.attach(flt)
+    for t in range(50000, 52001, 200):
+        mon.on_result(t, *world.result(t))
+    world.jump[:] = 0.5  # the scene changes at once (object teleported)
+    mon.on_result(52200, *world.result(52200))
+    assert mon.raw > 20 and mon.velocity_scale < 1.0 and flt.fault == LATCH_REASON
+
+
+def test_no_response_without_latch_flag() -> None:
+    world = World(noise=0.02, seed=5)
+    cal = calibrate(world, range(0, 20001, 200))
+    mon = SurpriseMonitor(contract(), HZ, cal, SurpriseConfig(latch=False))
+    flt = FakeFilter()
+    mon.attach(flt)
+    mon.on_result(30000, *world.result(30000))
+    world.jump[:] = 1.0
+    mon.on_result(30200, *world.result(30200))
+    assert flt.fault is None and mon.velocity_scale == mon.config.min_scale
+
+
+def test_monitor_allocates_nothing_per_result() -> None:
+    world = World(noise=0.02)
+    cal = calibrate(world, range(0, 10001, 200))
+    mon = SurpriseMonitor(contract(), HZ, cal, SurpriseConfig(latch=False))
+    mon.attach(FakeFilter())
+    inputs = [world.result(t) for t in range(0, 200 * 3000, 200)]
+    for i in range(50):
+        mon.on_result(i * 200, *inputs[i])
+    only_monitor = [tracemalloc.Filter(True, "*runtime/surprise.py")]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot().filter_traces(only_monitor)
+        for i in range(50, len(inputs)):
+            mon.on_result(i * 200, *inputs[i])
+        after = tracemalloc.take_snapshot().filter_traces(only_monitor)
+    finally:
+        tracemalloc.stop()
+    growth = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert growth < 1024, after.compare_to(before, "lineno")[:5]
+    assert mon.counters["matches"] > 5000
+
+
+def test_calibration_round_trip(tmp_path: Path) -> None:
+    world = World(noise=0.02)
+    cal = calibrate(world, range(0, 20001, 200))
+    path = cal.save(tmp_path / "m.surprise.json")
+    back = SurpriseCalibration.load(path, contract())
+    assert back.offsets == cal.offsets == (8, 16)
+    for name in ("mean", "std", "p95", "p99"):
+        np.testing.assert_allclose(getattr(back, name), getattr(cal, name))
+    assert back.weights_sha256 == contract().weights_sha256 and back.extra["samples"] == [100, 99]
+    # the format the training helper writes (no sha, its own metric spelling) loads too
+    data = json.loads(path.read_text())
+    data.pop("weights_sha256")
+    data["metric"] = "normalized_l2"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    assert SurpriseCalibration.load(other, contract()).offsets == (8, 16)
+
+
+def test_calibration_errors_name_the_problem(tmp_path: Path) -> None:
+    cal = calibrate(World(noise=0.02), range(0, 20001, 200))
+    with pytest.raises(CalibrationError, match="weights_sha256"):
+        SurpriseCalibration.load(cal.save(tmp_path / "a.json"), contract(weights_sha256="cd" * 32))
+    data = cal.to_json()
+    data["metric"] = "cosine"
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="metric"):
+        SurpriseCalibration.load(tmp_path / "b.json")
+    data = cal.to_json()
+    del data["std"]
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match="std"):
+        SurpriseCalibration.load(tmp_path / "c.json")
+    data = cal.to_json()
+    data["offsets"] = [3, 16]
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    with pytest.raises(CalibrationError, match=r"offsets \[3\]"):
+        SurpriseCalibration.load(tmp_path / "d.json", contract())
+    with pytest.raises(CalibrationError, match="nope.surprise.json does not exist"):
+        SurpriseCalibration.load(tmp_path / "nope.surprise.json")
+    with pytest.raises(CalibrationError, match="at least one offset"):
+        SurpriseCalibration.from_samples({8: [0.1, 0.2]})
+
+
+def test_config_and_factory(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="stop_threshold"):
+        SurpriseConfig(slow_threshold=5.0, stop_threshold=5.0)
+    with pytest.raises(ValueError, match="min_scale"):
+        SurpriseConfig(min_scale=0.0)
+    assert build_monitor(SurpriseConfig(enabled=False), contract(), HZ) is None
+    model = tmp_path / "wam.onnx"
+    assert default_calibration_path(model) == tmp_path / "wam.surprise.json"
+    with pytest.raises(CalibrationError, match="wam.surprise.json does not exist"):
+        build_monitor(SurpriseConfig(), contract(), HZ, str(model))
+    calibrate(World(noise=0.02), range(0, 20001, 200)).save(tmp_path / "wam.surprise.json")
+    mon = build_monitor(SurpriseConfig(), contract(), HZ, str(model))
+    assert mon is not None and mon.calibration is not None and mon.tolerance_ticks == STEP

@@ -1,0 +1,403 @@
+"""`wam-control bench surprise`: does the world-model surprise monitor see disturbances, and only them?
+
+Closed loop in the MuJoCo sim, lockstep on simulated time (deterministic for a seed): the real
+Controller (buffers, scheduler, safety filter) with the surprise monitor attached, driven tick by tick;
+the model runs in-process with a fixed latency in ticks (`--latency-ms`). Per seed, one nominal episode
+and one episode per disturbance kind:
+
+- teleport: the task's object jumps 15-25 cm inside the workspace;
+- camera:   the scene camera is shifted 5-10 cm in a random direction ("knocked off its mount");
+- occluder: a dark panel appears between the scene camera and the workspace;
+- joint:    a shoulder/elbow joint freezes where it is (the robot stops following the commands).
+
+Disturbances start at a seeded time in [--inject-min-s, --inject-max-s]; an episode counts as detected
+when the score reaches `slow_threshold` (the first response) within --window-s after the injection.
+detect_latency is sim time from the injection to that tick. A nominal episode that ever reaches
+`slow_threshold` is a false alarm. Alarms before the injection in disturbed episodes are reported as
+early_alarm_rate.
+
+Calibration: `--calibration` (default `<model>.surprise.json`, the model card's file), or
+`--calibrate N` nominal episodes on seeds disjoint from the evaluation (`seed + 100000 + i`) first;
+`--write-calibration` stores that file beside the model; `--calibrate-only` stops there.
+
+Final line ends with `detect_rate=... false_alarm_rate=... detect_latency_ms_p50=...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KINDS = ("teleport", "camera", "occluder", "joint")
+CALIBRATION_SEED_BASE = 100000
+FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
+
+
+@dataclass
+class Episode:
+    seed: int
+    kind: str  # "nominal" or one of KINDS
+    inject_tick: int
+    ticks: int
+    first_alarm_tick: int = -1
+    first_alarm_after_inject: int = -1
+    tripped_after_inject: bool = False
+    peak_before: float = 0.0
+    peak_after: float = 0.0
+    success: bool = False
+    scores: list[float] = field(default_factory=list)
+
+
+class Rig:
+    """Sim + controller + monitor, rebuilt per episode on one SimArm and one backend."""
+
+    def __init__(
+        self,
+        model_path: str,
+        config_path: str,
+        task: str,
+        latency_ms: float,
+        surprise_config: Any,
+    ) -> None:
+        from wam_control.config import load_config
+        from wam_control.policy import load_backend
+        from wam_control.sim.arm import SimArm
+
+        self.config = load_config(config_path)
+        self.backend = load_backend(model_path, "onnxruntime", warmup=2)
+        self.contract = self.backend.contract
+        c = self.contract
+        if tuple(c.camera_names) != ("scene",):
+            raise SystemExit(
+                f"bench surprise: the model must use the one camera 'scene', got {c.camera_names}"
+            )
+        self.arm = SimArm(
+            task=task,
+            control_hz=self.config.control_hz,
+            camera_hz=15.0,
+            image_hw=(c.image_height, c.image_width),
+            cameras=("scene",),
+        )
+        self.dt = self.config.control_period
+        self.latency_ticks = max(1, int(round(latency_ms * 1e-3 * self.config.control_hz)))
+        self.surprise_config = surprise_config
+        self._cam_pos0 = self.arm.model.cam_pos.copy()
+
+    def _model_fn(self) -> Any:
+        from wam_control.policy.base import PolicyInput
+
+        backend = self.backend
+
+        def infer(req: Any) -> Any:
+            return backend.infer(PolicyInput(req.images, req.state, req.action_prefix, int(req.prefix_len)))
+
+        return infer
+
+    def run(
+        self,
+        seed: int,
+        kind: str,
+        inject_s: float,
+        duration_s: float,
+        calibration: Any,
+        record: dict[int, list[float]] | None = None,
+    ) -> Episode:
+        from wam_control.runtime.clock import SimClock
+        from wam_control.runtime.controller import Controller
+        from wam_control.runtime.replay import ScriptedWorker
+        from wam_control.runtime.surprise import SurpriseMonitor
+
+        arm = self.arm
+        arm.model.cam_pos[:] = self._cam_pos0
+        arm.set_occluder(False)
+        arm.reset(seed)
+        rng = np.random.default_rng([seed, KINDS.index(kind) + 1 if kind in KINDS else 0])
+        t0 = 1000.0
+        clock = SimClock(t0)
+        worker = ScriptedWorker(self._model_fn(), clock, self.dt, self.latency_ticks)
+        monitor = SurpriseMonitor(
+            self.contract, self.config.control_hz, calibration, self.surprise_config, record=record
+        )
+        ctl = Controller(self.config, self.contract, worker, clock, surprise_monitor=monitor)
+        ctl.start()
+        slow = self.surprise_config.slow_threshold
+        n = int(round(duration_s / self.dt))
+        inject = int(round(inject_s / self.dt)) if kind != "nominal" else n
+        ep = Episode(seed, kind, inject, n)
+        names = arm.joint_names
+        trips_before = 0
+        frame, stamp = arm.frame("scene")
+        ctl.on_image("scene", frame, stamp)
+        for tick in range(n):
+            clock.set(t0 + tick * self.dt)
+            if tick == inject:
+                self._inject(kind, rng)
+            _, q, qd = arm.joint_state()
+            ctl.on_joint_state(names, q, qd, arm.time)
+            cmd = ctl.tick(tick)
+            rendered = arm.step(cmd.positions if cmd is not None else arm.command())
+            if rendered:
+                frame, stamp = arm.frame("scene")
+                ctl.on_image("scene", frame, stamp)
+            trips = monitor.counters["trips"]
+            alarm = monitor.score >= slow or trips > 0
+            if tick < inject:
+                ep.peak_before = max(ep.peak_before, monitor.score)
+                if alarm and ep.first_alarm_tick < 0:
+                    ep.first_alarm_tick = tick
+                trips_before = trips
+            else:
+                ep.peak_after = max(ep.peak_after, monitor.score)
+                if alarm and ep.first_alarm_after_inject < 0:
+                    ep.first_alarm_after_inject = tick
+                ep.tripped_after_inject = trips > trips_before
+            ep.scores.append(monitor.score)
+        ep.success = bool(arm.task.success())
+        worker.close()
+        return ep
+
+    def _inject(self, kind: str, rng: np.random.Generator) -> None:
+        arm = self.arm
+        if kind == "teleport":
+            task = arm.task
+            cur = task.target() if hasattr(task, "target") else task.object()
+            low = getattr(task, "low", None)
+            high = getattr(task, "high", None)
+            for _ in range(100):
+                if low is not None and high is not None:
+                    p = rng.uniform(low, high)
+                else:
+                    p = cur + np.append(rng.uniform(-0.2, 0.2, 2), 0.0)
+                if 0.15 <= float(np.linalg.norm(p - cur)) <= 0.25:
+                    break
+            arm.teleport_object(p)
+        elif kind == "camera":
+            d = rng.normal(size=3)
+            arm.move_camera(d / np.linalg.norm(d) * rng.uniform(0.05, 0.10))
+        elif kind == "occluder":
+            arm.set_occluder(True)
+        elif kind == "joint":
+            arm.block_joint(int(rng.choice([0, 1, 3])), True)
+        else:
+            raise ValueError(f"unknown disturbance {kind!r}; expected one of {list(KINDS)}")
+
+    def close(self) -> None:
+        self.arm.close()
+        self.backend.close()
+
+
+def calibrate(rig: Rig, episodes: int, seed: int, duration_s: float, log: Any = print) -> Any:
+    """Nominal closed-loop episodes (seeds seed+100000+i) -> SurpriseCalibration of the model."""
+    from wam_control.runtime.calibration import SurpriseCalibration
+
+    samples: dict[int, list[float]] = {}
+    seeds = [seed + CALIBRATION_SEED_BASE + i for i in range(episodes)]
+    ok = 0
+    for s in seeds:
+        ep = rig.run(s, "nominal", 0.0, duration_s, None, record=samples)
+        ok += ep.success
+    log(
+        f"calibration: {episodes} nominal episodes, task success {ok}/{episodes}, matched predictions "
+        + ", ".join(f"offset {o}: {len(v)}" for o, v in sorted(samples.items()))
+    )
+    return SurpriseCalibration.from_samples(
+        samples,
+        episodes=episodes,
+        seeds=seeds,
+        weights_sha256=rig.contract.weights_sha256,
+        extra={
+            "source": "wam-control bench surprise --calibrate (closed-loop, lockstep sim)",
+            "task": rig.arm.task.name,
+            "control_hz": rig.config.control_hz,
+            "latency_ticks": rig.latency_ticks,
+            "match_tolerance_steps": rig.surprise_config.match_tolerance_steps,
+        },
+    )
+
+
+def _default_model() -> Path:
+    return Path(__file__).resolve().parents[2] / "models" / "wam_reach.onnx"
+
+
+def _random_model() -> Path:
+    from wam_control.model.export import make_test_model
+
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / "wam_control_bench" / "surprise_random_init.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return make_test_model(out, joint_names=FR3_JOINTS, camera_names=("scene",), image_hw=(96, 96))
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else math.nan
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="wam-control bench surprise", description=__doc__.split("\n")[0])
+    ap.add_argument("--episodes", type=int, default=20, help="seeds; each runs nominal + every disturbance")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default="", help="ONNX model (default models/wam_reach.onnx)")
+    ap.add_argument("--random-init", action="store_true", help="use a random-init test model (plumbing only)")
+    ap.add_argument("--config", default="fr3", help="deployment YAML or preset name")
+    ap.add_argument("--task", default="reach", choices=("reach", "push"))
+    ap.add_argument("--calibration", default="", help="default: <model>.surprise.json")
+    ap.add_argument("--calibrate", type=int, default=0, help="calibrate on N nominal episodes first")
+    ap.add_argument("--write-calibration", action="store_true", help="write the calibration beside the model")
+    ap.add_argument(
+        "--calibrate-only", action="store_true", help="calibrate (default 40 episodes), write, exit"
+    )
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
+    ap.add_argument("--slow", type=float, default=None, help="override slow_threshold")
+    ap.add_argument("--stop", type=float, default=None, help="override stop_threshold")
+    ap.add_argument("--smoothing", type=float, default=None, help="override smoothing")
+    ap.add_argument("--no-latch", action="store_true", help="slow down only (measure without stopping)")
+    ap.add_argument("--latency-ms", type=float, default=20.0, help="simulated inference latency")
+    ap.add_argument("--inject-min-s", type=float, default=0.6)
+    ap.add_argument("--inject-max-s", type=float, default=1.4)
+    ap.add_argument("--window-s", type=float, default=1.5, help="detection window after the injection")
+    ap.add_argument("--duration-s", type=float, default=0.0, help="nominal episode length (default: task)")
+    ap.add_argument("--scores-out", default="", help="write per-episode score traces (.npz)")
+    args = ap.parse_args(argv)
+    if args.episodes < 1:
+        ap.error("--episodes must be >= 1")
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        ap.error(f"--kinds: unknown {bad}; expected a subset of {list(KINDS)}")
+
+    from wam_control.config import preset_path
+    from wam_control.runtime.calibration import (
+        CalibrationError,
+        SurpriseCalibration,
+        default_calibration_path,
+    )
+    from wam_control.runtime.surprise import SurpriseConfig
+
+    if args.random_init:
+        model = _random_model()
+    else:
+        model = Path(args.model) if args.model else _default_model()
+        if not model.is_file():
+            print(
+                f"bench surprise: model {model} does not exist (train/export it, or pass --random-init "
+                "to exercise the pipeline with a random-init model)",
+                file=sys.stderr,
+            )
+            return 2
+    scfg = SurpriseConfig()
+    overrides: dict[str, Any] = {}
+    if args.slow is not None:
+        overrides["slow_threshold"] = args.slow
+    if args.stop is not None:
+        overrides["stop_threshold"] = args.stop
+    if args.smoothing is not None:
+        overrides["smoothing"] = args.smoothing
+    if args.no_latch:
+        overrides["latch"] = False
+    scfg = replace(scfg, **overrides)
+    cal_path = Path(args.calibration) if args.calibration else default_calibration_path(model)
+
+    rig = Rig(str(model), str(preset_path(args.config)), args.task, args.latency_ms, scfg)
+    horizon = args.duration_s or rig.arm.task.horizon_s
+    print(
+        f"model={model.name} ({rig.contract.model_name}, offsets {list(rig.contract.latent_offsets)} steps of "
+        f"{rig.contract.action_dt * rig.config.control_hz:g} ticks) control_hz={rig.config.control_hz:g} "
+        f"latency_ticks={rig.latency_ticks} slow={scfg.slow_threshold:g} stop={scfg.stop_threshold:g} "
+        f"smoothing={scfg.smoothing:g}"
+    )
+    start = time.perf_counter()
+    try:
+        n_cal = args.calibrate or (40 if args.calibrate_only else 0)
+        if n_cal:
+            cal = calibrate(rig, n_cal, args.seed, horizon)
+            if args.write_calibration or args.calibrate_only:
+                cal.save(cal_path)
+                print(f"wrote {cal_path}")
+            if args.calibrate_only:
+                print(
+                    f"calibration_episodes={n_cal} offsets={','.join(map(str, cal.offsets))} "
+                    + " ".join(
+                        f"mean_o{o}={m:.4f} std_o{o}={s:.4f}"
+                        for o, m, s in zip(cal.offsets, cal.mean, cal.std)
+                    )
+                )
+                return 0
+        else:
+            try:
+                cal = SurpriseCalibration.load(cal_path, rig.contract)
+            except CalibrationError as exc:
+                print(f"bench surprise: {exc} (or pass --calibrate N)", file=sys.stderr)
+                return 2
+        print(
+            "calibration: "
+            + ", ".join(
+                f"offset {o}: mean {m:.4f} std {s:.4f}" for o, m, s in zip(cal.offsets, cal.mean, cal.std)
+            )
+        )
+        episodes: list[Episode] = []
+        rng = np.random.default_rng(args.seed)
+        for i in range(args.episodes):
+            seed = args.seed + i
+            episodes.append(rig.run(seed, "nominal", 0.0, horizon, cal))
+            for kind in kinds:
+                inject_s = float(rng.uniform(args.inject_min_s, args.inject_max_s))
+                episodes.append(rig.run(seed, kind, inject_s, inject_s + args.window_s, cal))
+    finally:
+        rig.close()
+    wall = time.perf_counter() - start
+
+    dt_ms = rig.dt * 1e3
+    nominal = [e for e in episodes if e.kind == "nominal"]
+    disturbed = [e for e in episodes if e.kind != "nominal"]
+    false_alarms = [e for e in nominal if e.first_alarm_tick >= 0]
+    lat_all: list[float] = []
+    for kind in kinds:
+        eps = [e for e in disturbed if e.kind == kind]
+        lat = [
+            (e.first_alarm_after_inject - e.inject_tick) * dt_ms
+            for e in eps
+            if e.first_alarm_after_inject >= 0
+        ]
+        lat_all += lat
+        print(
+            f"{kind:>9}: detected {len(lat)}/{len(eps)}, latency p50 {_pct(lat, 50):.0f} ms "
+            f"p90 {_pct(lat, 90):.0f} ms, latched {sum(e.tripped_after_inject for e in eps)}/{len(eps)}, "
+            f"peak score p50 {_pct([e.peak_after for e in eps], 50):.1f}"
+        )
+    peaks = [max(e.scores) if e.scores else 0.0 for e in nominal]
+    print(
+        f"  nominal: false alarms {len(false_alarms)}/{len(nominal)} (seeds {[e.seed for e in false_alarms]}), "
+        f"peak score p50 {_pct(peaks, 50):.2f} max {max(peaks):.2f}, task success "
+        f"{sum(e.success for e in nominal)}/{len(nominal)}; {wall:.0f} s wall"
+    )
+    if args.scores_out:
+        np.savez(
+            args.scores_out,
+            kinds=np.array([e.kind for e in episodes]),
+            seeds=np.array([e.seed for e in episodes]),
+            inject_ticks=np.array([e.inject_tick for e in episodes]),
+            **{f"scores_{i}": np.asarray(e.scores, np.float32) for i, e in enumerate(episodes)},
+        )
+    detected = sum(e.first_alarm_after_inject >= 0 for e in disturbed)
+    early = sum(e.first_alarm_tick >= 0 for e in disturbed)
+    stop_rate = sum(e.tripped_after_inject for e in disturbed) / max(1, len(disturbed))
+    print(
+        f"episodes={len(episodes)} nominal_episodes={len(nominal)} disturbed_episodes={len(disturbed)} "
+        f"nominal_success_rate={sum(e.success for e in nominal) / len(nominal):.3f} "
+        f"early_alarm_rate={early / max(1, len(disturbed)):.3f} stop_rate={stop_rate:.3f} "
+        f"detect_latency_ms_p90={_pct(lat_all, 90):.0f} "
+        f"detect_rate={detected / max(1, len(disturbed)):.3f} "
+        f"false_alarm_rate={len(false_alarms) / len(nominal):.3f} detect_latency_ms_p50={_pct(lat_all, 50):.0f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
