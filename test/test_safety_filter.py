@@ -192,7 +192,8 @@ def test_latch_external_and_rearm_from_moved_robot() -> None:
     moved = np.array([-0.4, 0.1])  # pushed by hand during the stop: a new motion starts there
     assert f.rearm(moved)
     assert np.array_equal(f.q, moved) and f.fault is None
-    assert not f.rearm(np.array([np.nan, 0.0])) or f.fault is None
+    f.latch("estop")
+    assert not f.rearm(np.array([np.nan, 0.0])) and f.fault == "estop"  # needs a valid measurement
 
 
 def test_tracking_error_holds() -> None:
