@@ -264,7 +264,6 @@ def _validate(config: RobotConfig, limits_source: str) -> None:
     _positive(
         src, "timeouts", config.timeouts, ("joint_state_s", "image_s", "inference_deadline_s", "startup_s")
     )
-    _positive(src, "loop", config.loop, ())
     if config.safety.position_margin < 0:
         raise ConfigError(
             src, "safety.position_margin", f"expected >= 0 rad, got {config.safety.position_margin}"
@@ -285,6 +284,13 @@ def _validate(config: RobotConfig, limits_source: str) -> None:
         or config.inference.warmup_chunks < 0
     ):
         raise ConfigError(src, "inference", "threads and delay_window must be >= 1, warmup_chunks >= 0")
+    if config.safety.max_state_age_s < config.timeouts.joint_state_s:
+        raise ConfigError(
+            src,
+            "safety.max_state_age_s",
+            f"expected >= timeouts.joint_state_s ({config.timeouts.joint_state_s} s): "
+            "the filter must not brake on a joint state the model may still use",
+        )
     if config.loop.spin_s < 0:
         raise ConfigError(src, "loop.spin_s", f"expected >= 0 s, got {config.loop.spin_s}")
     if not 0 <= config.loop.realtime_priority <= 99:

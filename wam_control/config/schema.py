@@ -68,7 +68,9 @@ class SafetyConfig:
     """After start or re-arm, limits ramp from `ramp_in_scale` to full over this time."""
     ramp_in_scale: float = 0.2
     max_state_age_s: float = 0.1
-    """Measured joint state older than this counts as lost: the filter brakes to hold."""
+    """Measured joint state older than this counts as lost: the filter brakes to hold. Keep it above
+    `timeouts.joint_state_s`, which only stops new inference requests (the model must not see an old
+    state, but the arm may finish the chunk it is on for a few more ticks)."""
     max_consecutive_bad_targets: int = 5
     """Rejected (non-finite / wrong-size) targets in a row before the fault latches."""
     velocity_scale: float = 1.0
@@ -93,7 +95,8 @@ class TopicsConfig:
 @dataclass(frozen=True)
 class TimeoutsConfig:
     joint_state_s: float = 0.05
-    """Joint states older than this are stale: no new inference, filter brakes to hold."""
+    """Joint states older than this are stale: no new inference request is made from them (the filter
+    brakes to hold once they are older than `safety.max_state_age_s`)."""
     image_s: float = 0.5
     """Images older than this are stale: no new inference from them."""
     inference_deadline_s: float = 2.0
