@@ -53,7 +53,6 @@ setup(
     maintainer_email="maintainers@wam-control.invalid",
     description="ROS 2 controller that runs a distilled World-Action Model with a jerk-limited safety filter.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "wam-control = wam_control.cli:main",
