@@ -362,6 +362,8 @@ class EpisodeTrace:
     q_meas: np.ndarray
     qd_meas: np.ndarray
     version: np.ndarray
+    busy: np.ndarray
+    """The model was computing a chunk at the end of this tick."""
     images: list[tuple[float, str, np.ndarray]] = field(default_factory=list)
     """(sim time, camera, frame) of every frame the controller received (kept when asked)."""
 
@@ -430,6 +432,7 @@ class ClosedLoopEpisode:
             q_meas=np.full((n, d), np.nan),
             qd_meas=np.full((n, d), np.nan),
             version=np.zeros(n, np.int64),
+            busy=np.zeros(n, bool),
         )
         self.keep_images = keep_images
         self._cmd = arm.joint_state()[1]
@@ -489,6 +492,7 @@ class ClosedLoopEpisode:
         tr.qd_meas[k] = qd
         sched = self.c.scheduler
         tr.version[k] = sched.version
+        tr.busy[k] = self.c.worker.busy
         self._track_seams(k, sched)
         self.last_tick = k
         if self.arm.task.success():

@@ -1,0 +1,179 @@
+"""`wam-control bench closed-loop`: task success and time, async (this runtime) vs sync execution.
+
+    wam-control bench closed-loop --episodes 50 --seed 100000 --delay-ms 200 --mode both
+
+Each episode runs the sim arm, the real controller and the real model in lockstep on a simulated
+clock. Inference latency = nominal compute time (`--compute-ms`) + injected delay (`--delay-ms`),
+rounded up to whole control ticks and applied by the replay `ScriptedWorker` around the real backend,
+so a run is deterministic and does not depend on the machine's load (the real compute time is
+measured and printed alongside).
+
+- async: the runtime Controller; chunks execute while the next one is computed, with the committed
+  prefix handed to the model and seams corrected where needed.
+- sync: observe, hold still while the model thinks, execute the whole chunk, repeat (the openpi /
+  ALOHA default).
+
+Both modes see the same seeds (evaluation seeds start at 100000; training data used 0-9999). An
+episode succeeds when the task's success condition holds for 0.5 s within the task horizon; its time
+is when that held success began. The final line holds the async numbers and, with `--mode both`, the
+sync ones prefixed `sync_`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wam_control.closedloop import EVAL_SEED_BASE, EpisodeResult, summarize
+
+DEFAULT_COMPUTE_MS = 5.0
+
+
+def run(
+    config: Any,
+    contract: Any,
+    backend: Any,
+    *,
+    episodes: int,
+    seed: int,
+    delay_ms: float,
+    compute_ms: float,
+    modes: tuple[str, ...],
+    task: str = "reach",
+    horizon_s: float | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, list[EpisodeResult]], list[float], int]:
+    """Run `episodes` seeds in every mode; (results per mode, measured compute times s, latency ticks)."""
+    from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
+
+    model = BackendModel(backend)
+    lat = latency_ticks(compute_ms, delay_ms, config.control_hz)
+    arm = make_arm(config, contract, task, camera_hz=15.0)
+    out: dict[str, list[EpisodeResult]] = {m: [] for m in modes}
+    try:
+        for i in range(episodes):
+            row = []
+            for mode in modes:
+                r = run_lockstep_episode(
+                    arm, config, contract, model, seed + i, mode=mode, lat_ticks=lat, horizon_s=horizon_s
+                )
+                out[mode].append(r)
+                row.append(f"{mode} {'ok ' + format(r.task_time_s, '.2f') + ' s' if r.success else 'FAIL'}")
+            if progress:
+                print(f"  seed {seed + i}: " + ", ".join(row), flush=True)
+    finally:
+        arm.close()
+    return out, model.compute_s, lat
+
+
+def _fmt(v: float, nd: int = 3) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.{nd}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="wam-control bench closed-loop", description=__doc__.split("\n")[0])
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=EVAL_SEED_BASE, help="first seed (evaluation seeds: 100000+)")
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="inference delay injected on top of compute")
+    ap.add_argument(
+        "--compute-ms",
+        type=float,
+        default=DEFAULT_COMPUTE_MS,
+        help="nominal model compute time in the simulated latency (fixed for determinism)",
+    )
+    ap.add_argument("--mode", choices=("async", "sync", "both"), default="both")
+    ap.add_argument("--task", choices=("reach", "push"), default="reach")
+    ap.add_argument("--config", default="fr3", help="deployment YAML or preset name")
+    ap.add_argument("--model", help="ONNX model (default: inference.model of the config, the bundled model)")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--horizon-s", type=float, default=None, help="episode time limit (default: the task's)")
+    ap.add_argument("--quiet", action="store_true", help="no per-episode lines")
+    args = ap.parse_args(argv)
+    if args.episodes < 1:
+        ap.error("--episodes must be >= 1")
+    if args.delay_ms < 0 or args.compute_ms < 0:
+        ap.error("--delay-ms and --compute-ms must be >= 0")
+    if args.seed < EVAL_SEED_BASE:
+        print(
+            f"warning: seed {args.seed} < {EVAL_SEED_BASE} may overlap the training seeds (0-9999)",
+            file=sys.stderr,
+        )
+
+    from wam_control.config import load_config, preset_path
+    from wam_control.policy import check_contract, load_backend, read_contract
+
+    config = load_config(preset_path(args.config))
+    model_path = Path(args.model or config.inference.model)
+    if not model_path.is_file():
+        print(f"bench closed-loop: model file {model_path} not found (pass --model PATH)", file=sys.stderr)
+        return 2
+    contract = read_contract(model_path)
+    check_contract(contract, config)
+    opts = {"intra_op_threads": config.inference.threads} if args.backend in ("auto", "onnxruntime") else {}
+    backend = load_backend(model_path, args.backend, **opts)
+    modes = ("async", "sync") if args.mode == "both" else (args.mode,)
+    print(
+        f"closed-loop {args.task}: {args.episodes} episodes x {list(modes)}, seeds {args.seed}..{args.seed + args.episodes - 1}, "
+        f"model {model_path.name} ({contract.horizon} x {contract.action_dt * 1e3:g} ms), {backend.describe()}, "
+        f"{config.control_hz:g} Hz lockstep, latency = {args.compute_ms:g} ms compute + {args.delay_ms:g} ms injected",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    try:
+        results, compute_s, lat = run(
+            config, contract, backend, episodes=args.episodes, seed=args.seed, delay_ms=args.delay_ms,
+            compute_ms=args.compute_ms, modes=modes, task=args.task, horizon_s=args.horizon_s,
+            progress=not args.quiet,
+        )  # fmt: skip
+    finally:
+        backend.close()
+    wall = time.perf_counter() - t0
+    comp = np.asarray(compute_s) * 1e3
+    print(
+        f"latency {lat} ticks ({lat * config.control_period * 1e3:g} ms); measured compute p50 "
+        f"{np.percentile(comp, 50):.2f} ms p99 {np.percentile(comp, 99):.2f} ms over {comp.size} calls; wall {wall:.1f} s"
+    )
+    sums = {m: summarize(results[m]) for m in modes}
+    print(f"{'mode':<6} {'success':>8} {'mean_t_s':>9} {'seam_jump_p99_mrad':>19} {'seam_jerk_p99':>14} "
+          f"{'interventions':>13} {'starvations':>11} {'held_for_model_s':>16}")  # fmt: skip
+    for m in modes:
+        s = sums[m]
+        held = sum(r.waiting_ticks for r in results[m]) * config.control_period / len(results[m])
+        # Sync execution has no seams while moving (every chunk starts from rest): not measured.
+        jump = f"{s['seam_jump_p99'] * 1e3:.3f}" if m == "async" else "n/a"
+        jerk = _fmt(s["seam_jerk_p99"], 1) if m == "async" else "n/a"
+        print(
+            f"{m:<6} {s['success_rate']:>8.3f} {_fmt(s['mean_time_s'], 2):>9} {jump:>19} "
+            f"{jerk:>14} {int(s['interventions']):>13} {int(s['starvations']):>11} {held:>16.2f}"
+        )
+    main_mode = "async" if "async" in modes else "sync"
+    s = sums[main_mode]
+    keys = [
+        ("mode", args.mode),
+        ("episodes", args.episodes),
+        ("delay_ms", f"{args.delay_ms:g}"),
+        ("latency_ticks", lat),
+        ("success_rate", _fmt(s["success_rate"])),
+        ("mean_time_s", _fmt(s["mean_time_s"])),
+        ("seam_jump_p99", _fmt(s["seam_jump_p99"], 6)),
+        ("interventions", int(s["interventions"])),
+        ("starvations", int(s["starvations"])),
+    ]
+    if main_mode == "async" and "sync" in sums:
+        keys += [
+            ("sync_success_rate", _fmt(sums["sync"]["success_rate"])),
+            ("sync_mean_time_s", _fmt(sums["sync"]["mean_time_s"])),
+        ]
+    keys.append(("compute_p50_ms", f"{np.percentile(comp, 50):.3f}"))
+    print(" ".join(f"{k}={v}" for k, v in keys))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
