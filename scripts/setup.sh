@@ -29,10 +29,13 @@ stamp=".venv/.wam_control-installed"
 want="$(cat setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing wam_control[all] into .venv (first run takes a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  log=.venv/pip-install.log
   # torch is pinned to the CPU build in the [train] extra; see setup.py.
-  .venv/bin/python -m pip install -q -e ".[all]" 2>&1 | grep -v -E "^WARNING: Location|is ignored" || true
-  .venv/bin/python -c "import wam_control, numpy, onnxruntime, mujoco, cyclonedds, torch" \
-    || { echo "[setup] install failed: see pip output above"; exit 1; }
+  if ! .venv/bin/python -m pip install -e ".[all]" >"$log" 2>&1 \
+      || ! .venv/bin/python -c "import wam_control, numpy, onnxruntime, mujoco, cyclonedds, torch"; then
+    tail -n 40 "$log"
+    echo "[setup] install failed (full log: $log)"
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
