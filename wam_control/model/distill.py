@@ -1,0 +1,412 @@
+"""`wam-control distill`: train the compact student from a teacher on the states the student visits.
+
+    wam-control distill --teacher expert --init runs/bc/model.pt --data runs/bc/dataset.npz \\
+        --student-out runs/student --iterations 4 --episodes 40 --steps 400 --export
+
+DAgger (Ross et al., 2011): each iteration rolls the current student out in the sim (in-process,
+lockstep; wam_control.model.rollout), labels every observation it visits with the teacher's action
+chunk, adds those samples to the aggregate (with the demonstrations, if given) and trains on the
+aggregate. The student therefore sees, and learns to leave, the states its own mistakes lead to,
+which plain behaviour cloning never shows it.
+
+Teachers:
+- `expert`: the privileged scripted expert (it knows the target position); it plans from the
+  student's current command, so its chunk says how to recover from exactly there;
+- a WAM file (`.onnx` through ONNX Runtime, or `.pt` through PyTorch): a larger/slower model whose
+  one-shot chunk is the label.
+
+The world-model term is trained on what the student actually executed (its consequences are what
+the sim showed). Per iteration the report gives the student's success rate on that iteration's
+(training) seeds; at the end the student is evaluated on separate evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wam_control.model.data import Dataset, DatasetBuilder, SampleSpec, concat, load_dataset, save_dataset
+from wam_control.model.rollout import (
+    BackendPolicy,
+    ExpertLabeler,
+    ModelLabeler,
+    RolloutConfig,
+    TorchPolicy,
+    episode_samples,
+    evaluate,
+    run_episode,
+    surprise_statistics,
+)
+from wam_control.model.train import (
+    FR3_JOINTS,
+    PRESETS,
+    TrainConfig,
+    add_common_args,
+    fit,
+    model_from_args,
+    normalization_from,
+    resolve_device,
+    spec_for,
+    write_json,
+)
+from wam_control.model.wam import WorldActionModel, save_checkpoint
+
+EVAL_SEED_DEFAULT = 100000  # evaluation seeds start here; training/DAgger seeds stay below 10000
+
+
+def load_teacher(spec: str, horizon: int, num_joints: int) -> tuple[Any | None, str]:
+    """'expert' -> (None, 'expert'); a model file -> (a ModelLabeler, description)."""
+    if spec == "expert":
+        return None, "scripted expert (privileged: knows the target position)"
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"--teacher {spec}: expected 'expert' or an existing .onnx/.pt model file")
+    if path.suffix == ".onnx":
+        from wam_control.policy import load_backend
+
+        backend = load_backend(path, backend="onnxruntime", warmup=1)
+        if backend.contract.horizon != horizon or len(backend.contract.joint_names) != num_joints:
+            raise ValueError(
+                f"--teacher {spec}: horizon {backend.contract.horizon} / {len(backend.contract.joint_names)} joints "
+                f"differ from the student's {horizon} / {num_joints}"
+            )
+        return ModelLabeler(BackendPolicy(backend), horizon, num_joints), f"WAM {path.name} (onnxruntime)"
+    if path.suffix == ".pt":
+        from wam_control.model.wam import load_checkpoint
+
+        model, _ = load_checkpoint(str(path))
+        if model.config.horizon != horizon or model.config.num_joints != num_joints:
+            raise ValueError(f"--teacher {spec}: horizon/joints differ from the student's")
+        return ModelLabeler(TorchPolicy(model), horizon, num_joints), f"WAM {path.name} (torch)"
+    raise ValueError(f"--teacher {spec}: unknown model type {path.suffix!r}; expected .onnx or .pt")
+
+
+def collect(
+    arm: Any,
+    model: WorldActionModel,
+    labeler: Any,
+    seeds: list[int],
+    rcfg: RolloutConfig,
+    spec: SampleSpec,
+    progress: bool,
+    desc: str,
+) -> tuple[Dataset, dict[str, Any]]:
+    """Roll the student out on `seeds`, label with the teacher; (new samples, stats)."""
+    policy = TorchPolicy(model)
+    builder = DatasetBuilder()
+    ok = 0
+    times = []
+    it: Any = seeds
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(seeds, desc=desc, unit="ep", dynamic_ncols=True)
+        it = bar
+    for n, s in enumerate(it, 1):
+        ep = run_episode(arm, policy, s, rcfg, labeler=labeler)
+        ok += ep.success
+        times.append(ep.time_s)
+        builder.add(
+            ep.frames,
+            episode_samples(ep, spec),
+            {"source": "dagger", "seed": s, "success": ep.success, "duration_s": round(ep.time_s, 3)},
+        )
+        if bar is not None:
+            bar.set_postfix(success=f"{ok / n:.3f}")
+    ds = builder.build()
+    return ds, {
+        "episodes": len(seeds),
+        "seeds": [seeds[0], seeds[-1]],
+        "student_success_rate": ok / len(seeds),
+        "mean_episode_s": round(float(np.mean(times)), 3),
+        "observations": len(ds),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="wam-control distill", description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", required=True, help="'expert' or a teacher WAM (.onnx or .pt)")
+    ap.add_argument("--student-out", required=True, type=Path, help="output folder")
+    ap.add_argument("--init", help="student checkpoint to start from (e.g. wam-control train's model.pt)")
+    ap.add_argument(
+        "--preset", default="compact", help=f"fresh student architecture if no --init: {', '.join(PRESETS)}"
+    )
+    ap.add_argument("--data", help="demonstrations to keep in the aggregate (bag folder or dataset .npz)")
+    ap.add_argument("--data-obs-dt", type=float, default=0.025, help="observation grid for --data bags (s)")
+    ap.add_argument(
+        "--dagger-share", type=float, default=0.5, help="share of each batch drawn from DAgger samples"
+    )
+    ap.add_argument("--task", default="reach", choices=("reach",))
+    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--episodes", type=int, default=40, help="student rollouts per iteration")
+    ap.add_argument("--steps", type=int, default=400, help="optimiser steps per iteration")
+    ap.add_argument(
+        "--seed-start", type=int, default=1000, help="first rollout seed (training seeds: < 10000)"
+    )
+    ap.add_argument("--eval-episodes", type=int, default=100)
+    ap.add_argument("--eval-seed", type=int, default=EVAL_SEED_DEFAULT)
+    ap.add_argument(
+        "--replan-steps", type=int, default=4, help="action steps executed before the next inference"
+    )
+    ap.add_argument("--prefix-len", type=int, default=2, help="committed prefix at each replan")
+    ap.add_argument("--max-time-s", type=float, help="cut episodes short (default: the task's horizon)")
+    ap.add_argument("--label-dt", type=float, default=0.01, help="expert teacher's integration step (s)")
+    ap.add_argument("--export", action="store_true", help="write <student-out>/model.onnx (+ surprise stats)")
+    ap.add_argument("--surprise-episodes", type=int, default=50, help="nominal rollouts for surprise stats")
+    add_common_args(ap)
+    ap.set_defaults(lr=3e-4)
+    args = ap.parse_args(argv)
+    if args.iterations < 1 or args.episodes < 1:
+        ap.error("--iterations and --episodes must be >= 1")
+    if args.seed_start + args.iterations * args.episodes > args.eval_seed:
+        ap.error(
+            "rollout seeds would reach the evaluation seeds; lower --seed-start/--episodes or raise --eval-seed"
+        )
+
+    from wam_control.sim.arm import SimArm
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        print(f"wam-control distill: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, args.threads))
+    out: Path = args.student_out
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        model = model_from_args(
+            args.preset, args.init, FR3_JOINTS, ("scene",), {"model_name": "wam-reach"}, args.seed
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"wam-control distill: {exc}", file=sys.stderr)
+        return 2
+    cfg = model.config
+    spec = spec_for(cfg, cfg.action_dt)
+    base: Dataset | None = None
+    if args.data:
+        try:
+            base = load_dataset(args.data, spec_for(cfg, args.data_obs_dt), cache=out / "demos.npz")
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"wam-control distill: {exc}", file=sys.stderr)
+            return 2
+    try:
+        teacher, teacher_desc = load_teacher(args.teacher, cfg.horizon, cfg.num_joints)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"wam-control distill: {exc}", file=sys.stderr)
+        return 2
+
+    arm = SimArm(
+        task=args.task,
+        seed=args.seed_start,
+        image_hw=(cfg.image_height, cfg.image_width),
+        cameras=cfg.camera_names,
+    )
+    labeler = (
+        teacher if teacher is not None else ExpertLabeler(arm, cfg.horizon, cfg.action_dt, args.label_dt)
+    )
+    rcfg = RolloutConfig(
+        horizon=cfg.horizon,
+        action_dt=cfg.action_dt,
+        cameras=tuple(cfg.camera_names),
+        replan_steps=args.replan_steps,
+        prefix_len=min(args.prefix_len, cfg.max_prefix),
+        max_time_s=args.max_time_s,
+    )
+    if args.init is None:
+        if base is None:
+            print(
+                "wam-control distill: a fresh student (no --init) needs --data for its normalisation",
+                file=sys.stderr,
+            )
+            return 2
+        model.set_normalization(*(torch.from_numpy(a) for a in normalization_from(base)))
+
+    t_start = time.perf_counter()
+    iterations: list[dict[str, Any]] = []
+    dagger_parts: list[Dataset] = []
+    progress = not args.no_progress
+    try:
+        for it in range(args.iterations):
+            t0 = time.perf_counter()
+            seeds = list(
+                range(args.seed_start + it * args.episodes, args.seed_start + (it + 1) * args.episodes)
+            )
+            new, stats = collect(
+                arm,
+                model,
+                labeler,
+                seeds,
+                rcfg,
+                spec,
+                progress,
+                f"dagger {it + 1}/{args.iterations} rollouts",
+            )
+            collect_s = time.perf_counter() - t0
+            dagger_parts.append(new)
+            builder = DatasetBuilder()
+            for part in dagger_parts:
+                builder.add_dataset(part)
+            n_dagger = sum(len(p) for p in dagger_parts)
+            if base is not None:
+                builder.add_dataset(base)
+            agg = builder.build()
+            weights = None
+            if base is not None and len(base) > 0:
+                share = min(max(args.dagger_share, 0.0), 1.0)
+                weights = np.empty(len(agg))
+                weights[:n_dagger] = share / n_dagger
+                weights[n_dagger:] = (1 - share) / len(base)
+            tcfg = TrainConfig(
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                warmup_steps=min(50, max(1, args.steps // 10)),
+                ema=args.ema,
+                wm_weight=args.wm_weight,
+                seed=args.seed + it,
+                val_fraction=0.0,
+                ckpt_every=0,
+                device=args.device,
+                threads=args.threads,
+            )
+            t1 = time.perf_counter()
+            res = fit(
+                model,
+                agg,
+                tcfg,
+                out / f"iter{it}",
+                progress=progress,
+                desc=f"dagger {it + 1}/{args.iterations} train",
+                sample_weights=weights,
+            )
+            model = res.model
+            rec = {
+                "iteration": it,
+                **stats,
+                "aggregate_observations": len(agg),
+                "dagger_observations": n_dagger,
+                "train_loss": res.report["final_running_loss"],
+                "collect_s": round(collect_s, 1),
+                "train_s": round(time.perf_counter() - t1, 1),
+            }
+            iterations.append(rec)
+            print(
+                f"dagger iteration {it + 1}: student_success_rate={stats['student_success_rate']:.3f} "
+                f"(seeds {seeds[0]}-{seeds[-1]}) aggregate={len(agg)} obs loss_action={rec['train_loss']['action']:.4f} "
+                f"loss_wm={rec['train_loss']['wm']:.4f} collect_s={rec['collect_s']} train_s={rec['train_s']}"
+            )
+            save_checkpoint(
+                model, str(out / "model.pt"), {"kind": "dagger student", "iterations_done": it + 1}
+            )
+        distill_s = time.perf_counter() - t_start
+        save_dataset(
+            concat(dagger_parts), out / "dagger.npz", {"spec": spec.to_dict(), "teacher": args.teacher}
+        )
+        eval_seeds = list(range(args.eval_seed, args.eval_seed + args.eval_episodes))
+        ev, _ = evaluate(arm, TorchPolicy(model), eval_seeds, rcfg, progress=progress, desc="eval (torch)")
+        summary_base = base.summary() if base is not None else None
+        training_data = {
+            "kind": "DAgger distillation" + (" + demonstrations" if base is not None else ""),
+            "teacher": args.teacher,
+            "task": args.task,
+            "demonstrations": summary_base,
+            "dagger_episodes": args.iterations * args.episodes,
+            "dagger_seeds": [args.seed_start, args.seed_start + args.iterations * args.episodes - 1],
+            "eval_seeds": [eval_seeds[0], eval_seeds[-1]],
+            "eval_success_rate": ev["success_rate"],
+        }
+        save_checkpoint(model, str(out / "model.pt"), training_data)
+        report: dict[str, Any] = {
+            "command": "wam-control distill " + " ".join(sys.argv[1:] if argv is None else argv),
+            "teacher": teacher_desc,
+            "model": cfg.to_dict(),
+            "parameters": model.num_parameters(),
+            "rollout": {
+                "replan_steps": rcfg.replan_steps,
+                "prefix_len": rcfg.prefix_len,
+                "settle_s": rcfg.settle_s,
+                "control_hz": arm.control_hz,
+                "camera_hz": arm.camera_hz,
+            },
+            "iterations": iterations,
+            "distill_wall_s": round(distill_s, 1),
+            "eval_torch": ev,
+        }
+        if args.export:
+            report.update(
+                export_and_calibrate(model, out, training_data, arm, rcfg, eval_seeds, args, progress)
+            )
+        write_json(out / "distill_report.json", report)
+    finally:
+        arm.close()
+    print(
+        f"distill: iterations={args.iterations} distill_s={report['distill_wall_s']} "
+        f"eval_success_rate={ev['success_rate']:.3f} eval_seeds={eval_seeds[0]}-{eval_seeds[-1]}"
+        + (f" onnx_success_rate={report['eval_onnx']['success_rate']:.3f}" if "eval_onnx" in report else "")
+    )
+    return 0
+
+
+def export_and_calibrate(
+    model: WorldActionModel,
+    out: Path,
+    training_data: dict[str, Any],
+    arm: Any,
+    rcfg: RolloutConfig,
+    eval_seeds: list[int],
+    args: argparse.Namespace,
+    progress: bool,
+) -> dict[str, Any]:
+    """Export the ONNX, evaluate it closed loop (what ships), and calibrate the nominal surprise."""
+    from dataclasses import replace
+
+    from wam_control.model.export import export_onnx
+    from wam_control.policy import load_backend
+
+    onnx_path = out / "model.onnx"
+    res = export_onnx(model, onnx_path, training_data=training_data, write_checkpoint=False)
+    backend = load_backend(onnx_path, backend="onnxruntime", warmup=2)
+    policy = BackendPolicy(backend)
+    ev, _ = evaluate(arm, policy, eval_seeds, rcfg, progress=progress, desc="eval (onnx)")
+    cal_seeds = list(range(eval_seeds[-1] + 1, eval_seeds[-1] + 1 + args.surprise_episodes))
+    cal_cfg = replace(rcfg, record_latents=True)
+    _, eps = evaluate(arm, policy, cal_seeds, cal_cfg, progress=progress, desc="surprise calibration")
+    stats = surprise_statistics(eps, model.config.latent_offsets)
+    surprise = {
+        **stats,
+        "metric": "normalised L2: ||latent_pred[k] - latent(t + offsets[k] * action_dt)||_2 / sqrt(latent_dim)",
+        "latent_dim": model.config.latent_dim,
+        "action_dt": model.config.action_dt,
+        "episodes": len(eps),
+        "seeds": [cal_seeds[0], cal_seeds[-1]],
+        "nominal_success_rate": sum(e.success for e in eps) / len(eps),
+        "rollout": f"in-process lockstep, replan every {rcfg.replan_steps} action steps, prefix {rcfg.prefix_len}",
+        "model": onnx_path.name,
+        "weights_sha256": res.contract.weights_sha256,
+    }
+    write_json(out / "model.surprise.json", surprise)
+    print(
+        "surprise: offsets="
+        + json.dumps(stats["offsets"])
+        + " mean="
+        + json.dumps(stats["mean"])
+        + " p99="
+        + json.dumps(stats["p99"])
+    )
+    return {
+        "onnx": {"path": str(onnx_path), "bytes": onnx_path.stat().st_size, "parity": res.parity},
+        "eval_onnx": ev,
+        "surprise": surprise,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

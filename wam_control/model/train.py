@@ -1,0 +1,574 @@
+"""`wam-control train`: train the WAM on recorded demonstrations (the sim recorder's bags).
+
+    wam-control train --data demos/ --out runs/bc --steps 3000 --seed 0 [--device cuda --batch-size 256]
+
+Three terms, one optimiser step each:
+- action chunk: the head's normalised residuals against the recorded commands at t + k * action_dt
+  (k = 0..H-1), on the steps the prefix did not commit;
+- world model: the latents the model predicts `latent_offsets` steps ahead, given the chunk that was
+  really executed, against the latents of the observations found there, computed by a slowly updated
+  (EMA) copy of the encoder with no gradient (the JEPA/BYOL recipe: a moving target that cannot
+  collapse onto the online encoder's shortcuts). One offset per sample per step keeps the target
+  encoder to one extra forward pass per sample;
+- prefix conditioning: every sample gets a random prefix length 0..max_prefix with its ground-truth
+  prefix, so the head learns to continue a committed prefix (the graph then copies it exactly).
+
+Bags are decoded once into `<out>/dataset.npz` and training runs from memory. `--resume` continues
+from `<out>/train_state.pt` (weights, EMA target, optimiser, step, RNG state). The result is
+`<out>/model.pt` (the torch checkpoint the backends read), `<out>/training_report.json` and, with
+`--export`, `<out>/model.onnx`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wam_control.model.data import Dataset, SampleSpec, load_dataset
+from wam_control.model.wam import (
+    WAMConfig,
+    WorldActionModel,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+STATE_FILE = "train_state.pt"
+STATE_FORMAT = "wam_control.train-state"
+
+# Architectures by name. "compact" is the bundled model: a narrow conv stack and 256-wide heads, ~6 MB
+# of FP32 weights, a few ms per chunk on one CPU core; "base" is WAMConfig's default (~21 MB).
+PRESETS: dict[str, dict[str, Any]] = {
+    "compact": {
+        "conv_channels": (8, 16, 32, 64),
+        "image_feature_dim": 128,
+        "hidden_dim": 256,
+        "head_blocks": 2,
+        "latent_dim": 128,
+    },
+    "base": {},
+}
+
+FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_fraction: float = 0.05
+    ema: float = 0.995
+    wm_weight: float = 1.0
+    prefix_zero_prob: float = 0.3  # share of samples trained without a prefix (the first chunk of a run)
+    grad_clip: float = 1.0
+    seed: int = 0
+    val_fraction: float = 0.05
+    ckpt_every: int = 250
+    device: str = "cpu"
+    threads: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    model: WorldActionModel
+    report: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available in this torch build/machine")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"--device must be cpu, cuda[:N] or auto, got {name!r}")
+    return torch.device(name)
+
+
+def normalization_from(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-joint state mean/std and the RMS of action - state over the chunk (the residual scale).
+
+    The floors keep a joint that barely moves in the data (e.g. the wrist roll) from getting a tiny
+    scale that would turn its noise into large normalised targets."""
+    mean = ds.state.mean(axis=0)
+    std = np.maximum(ds.state.std(axis=0), 0.05)
+    res = ds.actions - ds.state[:, None, :]
+    scale = np.maximum(np.sqrt((res**2).mean(axis=(0, 1))), 0.01)
+    return mean.astype(np.float32), std.astype(np.float32), scale.astype(np.float32)
+
+
+def spec_for(cfg: WAMConfig, obs_dt: float) -> SampleSpec:
+    return SampleSpec(
+        joint_names=tuple(cfg.joint_names),
+        camera_names=tuple(cfg.camera_names),
+        image_hw=(cfg.image_height, cfg.image_width),
+        horizon=cfg.horizon,
+        action_dt=cfg.action_dt,
+        latent_offsets=tuple(cfg.latent_offsets),
+        obs_dt=obs_dt,
+    )
+
+
+class Trainer:
+    """One model, its EMA target encoder and optimiser, stepping on batches drawn from a Dataset."""
+
+    def __init__(
+        self,
+        model: WorldActionModel,
+        ds: Dataset,
+        train_idx: np.ndarray,
+        cfg: TrainConfig,
+        sample_weights: np.ndarray | None = None,
+    ) -> None:
+        if len(train_idx) == 0:
+            raise ValueError("no training observations (is the dataset empty?)")
+        torch.set_num_threads(max(1, cfg.threads))
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device).train()
+        self.target = copy.deepcopy(model.encoder).to(self.device).eval()
+        for p in self.target.parameters():
+            p.requires_grad_(False)
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+        )
+        self.ds = ds
+        self.train_idx = np.asarray(train_idx)
+        self.p: np.ndarray | None = None
+        if sample_weights is not None:
+            w = np.asarray(sample_weights, dtype=np.float64)[self.train_idx]
+            self.p = w / w.sum()
+        self.rng = np.random.default_rng(cfg.seed)
+        self.step_count = 0
+
+    # ------------------------------------------------------------------ batches
+    def _obs(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(self.ds.frames[self.ds.obs_frame[idx]]).to(self.device)
+        state = torch.from_numpy(self.ds.state[idx]).to(self.device)
+        return images, state
+
+    def losses(
+        self, idx: np.ndarray, plen: np.ndarray, wm_k: np.ndarray | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one batch. `wm_k`: the latent offset index per sample (None: all offsets)."""
+        m = self.model
+        images, state = self._obs(idx)
+        actions = torch.from_numpy(self.ds.actions[idx]).to(self.device)
+        executed = torch.from_numpy(self.ds.executed[idx]).to(self.device)
+        plen_t = torch.from_numpy(plen.astype(np.int64)).to(self.device)
+        out = m.forward_train(images, state, actions, plen_t)
+        target_res = (actions - state.unsqueeze(1)) / m.residual_scale
+        free = (~out.prefix_mask).unsqueeze(-1).float()
+        act_loss = ((out.residual - target_res) ** 2 * free).sum() / (
+            free.sum() * actions.shape[-1]
+        ).clamp_min(1)
+
+        pred = m.predict_latents(out.latent, state, executed)  # [B,K,C]
+        rows = np.arange(len(idx))
+        if wm_k is None:
+            fut = self.ds.future[idx]  # [B,K]
+            f_img, f_state = self._obs(fut.reshape(-1))
+            with torch.no_grad():
+                tgt = self.target(f_img, m.normalize_state(f_state)).float().reshape(pred.shape)
+            wm_loss = ((pred - tgt) ** 2).mean()
+        else:
+            fut = self.ds.future[idx, wm_k]
+            f_img, f_state = self._obs(fut)
+            with torch.no_grad():
+                tgt = self.target(f_img, m.normalize_state(f_state)).float()
+            wm_loss = ((pred[torch.from_numpy(rows), torch.from_numpy(wm_k)] - tgt) ** 2).mean()
+        total = act_loss + self.cfg.wm_weight * wm_loss
+        return total, {"loss": total, "action": act_loss, "wm": wm_loss}
+
+    def _lr(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        frac = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
+        frac = min(1.0, frac)
+        return c.lr * (c.min_lr_fraction + (1 - c.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def step(self) -> dict[str, float]:
+        c = self.cfg
+        idx = self.rng.choice(
+            self.train_idx, size=min(c.batch_size, len(self.train_idx)), replace=False, p=self.p
+        )
+        max_prefix = self.model.config.max_prefix
+        plen = self.rng.integers(0, max_prefix + 1, size=len(idx))
+        plen[self.rng.random(len(idx)) < c.prefix_zero_prob] = 0
+        wm_k = self.rng.integers(0, len(self.model.config.latent_offsets), size=len(idx))
+        for g in self.opt.param_groups:
+            g["lr"] = self._lr(self.step_count)
+        self.model.train()
+        loss, parts = self.losses(idx, plen, wm_k)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            for pt, po in zip(self.target.parameters(), self.model.encoder.parameters()):
+                pt.lerp_(po, 1.0 - c.ema)
+        self.step_count += 1
+        return {k: float(v.detach()) for k, v in parts.items()}
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, idx: np.ndarray, batch: int = 256) -> dict[str, Any]:
+        """Offline metrics on `idx`: action RMSE (rad) without and with a max-length prefix, and the
+        world-model error per offset next to the "nothing changes" baseline (latent_pred = latent)."""
+        if len(idx) == 0:
+            return {}
+        m = self.model.eval()
+        h, k = m.config.horizon, len(m.config.latent_offsets)
+        se = torch.zeros(h, dtype=torch.float64)
+        se_prefix = torch.zeros((), dtype=torch.float64)
+        n_prefix = 0
+        wm = torch.zeros(k, dtype=torch.float64)
+        wm_copy = torch.zeros(k, dtype=torch.float64)
+        n = 0
+        p = m.config.max_prefix
+        for s in range(0, len(idx), batch):
+            b = idx[s : s + batch]
+            images, state = self._obs(b)
+            actions = torch.from_numpy(self.ds.actions[b]).to(self.device)
+            zeros = torch.zeros(len(b), dtype=torch.int64, device=self.device)
+            out = m.forward_train(images, state, actions, zeros)
+            se += ((out.actions - actions) ** 2).mean(dim=2).sum(dim=0).double().cpu()
+            if p > 0:
+                outp = m.forward_train(images, state, actions, zeros + p)
+                se_prefix += ((outp.actions[:, p:] - actions[:, p:]) ** 2).mean().double().cpu() * len(b)
+                n_prefix += len(b)
+            executed = torch.from_numpy(self.ds.executed[b]).to(self.device)
+            pred = m.predict_latents(out.latent, state, executed)
+            f_img, f_state = self._obs(self.ds.future[b].reshape(-1))
+            obs = m.encode(f_img, f_state).reshape(pred.shape)
+            wm += ((pred - obs) ** 2).mean(dim=2).sum(dim=0).double().cpu()
+            wm_copy += ((out.latent.unsqueeze(1) - obs) ** 2).mean(dim=2).sum(dim=0).double().cpu()
+            n += len(b)
+        rmse = torch.sqrt(se / n)
+        return {
+            "observations": int(n),
+            "action_rmse_rad": float(torch.sqrt(se.sum() / (n * h))),
+            "action_rmse_rad_per_step": [round(float(v), 5) for v in rmse],
+            "action_rmse_rad_with_prefix": float(torch.sqrt(se_prefix / max(1, n_prefix))) if p > 0 else None,
+            "wm_mse_per_offset": [round(float(v), 5) for v in wm / n],
+            "wm_mse_copy_baseline_per_offset": [round(float(v), 5) for v in wm_copy / n],
+        }
+
+    # ------------------------------------------------------------------ resume
+    def state(self) -> dict[str, Any]:
+        rng_state = self.rng.bit_generator.state
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step_count,
+            "config": self.model.config.to_dict(),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "target": {k: v.detach().cpu() for k, v in self.target.state_dict().items()},
+            "opt": self.opt.state_dict(),
+            "rng": json.dumps(rng_state),
+            "torch_rng": torch.get_rng_state(),
+            "train_config": json.dumps(self.cfg.to_dict()),
+        }
+
+    def save_state(self, path: Path) -> None:
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        self.model.load_state_dict(st["model"])
+        self.target.load_state_dict(st["target"])
+        self.opt.load_state_dict(st["opt"])
+        self.rng.bit_generator.state = json.loads(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        self.step_count = int(st["step"])
+
+
+def read_train_state(path: Path) -> dict[str, Any]:
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"training state {path} is not readable (corrupt or truncated?): {exc}") from None
+    if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a {STATE_FORMAT} file")
+    return st
+
+
+def fit(
+    model: WorldActionModel,
+    ds: Dataset,
+    cfg: TrainConfig,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+    sample_weights: np.ndarray | None = None,
+) -> TrainResult:
+    """Train `model` on `ds` for cfg.steps steps (total, counting resumed ones); checkpoints in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_idx, val_idx = ds.split_episodes(cfg.val_fraction, cfg.seed)
+    trainer = Trainer(model, ds, train_idx, cfg, sample_weights)
+    state_path = out_dir / STATE_FILE
+    if resume:
+        if not state_path.is_file():
+            raise FileNotFoundError(f"--resume: no training state at {state_path}")
+        st = read_train_state(state_path)
+        if st["config"] != model.config.to_dict():
+            raise ValueError(f"--resume: model config in {state_path} differs from this run's")
+        trainer.load_state(st)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    start_step = trainer.step_count
+    running: dict[str, float] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True)
+    try:
+        while trainer.step_count < cfg.steps:
+            parts = trainer.step()
+            for k, v in parts.items():
+                running[k] = v if k not in running else 0.98 * running[k] + 0.02 * v
+            if trainer.step_count % 50 == 0 or trainer.step_count == cfg.steps:
+                history.append({"step": trainer.step_count, **{k: round(v, 5) for k, v in running.items()}})
+            if bar is not None:
+                bar.update(1)
+                if trainer.step_count % 10 == 0:
+                    bar.set_postfix(act=f"{running['action']:.4f}", wm=f"{running['wm']:.4f}")
+            if cfg.ckpt_every > 0 and trainer.step_count % cfg.ckpt_every == 0:
+                trainer.save_state(state_path)
+    finally:
+        if bar is not None:
+            bar.close()
+    trainer.save_state(state_path)
+    wall = time.perf_counter() - t0
+    trained = trainer.step_count - start_step
+    model = trainer.model.eval()
+    val = trainer.evaluate(val_idx)
+    report = {
+        "steps": trainer.step_count,
+        "steps_this_run": trained,
+        "wall_s": round(wall, 1),
+        "steps_per_s": round(trained / wall, 3) if wall > 0 else None,
+        "final_running_loss": {k: round(v, 5) for k, v in running.items()},
+        "val": val,
+        "val_episodes": int(len(set(ds.episode[val_idx].tolist()))) if len(val_idx) else 0,
+        "train_observations": int(len(train_idx)),
+        "train_config": cfg.to_dict(),
+        "device": str(trainer.device),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+    }
+    return TrainResult(model.cpu(), report, history)
+
+
+def print_summary(report: dict[str, Any], prefix: str = "train") -> None:
+    val = report.get("val") or {}
+    line = (
+        f"{prefix}: steps={report['steps']} wall_s={report['wall_s']} device={report['device']} "
+        f"loss_action={report['final_running_loss'].get('action', float('nan')):.4f} "
+        f"loss_wm={report['final_running_loss'].get('wm', float('nan')):.4f}"
+    )
+    if val:
+        wm = val["wm_mse_per_offset"]
+        base = val["wm_mse_copy_baseline_per_offset"]
+        line += (
+            f" val_action_rmse_rad={val['action_rmse_rad']:.4f}"
+            f" val_action_rmse_prefix_rad={val['action_rmse_rad_with_prefix'] or float('nan'):.4f}"
+            f" val_wm_mse={float(np.mean(wm)):.4f} val_wm_copy_baseline_mse={float(np.mean(base)):.4f}"
+        )
+    print(line)
+
+
+def model_from_args(
+    preset: str,
+    init: str | None,
+    joint_names: tuple[str, ...],
+    cameras: tuple[str, ...],
+    overrides: dict[str, Any],
+    seed: int,
+) -> WorldActionModel:
+    if init:
+        model, _ = load_checkpoint(init)
+        return model
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    kw = {**PRESETS[preset], **overrides, "joint_names": joint_names, "camera_names": cameras}
+    return build_model(WAMConfig(**kw), seed=seed)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0, help="seeds init, batch order, prefix lengths, splits")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the dev machine has 2 cores)")
+    ap.add_argument("--wm-weight", type=float, default=1.0, help="weight of the world-model loss")
+    ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the target encoder per step")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="wam-control train", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="folder of recorded bags, or a dataset .npz")
+    ap.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, report, model)")
+    steps = ap.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=int, help="optimiser steps (default 3000)")
+    steps.add_argument(
+        "--epochs", type=float, help="passes over the training observations instead of --steps"
+    )
+    ap.add_argument("--resume", action="store_true", help=f"continue from <out>/{STATE_FILE}")
+    ap.add_argument("--preset", default="compact", help=f"architecture: {', '.join(PRESETS)}")
+    ap.add_argument("--init", help="start from this checkpoint (.pt) instead of a fresh model")
+    ap.add_argument("--model-name", default="wam-reach")
+    ap.add_argument("--cameras", default="scene", help="comma-separated model cameras (sim names)")
+    ap.add_argument("--horizon", type=int, default=16)
+    ap.add_argument("--action-dt", type=float, default=0.05)
+    ap.add_argument("--max-prefix", type=int, default=8)
+    ap.add_argument("--obs-dt", type=float, default=0.025, help="observation grid in the bags (s)")
+    ap.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out")
+    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--all-episodes", action="store_true", help="also train on episodes the expert failed")
+    ap.add_argument("--export", action="store_true", help="also write <out>/model.onnx")
+    add_common_args(ap)
+    args = ap.parse_args(argv)
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        print(f"wam-control train: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, args.threads))
+    args.out.mkdir(parents=True, exist_ok=True)
+    overrides = {
+        "horizon": args.horizon,
+        "action_dt": args.action_dt,
+        "max_prefix": args.max_prefix,
+        "model_name": args.model_name,
+    }
+    cameras = tuple(c for c in args.cameras.split(",") if c)
+    resume_state = None
+    if args.resume:
+        state_path = args.out / STATE_FILE
+        if not state_path.is_file():
+            print(f"wam-control train: --resume: no training state at {state_path}", file=sys.stderr)
+            return 2
+        resume_state = read_train_state(state_path)
+        model = build_model(WAMConfig.from_dict(resume_state["config"]), seed=None)
+    else:
+        try:
+            model = model_from_args(args.preset, args.init, FR3_JOINTS, cameras, overrides, args.seed)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"wam-control train: {exc}", file=sys.stderr)
+            return 2
+    spec = spec_for(model.config, args.obs_dt)
+    t0 = time.perf_counter()
+    try:
+        ds = load_dataset(
+            args.data,
+            spec,
+            cache=args.out / "dataset.npz",
+            successful_only=not args.all_episodes,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"wam-control train: {exc}", file=sys.stderr)
+        return 2
+    decode_s = time.perf_counter() - t0
+    if not args.resume and not args.init:
+        model.set_normalization(*(torch.from_numpy(a) for a in normalization_from(ds)))
+    if args.epochs is not None:
+        n_train = len(ds.split_episodes(args.val_fraction, args.seed)[0])
+        n_steps = max(1, math.ceil(args.epochs * n_train / args.batch_size))
+    else:
+        n_steps = args.steps if args.steps is not None else 3000
+    if resume_state is not None:
+        prev = json.loads(resume_state["train_config"])
+        if args.steps is None and args.epochs is None:
+            n_steps = int(prev["steps"])
+    cfg = TrainConfig(
+        steps=n_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        ema=args.ema,
+        wm_weight=args.wm_weight,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        ckpt_every=args.ckpt_every,
+        device=str(device),
+        threads=args.threads,
+    )
+    print(
+        f"train: {len(ds)} observations from {len(ds.episodes)} episodes ({decode_s:.1f} s to load), "
+        f"model {model.config.model_name} {model.num_parameters()} params, {n_steps} steps on {device}"
+    )
+    try:
+        res = fit(model, ds, cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"wam-control train: {exc}", file=sys.stderr)
+        return 2
+    summary = ds.summary()
+    training_data = {
+        "kind": "behaviour cloning + world model on recorded demonstrations",
+        "data": str(args.data),
+        **{k: v for k, v in summary.items() if v is not None},
+        "obs_dt": args.obs_dt,
+        "steps": res.report["steps"],
+        "seed": args.seed,
+    }
+    save_checkpoint(res.model, str(args.out / "model.pt"), training_data)
+    report = {
+        "command": "wam-control train " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": model.config.to_dict(),
+        "parameters": model.num_parameters(),
+        "data": {**summary, "source": str(args.data), "decode_s": round(decode_s, 1)},
+        **res.report,
+        "history": res.history,
+    }
+    if args.export:
+        from wam_control.model.export import export_onnx
+
+        r = export_onnx(
+            res.model, args.out / "model.onnx", training_data=training_data, write_checkpoint=False
+        )
+        report["onnx"] = {"path": str(r.path), "bytes": r.path.stat().st_size, "parity": r.parity}
+    write_json(args.out / "training_report.json", report)
+    print_summary(report)
+    print(f"wrote {args.out / 'model.pt'} and {args.out / 'training_report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
