@@ -7,16 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch", reason="torch ([train] extra) is needed for the training code")
-
-from wam_control.model.data import (  # noqa: E402
+from wam_control.model.data import (
     SampleSpec,
     bag_dirs,
     episode_from_bag,
     load_dataset,
     read_dataset,
 )
-from wam_control.sim.bag import BagRecorder, CameraSpec  # noqa: E402
+from wam_control.sim.bag import BagRecorder, CameraSpec
 
 NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
 CTRL_DT = 0.01
@@ -52,7 +50,9 @@ def write_bag(path: Path, seconds: float = 1.2, seed: int = 0, hw: tuple[int, in
 
 
 def spec(hw: tuple[int, int] = (16, 16)) -> SampleSpec:
-    return SampleSpec(NAMES, ("scene",), hw, horizon=8, action_dt=0.05, latent_offsets=(2, 4, 8), obs_dt=0.025)
+    return SampleSpec(
+        NAMES, ("scene",), hw, horizon=8, action_dt=0.05, latent_offsets=(2, 4, 8), obs_dt=0.025
+    )
 
 
 def test_samples_from_bag(tmp_path: Path) -> None:

@@ -120,7 +120,19 @@ def test_cli_train_resume_and_export(bags: Path, tmp_path: Path, fr3_config_path
     from wam_control.policy.contract import check_contract, read_contract
 
     out = tmp_path / "run"
-    common = ["--data", str(bags), "--out", str(out), "--threads", "1", "--no-progress", "--batch-size", "16", "--val-fraction", "0.25"]
+    common = [
+        "--data",
+        str(bags),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--batch-size",
+        "16",
+        "--val-fraction",
+        "0.25",
+    ]
     arch = ["--horizon", "8", "--max-prefix", "3", "--obs-dt", "0.025"]
     # A compact preset at 16x16 images is too small for its conv stack; pass a tiny one via a checkpoint.
     init = tmp_path / "init.pt"

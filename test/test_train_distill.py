@@ -1,0 +1,120 @@
+"""Distillation: the expert teacher's chunks, labelled rollouts, and the distill CLI end to end (tiny)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch ([train] extra) is needed for the training code")
+pytest.importorskip("mujoco", reason="mujoco is needed for the sim rollouts")
+
+from wam_control.model.rollout import ExpertLabeler, RolloutConfig, run_episode  # noqa: E402
+from wam_control.sim.arm import SimArm  # noqa: E402
+from wam_control.sim.expert import Expert  # noqa: E402
+
+FR3 = tuple(f"fr3_joint{i}" for i in range(1, 8))
+
+
+def test_expert_labels_follow_the_expert_plan() -> None:
+    """Seeded with the expert's own command state, the teacher's chunk is the expert's future commands."""
+    with SimArm(task="reach", seed=3, cameras=()) as arm:
+        expert = Expert(arm)
+        labeler = ExpertLabeler(arm, horizon=8, action_dt=0.05, label_dt=0.002)
+        arm.reset(3)
+        expert.reset()
+        labeler.reset()
+        for _ in range(60):
+            arm.step(expert.act())
+        q_cmd, v_cmd = expert.q.copy(), expert.v.copy()
+        label = labeler(np.zeros((1, 8, 8, 3), np.uint8), arm.joint_state()[1], q_cmd, v_cmd)
+        future = [q_cmd.copy()]
+        for k in range(1, 8 * 25):
+            q = expert.act()
+            arm.step(q)
+            if k % 25 == 0:
+                future.append(q)
+        future = np.asarray(future[:8])
+        assert label.shape == (8, 7)
+        assert np.allclose(label[0], q_cmd)
+        # Same planner from the same state; only the acceleration seed (0 vs the expert's) differs.
+        assert np.max(np.abs(label - future)) < 0.01
+        assert np.max(np.abs(label[-1] - label[0])) > 0.05  # and it does move towards the target
+
+
+def tiny_student(path: Path, hw: int = 32) -> Path:
+    from wam_control.model.wam import WAMConfig, build_model, save_checkpoint
+
+    cfg = WAMConfig(
+        joint_names=FR3,
+        camera_names=("scene",),
+        image_height=hw,
+        image_width=hw,
+        horizon=8,
+        action_dt=0.05,
+        max_prefix=3,
+        latent_dim=16,
+        latent_offsets=(2, 4, 8),
+        conv_channels=(4, 8, 8, 8),
+        image_feature_dim=16,
+        hidden_dim=32,
+        model_name="wam-tiny-test",
+    )
+    model = build_model(cfg, seed=0)
+    save_checkpoint(model, str(path))
+    return path
+
+
+def test_labelled_rollout_records_what_was_executed(tmp_path: Path) -> None:
+    from wam_control.model.rollout import TorchPolicy, episode_samples
+    from wam_control.model.train import spec_for
+    from wam_control.model.wam import load_checkpoint
+
+    model, _ = load_checkpoint(str(tiny_student(tmp_path / "s.pt")))
+    with SimArm(task="reach", seed=0, image_hw=(32, 32), cameras=("scene",)) as arm:
+        labeler = ExpertLabeler(arm, horizon=8, action_dt=0.05)
+        cfg = RolloutConfig(horizon=8, action_dt=0.05, replan_steps=2, prefix_len=1, max_time_s=0.5)
+        ep = run_episode(arm, TorchPolicy(model), 5, cfg, labeler=labeler)
+    assert len(ep.obs_t) == 10 and ep.labels is not None and ep.labels.shape == (10, 8, 7)
+    assert len(ep.cmd_q) == 250  # one command per 2 ms tick
+    arrays = episode_samples(ep, spec_for(model.config, 0.05))
+    # Labels come from the teacher, `executed` from the student's own commands: they differ.
+    assert np.array_equal(arrays["actions"], ep.labels)
+    assert not np.allclose(arrays["executed"], arrays["actions"], atol=1e-3)
+    assert np.allclose(arrays["executed"][:, 0], ep.cmd_q[np.arange(10) * 25])
+
+
+def test_distill_cli_end_to_end(tmp_path: Path, fr3_config_path: Path) -> None:
+    from wam_control.config import load_config
+    from wam_control.model.distill import main
+    from wam_control.policy.contract import check_contract, read_contract
+
+    init = tiny_student(tmp_path / "init.pt")
+    out = tmp_path / "student"
+    rc = main(
+        [
+            "--teacher", "expert", "--init", str(init), "--student-out", str(out),
+            "--iterations", "2", "--episodes", "1", "--steps", "3", "--batch-size", "8",
+            "--eval-episodes", "1", "--surprise-episodes", "1", "--max-time-s", "0.6",
+            "--threads", "1", "--no-progress", "--export",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "distill_report.json").read_text())
+    assert [it["iteration"] for it in report["iterations"]] == [0, 1]
+    assert all(0.0 <= it["student_success_rate"] <= 1.0 for it in report["iterations"])
+    assert report["iterations"][1]["aggregate_observations"] > report["iterations"][0]["aggregate_observations"]
+    assert report["eval_torch"]["seeds"] == [100000, 100000]
+    contract = read_contract(out / "model.onnx", verify_weights=True)
+    check_contract(contract, load_config(fr3_config_path))
+    assert contract.training_data["teacher"] == "expert"
+    surprise = json.loads((out / "model.surprise.json").read_text())
+    assert surprise["offsets"] == [2, 4, 8] and surprise["episodes"] == 1
+    for key in ("mean", "std", "p95", "p99"):
+        assert len(surprise[key]) == 3
+    assert surprise["mean"][0] is not None and surprise["mean"][0] > 0
+    assert "sqrt(latent_dim)" in surprise["metric"]
+    # A missing teacher file is refused with its name.
+    assert main(["--teacher", str(tmp_path / "nope.onnx"), "--init", str(init), "--student-out", str(out)]) == 2
