@@ -64,7 +64,12 @@ def run(
                     arm, config, contract, model, seed + i, mode=mode, lat_ticks=lat, horizon_s=horizon_s
                 )
                 out[mode].append(r)
-                row.append(f"{mode} {'ok ' + format(r.task_time_s, '.2f') + ' s' if r.success else 'FAIL'}")
+                how = (
+                    f"ok {r.task_time_s:.2f} s"
+                    if r.success
+                    else f"FAIL ({r.final_distance_m * 100:.1f} cm off)"
+                )
+                row.append(f"{mode} {how}")
             if progress:
                 print(f"  seed {seed + i}: " + ", ".join(row), flush=True)
     finally:
