@@ -105,11 +105,15 @@ def test_distill_cli_end_to_end(tmp_path: Path, fr3_config_path: Path) -> None:
     report = json.loads((out / "distill_report.json").read_text())
     assert [it["iteration"] for it in report["iterations"]] == [0, 1]
     assert all(0.0 <= it["student_success_rate"] <= 1.0 for it in report["iterations"])
-    assert report["iterations"][1]["aggregate_observations"] > report["iterations"][0]["aggregate_observations"]
-    assert report["eval_torch"]["seeds"] == [100000, 100000]
+    assert (
+        report["iterations"][1]["aggregate_observations"] > report["iterations"][0]["aggregate_observations"]
+    )
+    assert report["eval_onnx"]["seeds"] == [100000, 100000]
     contract = read_contract(out / "model.onnx", verify_weights=True)
     check_contract(contract, load_config(fr3_config_path))
     assert contract.training_data["teacher"] == "expert"
+    # The closed-loop result of the exported file is written into its own metadata.
+    assert contract.training_data["eval_success_rate"] == report["eval_onnx"]["success_rate"]
     surprise = json.loads((out / "model.surprise.json").read_text())
     assert surprise["offsets"] == [2, 4, 8] and surprise["episodes"] == 1
     for key in ("mean", "std", "p95", "p99"):
@@ -117,4 +121,6 @@ def test_distill_cli_end_to_end(tmp_path: Path, fr3_config_path: Path) -> None:
     assert surprise["mean"][0] is not None and surprise["mean"][0] > 0
     assert "sqrt(latent_dim)" in surprise["metric"]
     # A missing teacher file is refused with its name.
-    assert main(["--teacher", str(tmp_path / "nope.onnx"), "--init", str(init), "--student-out", str(out)]) == 2
+    assert (
+        main(["--teacher", str(tmp_path / "nope.onnx"), "--init", str(init), "--student-out", str(out)]) == 2
+    )

@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ def collect(
     spec: SampleSpec,
     progress: bool,
     desc: str,
+    replan_choices: list[int] | None = None,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Roll the student out on `seeds`, label with the teacher; (new samples, stats)."""
     policy = TorchPolicy(model)
@@ -110,8 +112,10 @@ def collect(
 
         bar = tqdm(seeds, desc=desc, unit="ep", dynamic_ncols=True)
         it = bar
+    choices = replan_choices or [rcfg.replan_steps]
     for n, s in enumerate(it, 1):
-        ep = run_episode(arm, policy, s, rcfg, labeler=labeler)
+        cfg = replace(rcfg, replan_steps=choices[s % len(choices)])
+        ep = run_episode(arm, policy, s, cfg, labeler=labeler)
         ok += ep.success
         times.append(ep.time_s)
         builder.add(
@@ -154,7 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-episodes", type=int, default=100)
     ap.add_argument("--eval-seed", type=int, default=EVAL_SEED_DEFAULT)
     ap.add_argument(
-        "--replan-steps", type=int, default=4, help="action steps executed before the next inference"
+        "--replan-steps",
+        type=int,
+        default=4,
+        help="action steps executed before the next inference (evaluation and calibration)",
+    )
+    ap.add_argument(
+        "--collect-replan-steps",
+        default="",
+        help="comma-separated choices drawn per DAgger episode (e.g. 2,4,8: visit the states other "
+        "execution cadences lead to); default: --replan-steps",
     )
     ap.add_argument("--prefix-len", type=int, default=2, help="committed prefix at each replan")
     ap.add_argument("--max-time-s", type=float, help="cut episodes short (default: the task's horizon)")
@@ -164,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(ap)
     ap.set_defaults(lr=3e-4)
     args = ap.parse_args(argv)
+    try:
+        replan_choices = [int(v) for v in args.collect_replan_steps.split(",") if v.strip()]
+    except ValueError:
+        ap.error(
+            f"--collect-replan-steps must be comma-separated integers, got {args.collect_replan_steps!r}"
+        )
+    if any(v < 1 for v in replan_choices) or args.replan_steps < 1:
+        ap.error("replan steps must be >= 1")
     if args.iterations < 1 or args.episodes < 1:
         ap.error("--iterations and --episodes must be >= 1")
     if args.seed_start + args.iterations * args.episodes > args.eval_seed:
@@ -248,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec,
                 progress,
                 f"dagger {it + 1}/{args.iterations} rollouts",
+                replan_choices,
             )
             collect_s = time.perf_counter() - t0
             dagger_parts.append(new)
@@ -311,7 +333,6 @@ def main(argv: list[str] | None = None) -> int:
             concat(dagger_parts), out / "dagger.npz", {"spec": spec.to_dict(), "teacher": args.teacher}
         )
         eval_seeds = list(range(args.eval_seed, args.eval_seed + args.eval_episodes))
-        ev, _ = evaluate(arm, TorchPolicy(model), eval_seeds, rcfg, progress=progress, desc="eval (torch)")
         summary_base = base.summary() if base is not None else None
         training_data = {
             "kind": "DAgger distillation" + (" + demonstrations" if base is not None else ""),
@@ -321,9 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             "dagger_episodes": args.iterations * args.episodes,
             "dagger_seeds": [args.seed_start, args.seed_start + args.iterations * args.episodes - 1],
             "eval_seeds": [eval_seeds[0], eval_seeds[-1]],
-            "eval_success_rate": ev["success_rate"],
         }
-        save_checkpoint(model, str(out / "model.pt"), training_data)
         report: dict[str, Any] = {
             "command": "wam-control distill " + " ".join(sys.argv[1:] if argv is None else argv),
             "teacher": teacher_desc,
@@ -331,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             "parameters": model.num_parameters(),
             "rollout": {
                 "replan_steps": rcfg.replan_steps,
+                "collect_replan_steps": replan_choices or [rcfg.replan_steps],
                 "prefix_len": rcfg.prefix_len,
                 "settle_s": rcfg.settle_s,
                 "control_hz": arm.control_hz,
@@ -338,19 +358,27 @@ def main(argv: list[str] | None = None) -> int:
             },
             "iterations": iterations,
             "distill_wall_s": round(distill_s, 1),
-            "eval_torch": ev,
         }
         if args.export:
+            # Evaluate what ships: the exported ONNX through ONNX Runtime.
             report.update(
                 export_and_calibrate(model, out, training_data, arm, rcfg, eval_seeds, args, progress)
             )
+            ev = report["eval_onnx"]
+        else:
+            ev, _ = evaluate(
+                arm, TorchPolicy(model), eval_seeds, rcfg, progress=progress, desc="eval (torch)"
+            )
+            report["eval_torch"] = ev
+        training_data["eval_success_rate"] = ev["success_rate"]
+        save_checkpoint(model, str(out / "model.pt"), training_data)
         write_json(out / "distill_report.json", report)
     finally:
         arm.close()
     print(
         f"distill: iterations={args.iterations} distill_s={report['distill_wall_s']} "
         f"eval_success_rate={ev['success_rate']:.3f} eval_seeds={eval_seeds[0]}-{eval_seeds[-1]}"
-        + (f" onnx_success_rate={report['eval_onnx']['success_rate']:.3f}" if "eval_onnx" in report else "")
+        + (" (onnx)" if "eval_onnx" in report else " (torch)")
     )
     return 0
 
@@ -366,8 +394,6 @@ def export_and_calibrate(
     progress: bool,
 ) -> dict[str, Any]:
     """Export the ONNX, evaluate it closed loop (what ships), and calibrate the nominal surprise."""
-    from dataclasses import replace
-
     from wam_control.model.export import export_onnx
     from wam_control.policy import load_backend
 
@@ -376,6 +402,8 @@ def export_and_calibrate(
     backend = load_backend(onnx_path, backend="onnxruntime", warmup=2)
     policy = BackendPolicy(backend)
     ev, _ = evaluate(arm, policy, eval_seeds, rcfg, progress=progress, desc="eval (onnx)")
+    training_data["eval_success_rate"] = ev["success_rate"]
+    _set_training_data(onnx_path, training_data)
     cal_seeds = list(range(eval_seeds[-1] + 1, eval_seeds[-1] + 1 + args.surprise_episodes))
     cal_cfg = replace(rcfg, record_latents=True)
     _, eps = evaluate(arm, policy, cal_seeds, cal_cfg, progress=progress, desc="surprise calibration")
@@ -406,6 +434,27 @@ def export_and_calibrate(
         "eval_onnx": ev,
         "surprise": surprise,
     }
+
+
+def _set_training_data(path: Path, training_data: dict[str, Any]) -> None:
+    """Rewrite the contract's training_data (e.g. with the closed-loop result, known only after export).
+    The weights hash covers the initializers only, so it stays valid; read back to prove it."""
+    import dataclasses
+    import os
+
+    import onnx
+
+    from wam_control.policy.contract import read_contract
+
+    contract = read_contract(path)
+    proto = onnx.load(str(path))
+    merged = {**contract.training_data, **training_data}
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, dataclasses.replace(contract, training_data=merged).to_metadata())
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(proto, str(tmp))
+    read_contract(tmp, verify_weights=True)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     ckpt_every: int = 250
     device: str = "cpu"
-    threads: int = 2
+    threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -434,7 +434,13 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0, help="seeds init, batch order, prefix lengths, splits")
     ap.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the dev machine has 2 cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine, 2 OpenMP threads spin against "
+        "other processes and run several times slower; use 2+ on an idle machine)",
+    )
     ap.add_argument("--wm-weight", type=float, default=1.0, help="weight of the world-model loss")
     ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the target encoder per step")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
