@@ -297,3 +297,27 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping at the top level"):
         load_config(tmp_path / "b.yaml")
+
+
+def test_every_nested_section_is_a_ros_parameter_section() -> None:
+    """The rclpy node flattens these sections into parameters: a new section must be listed there."""
+    import dataclasses
+
+    from wam_control.config import schema
+    from wam_control.transport.ros_node import _SECTIONS
+
+    nested = {
+        f.name
+        for f in dataclasses.fields(schema.RobotConfig)
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory())
+    }
+    assert nested == set(_SECTIONS)
+
+
+def test_section_consistency_errors_name_the_file_and_section(tmp_path) -> None:
+    src = preset_path("fr3").read_text()
+    bad = src.replace("stop_threshold: 8.0", "stop_threshold: 2.0")
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad)
+    with pytest.raises(ConfigError, match=r"bad\.yaml: surprise: .*stop_threshold"):
+        load_config(path)

@@ -189,7 +189,10 @@ def _build(cls: type, value: Any, key: str, source: str) -> Any:
     ]
     if missing:
         raise ConfigError(source, f"{key}.{missing[0]}" if key else missing[0], "missing required key")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a section's own consistency check (e.g. SurpriseConfig thresholds)
+        raise ConfigError(source, key or cls.__name__, str(exc)) from None
 
 
 def _coerce(hint: Any, raw: Any, key: str, source: str) -> Any:

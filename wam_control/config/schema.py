@@ -136,6 +136,67 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class SurpriseConfig:
+    """The world-model surprise monitor (docs/surprise.md): compares the model's predicted future latents
+    with the latents it later observes, slows the arm down and, further out, brakes and latches."""
+
+    enabled: bool = True
+    calibration: str = ""
+    """Nominal statistics file; empty means `<model>.surprise.json` beside the model."""
+    slow_threshold: float = 4.0
+    """Score (z units) from which the velocity envelope is scaled down."""
+    stop_threshold: float = 8.0
+    """Score at which the filter brakes to hold and latches (when `latch` is true)."""
+    min_scale: float = 0.25
+    """Velocity scale reached at `stop_threshold` (and kept above it when `latch` is false)."""
+    smoothing: float = 0.6
+    """EWMA weight of the newest observation's z (1 = no smoothing)."""
+    match_tolerance_steps: float = 1.0
+    """A prediction matches an observation at most this many action steps from its target tick. The
+    scheduler requests every ~half chunk (not on the offsets' grid), so half a step would leave the
+    longest offset unmatched; calibration is measured with the same tolerance."""
+    latch: bool = True
+    ring_requests: int = 8
+    """Requests whose predictions are kept; older ones are overwritten."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.slow_threshold) and math.isfinite(self.stop_threshold)):
+            raise ValueError("surprise.slow_threshold and surprise.stop_threshold must be finite numbers")
+        if not self.stop_threshold > self.slow_threshold:
+            raise ValueError(
+                f"surprise.stop_threshold ({self.stop_threshold}) must be greater than "
+                f"surprise.slow_threshold ({self.slow_threshold})"
+            )
+        if not 0.0 < self.min_scale <= 1.0:
+            raise ValueError(f"surprise.min_scale must be in (0, 1], got {self.min_scale}")
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ValueError(f"surprise.smoothing must be in (0, 1], got {self.smoothing}")
+        if not 0.0 <= self.match_tolerance_steps < 8.0:
+            raise ValueError(
+                f"surprise.match_tolerance_steps must be in [0, 8) action steps, got {self.match_tolerance_steps}"
+            )
+        if not 1 <= self.ring_requests <= 256:
+            raise ValueError(f"surprise.ring_requests must be in [1, 256], got {self.ring_requests}")
+
+
+@dataclass(frozen=True)
+class ImaginationConfig:
+    """Imagination preview: decode the model's predicted future frame for RViz/Foxglove (off by default).
+
+    Runs off the control path, and only while someone subscribes to `topic`.
+    """
+
+    enabled: bool = False
+    decoder: str = ""
+    """Decoder ONNX; empty means `<model>.decoder.onnx` beside the model."""
+    topic: str = "/camera/imagination/image_raw"
+    offset: int = 0
+    """Which latent prediction to decode, in action steps ahead (one of the model's latent_offsets);
+    0 means the furthest."""
+    max_rate_hz: float = 10.0
+
+
+@dataclass(frozen=True)
 class LimitArrays:
     """Per-joint limits as arrays in joint order, ready for vectorised filtering.
 
@@ -170,6 +231,8 @@ class RobotConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    surprise: SurpriseConfig = field(default_factory=lambda: SurpriseConfig(enabled=False))
+    imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
     source: str = "<memory>"
     """The file this configuration was read from (for error messages)."""
 

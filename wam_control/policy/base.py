@@ -128,8 +128,16 @@ def _backend_class(backend: str) -> Any:
     return TorchBackend
 
 
+_THREADS_OPTION = {"onnxruntime": "intra_op_threads", "torch": "threads", "tensorrt": ""}
+
+
 def _construct(backend: str, path: str, options: dict[str, Any], *, lenient: bool = False) -> PolicyBackend:
     cls = _backend_class(backend)
+    options = dict(options)
+    # `threads` is one knob for every backend; each spells its CPU thread count its own way.
+    threads = options.pop("threads", None)
+    if threads is not None and _THREADS_OPTION[backend]:
+        options.setdefault(_THREADS_OPTION[backend], int(threads))
     if lenient:
         # "auto" hands each candidate only the options it understands (e.g. intra_op_threads is ORT's).
         accepted = inspect.signature(cls).parameters

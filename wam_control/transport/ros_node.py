@@ -33,7 +33,8 @@ from typing import Any
 from wam_control.transport import qos
 
 NODE_NAME = "wam_controller"
-_SECTIONS = ("topics", "timeouts", "safety", "inference", "loop")
+# Nested sections of RobotConfig (every field whose type is a dataclass), flattened as ROS 2 does.
+_SECTIONS = ("topics", "timeouts", "safety", "inference", "loop", "surprise", "imagination")
 _OVERRIDES = ("model", "backend", "worker", "command_interface")
 
 
