@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-engine": ("wam_control.policy.tensorrt_build", "build (or fetch from cache) a TensorRT engine"),
     "train": ("wam_control.model.train", "train a WAM on recorded demonstrations"),
     "distill": ("wam_control.model.distill", "distill a compact student WAM from a teacher"),
+    "train-decoder": ("wam_control.model.decoder", "train the imagination-preview decoder (latent -> image)"),
     "record": ("wam_control.sim.record", "record expert demonstrations from the sim as ROS 2 bags"),
     "sim": ("wam_control.sim.bridge", "run the MuJoCo arm speaking Gazebo's ROS 2 topics over DDS"),
     "check-config": ("wam_control.config.check", "load and validate a deployment YAML"),
