@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("mujoco")  # imported first on purpose: rendering must not depend on import order
 
+from wam_control.config import load_config, preset_path
 from wam_control.sim.arm import HOME_Q, JOINT_NAMES, RenderUnavailableError, SimArm
-
-LIMITS_MD = Path("/work/shared/reference/limits.md")
-# FR3 position limits (rad), from reference/limits.md; used when that file is not around.
-FR3_LIMITS = {
-    1: (-2.7437, 2.7437),
-    2: (-1.7837, 1.7837),
-    3: (-2.9007, 2.9007),
-    4: (-3.0421, -0.1518),
-    5: (-2.8065, 2.8065),
-    6: (0.5445, 4.5169),
-    7: (-3.0159, 3.0159),
-}
 
 
 def _fr3_limits() -> dict[int, tuple[float, float]]:
-    if not LIMITS_MD.is_file():
-        return FR3_LIMITS
-    text = LIMITS_MD.read_text().split("## Franka Emika Panda")[0]
-    rows = re.findall(r"\|\s*J(\d)\s*\|\s*(-?[\d.]+)\s*\|\s*(-?[\d.]+)\s*\|", text)
-    return {int(j): (float(lo), float(hi)) for j, lo, hi in rows}
+    """FR3 position limits from the shipped preset (itself transcribed from Franka's published table)."""
+    config = load_config(preset_path("fr3"))
+    return {
+        i + 1: (config.joint_limits[j].min_position, config.joint_limits[j].max_position)
+        for i, j in enumerate(config.joints)
+    }
 
 
 @pytest.fixture(scope="module")
