@@ -88,6 +88,13 @@ def test_bool(value: bool) -> None:
     _check(lambda T: M.bool_msg(T, value), "std_msgs/msg/Bool")
 
 
+@pytest.mark.parametrize("value", [0.0, -1.5, 3.25e300, 5e-324, float("inf"), float("nan")])
+def test_float64(value: float) -> None:
+    data = _check(lambda T: M.float64_msg(T, value), "std_msgs/msg/Float64")
+    back = M.float64_from_msg(D.Float64_.deserialize(data))
+    assert back == value or (np.isnan(back) and np.isnan(value))
+
+
 def test_empty() -> None:
     _check(lambda T: T.Empty(structure_needs_at_least_one_member=0), "std_msgs/msg/Empty")
 

@@ -61,6 +61,7 @@ class MsgTypes:
     Duration: Any
     Header: Any
     Bool: Any
+    Float64: Any
     Empty: Any
     MultiArrayDimension: Any
     MultiArrayLayout: Any
@@ -111,6 +112,7 @@ def dds_msg_types() -> MsgTypes:
         Duration=d.Duration_,
         Header=d.Header_,
         Bool=d.Bool_,
+        Float64=d.Float64_,
         Empty=d.Empty_,
         MultiArrayDimension=d.MultiArrayDimension_,
         MultiArrayLayout=d.MultiArrayLayout_,
@@ -137,7 +139,15 @@ def rclpy_msg_types() -> MsgTypes:
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import CameraInfo, Image, JointState, RegionOfInterest
-    from std_msgs.msg import Bool, Empty, Float64MultiArray, Header, MultiArrayDimension, MultiArrayLayout
+    from std_msgs.msg import (
+        Bool,
+        Empty,
+        Float64,
+        Float64MultiArray,
+        Header,
+        MultiArrayDimension,
+        MultiArrayLayout,
+    )
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
     return MsgTypes(
@@ -145,6 +155,7 @@ def rclpy_msg_types() -> MsgTypes:
         Duration=Duration,
         Header=Header,
         Bool=Bool,
+        Float64=Float64,
         Empty=Empty,
         MultiArrayDimension=MultiArrayDimension,
         MultiArrayLayout=MultiArrayLayout,
@@ -176,6 +187,7 @@ def rosbags_msg_types(typestore: Any) -> MsgTypes:
         Duration=cls("builtin_interfaces/msg/Duration"),
         Header=cls("std_msgs/msg/Header"),
         Bool=cls("std_msgs/msg/Bool"),
+        Float64=cls("std_msgs/msg/Float64"),
         Empty=cls("std_msgs/msg/Empty"),
         MultiArrayDimension=cls("std_msgs/msg/MultiArrayDimension"),
         MultiArrayLayout=cls("std_msgs/msg/MultiArrayLayout"),
@@ -462,7 +474,7 @@ def camera_info_msg(
     )
 
 
-# -- Bool, Clock --------------------------------------------------------------------------------------
+# -- Bool, Float64, Clock --------------------------------------------------------------------------------
 
 
 def bool_from_msg(msg: Any) -> bool:
@@ -471,6 +483,14 @@ def bool_from_msg(msg: Any) -> bool:
 
 def bool_msg(T: MsgTypes, value: bool) -> Any:
     return T.Bool(data=bool(value))
+
+
+def float64_from_msg(msg: Any) -> float:
+    return float(msg.data)
+
+
+def float64_msg(T: MsgTypes, value: float) -> Any:
+    return T.Float64(data=float(value))
 
 
 def clock_from_msg(msg: Any) -> float:
