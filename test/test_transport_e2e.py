@@ -115,6 +115,10 @@ def _checker(out: Path, duration_s: float, stop_file: Path) -> None:
 def e2e_config(tmp_path: Path, fr3_config_path: Path) -> Path:
     text = fr3_config_path.read_text().replace("control_hz: 500.0", f"control_hz: {HZ}")
     assert f"control_hz: {HZ}" in text
+    # A random-init model has no surprise calibration; ~/surprise is covered by test_transport_surprise.
+    on = "surprise:\n      enabled: true"
+    assert on in text
+    text = text.replace(on, "surprise:\n      enabled: false")
     path = tmp_path / "fr3_e2e.yaml"
     path.write_text(text)
     return path

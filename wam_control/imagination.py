@@ -41,6 +41,13 @@ class DecoderError(ValueError):
     """A decoder file is missing, not a decoder, or made for another model."""
 
 
+def default_decoder_path(model_path: str | os.PathLike[str]) -> Path:
+    """`models/wam_reach.onnx` -> `models/wam_reach.decoder.onnx` (the rule of `model.decoder`, without
+    importing torch: the runtime resolves the path with this)."""
+    p = Path(model_path)
+    return p.with_name(f"{p.name.rsplit('.', 1)[0]}.decoder.onnx")
+
+
 def read_decoder_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -75,7 +82,9 @@ def check_decoder(meta: dict[str, Any], contract: ModelContract, source: str) ->
 
 class ImaginationPreview:
     """See the module docstring. `offset` (action steps, one of the contract's latent_offsets) picks the
-    prediction shown; default: the longest offset (the furthest look ahead)."""
+    prediction shown; default: the longest offset (the furthest look ahead). `publish` is a plain
+    attribute: a transport that creates its publisher after the controller may set it later, before the
+    first `set_subscribed(True)`."""
 
     def __init__(
         self,

@@ -3,7 +3,10 @@
 Both front ends (`dds_node` over Cyclone DDS, `ros_node` over rclpy) are thin: they create
 subscriptions that hand messages to `ControllerIO.on_*`, and a `ControlRunner` that ticks the controller
 on its own thread and hands each `JointCommand` to a publish function. Everything in between, message
-checks, the command message, the predicted chunk, the diagnostics, lives here once.
+checks, the command message, the predicted chunk, the diagnostics, lives here once, and so do the WAM
+extras (docs/surprise.md): `build_runtime` attaches the surprise monitor and the imagination preview when
+the config enables them; `ControllerIO.surprise_msg` is what both nodes publish on ~/surprise from the
+auxiliary thread, and `ControllerIO.poll_imagination(subscriber_count)` starts and stops the preview.
 
 Command message (DESIGN.md §6). JointTrajectory: header.stamp = 0 ("start now") and the filtered
 setpoint as the first point at t = one control period, with velocities and accelerations, so
@@ -25,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,8 +88,14 @@ class ControllerIO:
         T: M.MsgTypes,
         node_name: str = "wam_controller",
         now: Callable[[], float] | None = None,
+        *,
+        surprise: Any = None,
+        imagination: Any = None,
     ) -> None:
         self.controller = controller
+        self.surprise = surprise
+        self.imagination = imagination
+        self.imagination_error = ""
         self._now = now
         self.config: RobotConfig = controller.config
         self.T = T
@@ -220,6 +230,55 @@ class ControllerIO:
             times, pos = times[order], pos[order]
         return M.joint_trajectory_msg(self.T, self.joint_names, times, pos, stamp_s=self.ros_time())
 
+    def surprise_msg(self) -> Any | None:
+        """std_msgs/Float64 with the monitor's current (smoothed) score; None without a monitor.
+
+        Read on the auxiliary thread: the score is one float the control thread rebinds, so reading it
+        needs no lock and costs the control path nothing."""
+        if self.surprise is None:
+            return None
+        return M.float64_msg(self.T, self.surprise.score)
+
+    # -- imagination preview (docs/surprise.md) ----------------------------------------------------------
+
+    def bind_imagination(self, publish_msg: Callable[[Any], object]) -> None:
+        """Route the preview's frames to `publish_msg(sensor_msgs/Image)` (called on the preview thread)."""
+        if self.imagination is not None:
+            self.imagination.publish = lambda rgb, tick, horizon_s: publish_msg(
+                self.imagination_msg(rgb, tick, horizon_s)
+            )
+
+    def imagination_msg(self, rgb: np.ndarray, obs_tick: int, horizon_s: float) -> Any:
+        """The decoded frame as rgb8, stamped when it is published (not with the future instant it
+        depicts, `horizon_s` after the observation: a stamp in the future trips up time-synchronising
+        viewers), in the first camera's frame when its camera_info has been seen."""
+        cam = next(iter(self.cameras.values()), None)
+        frame_id = cam.info.frame_id if cam is not None and cam.info is not None else ""
+        return M.image_msg(self.T, rgb, "rgb8", stamp_s=self.ros_time(), frame_id=frame_id)
+
+    def poll_imagination(self, subscribers: int) -> None:
+        """Auxiliary thread: run the preview while the image topic has subscribers, stop it when the last
+        one leaves. A decoder that cannot be loaded is reported once (log, diagnostics) and not retried:
+        the file will not fix itself while the node runs."""
+        p = self.imagination
+        if p is None or self.imagination_error:
+            return
+        want = subscribers > 0
+        if want == p.subscribed:
+            return
+        try:
+            p.set_subscribed(want)
+        except Exception as exc:  # DecoderError or onnxruntime's own: the preview is off, control is not
+            self.imagination_error = f"{type(exc).__name__}: {exc}"
+            log.error("imagination preview disabled: %s", self.imagination_error)
+            return
+        log.info("imagination preview %s", "started (subscriber present)" if want else "stopped")
+
+    def imagination_off(self) -> None:
+        """Stop the preview thread (node deactivating: its publisher is about to go away)."""
+        if self.imagination is not None and self.imagination.subscribed:
+            self.imagination.set_subscribed(False)
+
     def diagnostics_values(self, extra: dict[str, Any] | None = None) -> list[M.DiagnosticValue]:
         status = self.controller.status()
         hw = self.config.robot
@@ -228,6 +287,12 @@ class ControllerIO:
         for cam in self.cameras.values():
             if cam.info is not None:
                 transport[f"camera.{cam.name}.info"] = f"{cam.info.width}x{cam.info.height}"
+        if self.imagination is not None:
+            transport.update(self.imagination.values())
+            if self.imagination_error:
+                transport["imagination.error"] = self.imagination_error
+            elif self.imagination.last_error:
+                transport["imagination.last_error"] = self.imagination.last_error
         if extra:
             transport.update(extra)
         rejected = sum(self.monitor.rejected.values())
@@ -354,13 +419,33 @@ def _is_holding(controller: Any) -> bool:
     return bool(getattr(f, "holding", True)) and float(np.max(np.abs(f.v), initial=0.0)) < 1e-9
 
 
-def build_controller(
+@dataclass
+class Runtime:
+    """What a node runs: the controller and the optional WAM extras it was built with (both nodes hand
+    `surprise` and `imagination` to their `ControllerIO`)."""
+
+    controller: Any
+    model_path: str
+    surprise: Any = None
+    """SurpriseMonitor (already attached to the controller), or None when surprise.enabled is false."""
+    imagination: Any = None
+    """ImaginationPreview (the controller's result hook), or None when imagination.enabled is false."""
+
+    def close(self) -> None:
+        if self.imagination is not None:
+            self.imagination.close()
+        self.controller.close()
+
+
+def build_runtime(
     config: RobotConfig,
     model_path: str | os.PathLike[str] | None = None,
     backend: str | None = None,
     worker: str | None = None,
-) -> Any:
-    """The runtime Controller for `config` with its model (contract checked) and inference worker."""
+) -> Runtime:
+    """The runtime Controller for `config` with its model (contract checked), inference worker, and the
+    surprise monitor / imagination preview when the config enables them. Every file is checked before the
+    worker starts, so a bad deployment fails with the file's name and nothing left running."""
     from wam_control.policy import check_contract, read_contract
     from wam_control.runtime.clock import MonotonicClock
     from wam_control.runtime.controller import Controller
@@ -371,6 +456,8 @@ def build_controller(
         raise ValueError(f"{config.source}: inference.model: no model given (use --model or inference.model)")
     contract = read_contract(path)
     check_contract(contract, config)
+    monitor = _build_surprise(config, contract, path)
+    preview = _build_imagination(config, contract, path)
     clock = MonotonicClock()
     options: dict[str, Any] = {"threads": config.inference.threads}
     if config.inference.device != "auto":
@@ -384,4 +471,58 @@ def build_controller(
         backend=backend or config.inference.backend,
         backend_options=options,
     )
-    return Controller(config, contract, inference_worker, clock)
+    controller = Controller(
+        config,
+        contract,
+        inference_worker,
+        clock,
+        surprise_monitor=monitor,
+        result_hook=preview.hook if preview is not None else None,
+    )
+    return Runtime(controller, path, monitor, preview)
+
+
+def _build_surprise(config: RobotConfig, contract: Any, model_path: str) -> Any:
+    if not config.surprise.enabled:
+        return None
+    from wam_control.runtime.calibration import CalibrationError, default_calibration_path
+    from wam_control.runtime.surprise import build_monitor
+
+    given = config.surprise.calibration
+    cal = Path(given) if given else default_calibration_path(model_path)
+    if not cal.is_file():
+        command = f"wam-control bench surprise --calibrate-only --model {model_path}"
+        if Path(config.source).is_file():
+            command += f" --config {config.source}"  # the deployment's control rate sets the cadence
+        if given:
+            command += f" --calibration {given}"
+        raise CalibrationError(
+            f"{config.source}: surprise.enabled is true but its calibration file {cal} does not exist. "
+            f"Create it from nominal closed-loop runs in the sim with `{command}`, "
+            "or set surprise.enabled: false to run without the surprise monitor"
+        )
+    return build_monitor(config.surprise, contract, config.control_hz, model_path)
+
+
+def _build_imagination(config: RobotConfig, contract: Any, model_path: str) -> Any:
+    """The preview, not yet loaded: the decoder is opened on the first subscriber (imagination.py). Only
+    imported when enabled, so a deployment without it never loads the module or starts its thread."""
+    im = config.imagination
+    if not im.enabled:
+        return None
+    from wam_control.imagination import DecoderError, ImaginationPreview, default_decoder_path
+
+    decoder = Path(im.decoder) if im.decoder else default_decoder_path(model_path)
+    if not decoder.is_file():
+        raise DecoderError(
+            f"{config.source}: imagination.enabled is true but its decoder {decoder} does not exist. "
+            "Train it for this model with `wam-control train-decoder --checkpoint <model>.pt --data <bags> "
+            f"--out {decoder}`, or set imagination.enabled: false"
+        )
+    offset = im.offset or None  # 0: the furthest prediction
+
+    def unbound(rgb: np.ndarray, tick: int, horizon_s: float) -> None:
+        raise RuntimeError("imagination preview: no publisher bound (ControllerIO.bind_imagination)")
+
+    return ImaginationPreview(decoder, contract, config.control_hz, unbound, offset=offset,
+                              max_rate_hz=im.max_rate_hz)  # fmt: skip

@@ -120,6 +120,11 @@ class DdsPublisher(Generic[T]):
         """Number of matched subscriptions (useful to wait for discovery in tests and tools)."""
         return len(self._writer.get_matched_subscriptions())
 
+    def subscription_count(self) -> int:
+        """Readers matched right now, from the writer's PUBLICATION_MATCHED status (no handle list is
+        built: cheap enough to poll). The counterpart of rclpy's `Publisher.get_subscription_count()`."""
+        return int(self._writer.get_publication_matched_status().current_count)
+
 
 class DdsSubscription(Generic[T]):
     """A DataReader for one ROS topic that hands each valid sample to `callback` and keeps the latest."""

@@ -10,7 +10,10 @@ Topics (names from the config's `topics:`; `~` expands to /<namespace>/<node nam
        without ROS has no services; the rclpy node offers std_srvs/Trigger on the same name),
        /clock (with --use-sim-time: stamps follow sim time)
   out  the command topic (JointTrajectory or Float64MultiArray, reliable), ~/predicted_chunk (on change),
-       /diagnostics (about 1 Hz), ~/rearm_result (std_msgs/Bool, the answer to each re-arm request)
+       /diagnostics (about 1 Hz), ~/rearm_result (std_msgs/Bool, the answer to each re-arm request),
+       ~/surprise (std_msgs/Float64, the surprise score, 20 Hz; when surprise.enabled),
+       imagination.topic (sensor_msgs/Image rgb8, the decoded predicted frame, at most
+       imagination.max_rate_hz and only while someone subscribes; when imagination.enabled)
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from wam_control.transport import qos
-from wam_control.transport.adapter import ControllerIO, ControlRunner, build_controller, camera_info_topic
+from wam_control.transport.adapter import ControllerIO, ControlRunner, build_runtime, camera_info_topic
 
 log = logging.getLogger("wam_control.run")
 
@@ -35,14 +38,23 @@ class DdsControllerNode:
     """Wires one Controller to a DdsNode: subscriptions that store the latest, publishers, the loop."""
 
     def __init__(
-        self, controller: Any, node: Any, use_sim_time: bool = False, diagnostics_period_s: float = 1.0
+        self,
+        controller: Any,
+        node: Any,
+        use_sim_time: bool = False,
+        diagnostics_period_s: float = 1.0,
+        *,
+        surprise: Any = None,
+        imagination: Any = None,
     ) -> None:
         from wam_control.transport import dds_types as d
         from wam_control.transport.messages import bool_msg, dds_msg_types
 
         self.controller = controller
         self.node = node
-        self.io = ControllerIO(controller, dds_msg_types(), node.name)
+        self.io = ControllerIO(
+            controller, dds_msg_types(), node.name, surprise=surprise, imagination=imagination
+        )
         cfg = controller.config
         t = cfg.topics
         io = self.io
@@ -72,6 +84,13 @@ class DdsControllerNode:
         self.chunk_pub = node.publisher(t.predicted_chunk, d.JointTrajectory_, qos.PREDICTED_CHUNK)
         self.diag_pub = node.publisher(t.diagnostics, d.DiagnosticArray_, qos.DIAGNOSTICS)
         self.rearm_result_pub = node.publisher(t.rearm_service + "_result", d.Bool_, qos.RELIABLE)
+        self.surprise_pub = (
+            node.publisher(t.surprise, d.Float64_, qos.PREVIEW) if surprise is not None else None
+        )
+        self.imagination_pub = None
+        if imagination is not None:
+            self.imagination_pub = node.publisher(cfg.imagination.topic, d.Image_, qos.PREVIEW)
+            io.bind_imagination(self.imagination_pub.publish)
         self._bool_msg = functools.partial(bool_msg, io.T)
         self._diag_period = diagnostics_period_s
         self._next_diag = 0.0
@@ -92,6 +111,10 @@ class DdsControllerNode:
         chunk = self.io.predicted_chunk_msg()
         if chunk is not None:
             self.chunk_pub.publish(chunk)
+        if self.surprise_pub is not None:
+            self.surprise_pub.publish(self.io.surprise_msg())
+        if self.imagination_pub is not None:
+            self.io.poll_imagination(self.imagination_pub.subscription_count())
         now = time.monotonic()
         if now >= self._next_diag:
             self._next_diag = now + self._diag_period
@@ -118,7 +141,9 @@ class DdsControllerNode:
         self.runner.start()
 
     def stop(self) -> Any:
-        return self.runner.stop()
+        stats = self.runner.stop()
+        self.io.imagination_off()
+        return stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,15 +188,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wam-control run: {exc}", file=sys.stderr)
         return 2
     try:
-        controller = build_controller(config, args.model, args.backend, args.worker)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+        runtime = build_runtime(config, args.model, args.backend, args.worker)
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # incl. CalibrationError, DecoderError
         print(f"wam-control run: {exc}", file=sys.stderr)
         return 2
 
     from wam_control.transport.dds import DdsNode
 
     node = DdsNode(args.node_name, args.namespace, args.domain_id, loopback=not args.no_loopback)
-    runner = DdsControllerNode(controller, node, use_sim_time=args.use_sim_time)
+    controller = runtime.controller
+    runner = DdsControllerNode(
+        controller,
+        node,
+        use_sim_time=args.use_sim_time,
+        surprise=runtime.surprise,
+        imagination=runtime.imagination,
+    )
     topic = runner.command_pub.topic
     log.info(
         "%s on DDS domain %d: %s -> %s (%s, %g Hz, %d point(s))",
@@ -192,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stats = runner.stop()
         status = controller.status()
-        controller.close()
+        runtime.close()
         node.close()
     loop_line = stats.line() if stats is not None else "loop not started"
     log.info(

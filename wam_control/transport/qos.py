@@ -30,9 +30,13 @@ DIAGNOSTICS = QosProfile("diagnostics", reliable=True, depth=1)
 PREDICTED_CHUNK = QosProfile("predicted_chunk", reliable=True, depth=1)
 CLOCK = QosProfile("clock", reliable=False, depth=1)
 """rclcpp's ClockQoS: best effort, keep last 1."""
+PREVIEW = QosProfile("preview", reliable=True, depth=1)
+"""~/surprise and the imagination image: reliable so that RViz's default (reliable) Image subscription
+matches; best-effort readers (Foxglove, sensor-data subscribers) match a reliable writer too. Keep last 1:
+only the newest value is worth anything, and a slow viewer never makes the writer queue frames."""
 
 PROFILES: dict[str, QosProfile] = {
-    p.name: p for p in (JOINT_STATES, SENSOR_DATA, RELIABLE, DIAGNOSTICS, PREDICTED_CHUNK, CLOCK)
+    p.name: p for p in (JOINT_STATES, SENSOR_DATA, RELIABLE, DIAGNOSTICS, PREDICTED_CHUNK, CLOCK, PREVIEW)
 }
 
 

@@ -11,6 +11,12 @@ Lifecycle:
               rclpy timer, which follows the ROS clock and jitters with the executor)
   deactivate  brake to hold while still publishing, stop the control thread, disable publishers
   cleanup     release the model, worker, subscriptions, publishers and service
+
+WAM extras (docs/surprise.md), as in `wam-control run`: with surprise.enabled, configure fails unless
+the calibration file exists, and the score goes out on ~/surprise (std_msgs/Float64, 20 Hz from the
+auxiliary thread); with imagination.enabled, configure checks the decoder file, and the auxiliary thread
+polls the image publisher's subscription count: the decoder is loaded and its thread started when the
+first subscriber appears, stopped when the last one leaves (and on deactivate).
   shutdown    deactivate + cleanup from any state
 
 Parameters: every key of the deployment YAML (config/fr3.yaml is a ROS 2 parameter file) is declared
@@ -79,7 +85,7 @@ def _node_class() -> type:
     from rclpy.lifecycle import State, TransitionCallbackReturn
     from std_srvs.srv import Trigger
 
-    from wam_control.transport.adapter import ControllerIO, ControlRunner, build_controller, camera_info_topic
+    from wam_control.transport.adapter import ControllerIO, ControlRunner, build_runtime, camera_info_topic
     from wam_control.transport.messages import rclpy_msg_types
 
     class WamControllerNode(LifecycleNode):  # type: ignore[misc, valid-type]
@@ -101,12 +107,15 @@ def _node_class() -> type:
                 self._declare(name, default, description, read_only=True)
             self._declare("autostart", False, "configure and activate right after start", read_only=True)
             self._declare("diagnostics_period_s", 1.0, "period of /diagnostics", read_only=True)
+            self.runtime: Any = None
             self.controller: Any = None
             self.io: Any = None
             self.runner: Any = None
             self._subs: list[Any] = []
             self._pubs: list[Any] = []
             self._srv: Any = None
+            self._surprise_pub: Any = None
+            self._imagination_pub: Any = None
             self._next_diag = 0.0
 
         def _declare(
@@ -166,14 +175,16 @@ def _node_class() -> type:
         def on_configure(self, state: State) -> TransitionCallbackReturn:
             try:
                 config, model, backend, worker = self._read_config()
-                self.controller = build_controller(config, model, backend, worker)
+                self.runtime = build_runtime(config, model, backend, worker)
+                self.controller = self.runtime.controller
                 self._warm_up(config.timeouts.startup_s)
             except Exception as exc:
                 self.get_logger().error(f"configure failed: {exc}")
                 self._release()
                 return TransitionCallbackReturn.FAILURE
             ros_now = functools.partial(lambda clock: clock.now().nanoseconds * 1e-9, self.get_clock())
-            self.io = ControllerIO(self.controller, self._T, self.get_name(), now=ros_now)
+            self.io = ControllerIO(self.controller, self._T, self.get_name(), now=ros_now,
+                                   surprise=self.runtime.surprise, imagination=self.runtime.imagination)  # fmt: skip
             self._create_entities(config)
             self.runner = ControlRunner(
                 self.controller, self._publish_command, self._aux, name=f"{self.get_name()}-loop"
@@ -234,6 +245,17 @@ def _node_class() -> type:
                 self._T.DiagnosticArray, t.diagnostics, qos.to_rclpy(qos.DIAGNOSTICS)
             )
             self._pubs = [self._command_pub, self._chunk_pub, self._diag_pub]
+            if io.surprise is not None:
+                self._surprise_pub = self.create_lifecycle_publisher(
+                    T.Float64, t.surprise, qos.to_rclpy(qos.PREVIEW)
+                )
+                self._pubs.append(self._surprise_pub)
+            if io.imagination is not None:
+                self._imagination_pub = self.create_lifecycle_publisher(
+                    T.Image, config.imagination.topic, qos.to_rclpy(qos.PREVIEW)
+                )
+                self._pubs.append(self._imagination_pub)
+                io.bind_imagination(self._imagination_pub.publish)
             self._srv = self.create_service(Trigger, t.rearm_service, self._on_rearm)
 
         # -- runtime ------------------------------------------------------------------------------
@@ -245,6 +267,10 @@ def _node_class() -> type:
             chunk = self.io.predicted_chunk_msg()
             if chunk is not None:
                 self._chunk_pub.publish(chunk)
+            if self._surprise_pub is not None:
+                self._surprise_pub.publish(self.io.surprise_msg())
+            if self._imagination_pub is not None:
+                self.io.poll_imagination(self._imagination_pub.get_subscription_count())
             now = time.monotonic()
             if now >= self._next_diag:
                 self._next_diag = now + float(self.get_parameter("diagnostics_period_s").value)
@@ -272,6 +298,7 @@ def _node_class() -> type:
 
         def on_deactivate(self, state: State) -> TransitionCallbackReturn:
             stats = self.runner.stop()  # brakes to hold while the publishers are still enabled
+            self.io.imagination_off()  # its publisher is disabled next
             self.get_logger().info(f"inactive: holding; loop {stats}")
             return super().on_deactivate(state)
 
@@ -292,6 +319,8 @@ def _node_class() -> type:
         def _release(self) -> None:
             if self.runner is not None and self.runner.running:
                 self.runner.stop()
+            if self.io is not None:
+                self.io.imagination_off()  # no frame may reach a destroyed publisher
             for sub in self._subs:
                 self.destroy_subscription(sub)
             for pub in self._pubs:
@@ -299,9 +328,10 @@ def _node_class() -> type:
             if self._srv is not None:
                 self.destroy_service(self._srv)
             self._subs, self._pubs, self._srv = [], [], None
-            if self.controller is not None:
-                self.controller.close()
-            self.controller = self.io = self.runner = None
+            self._surprise_pub = self._imagination_pub = None
+            if self.runtime is not None:
+                self.runtime.close()
+            self.runtime = self.controller = self.io = self.runner = None
 
     return WamControllerNode
 
