@@ -11,13 +11,13 @@ Lifecycle:
               rclpy timer, which follows the ROS clock and jitters with the executor)
   deactivate  brake to hold while still publishing, stop the control thread, disable publishers
   cleanup     release the model, worker, subscriptions, publishers and service
+  shutdown    deactivate + cleanup from any state
 
 WAM extras (docs/surprise.md), as in `wam-control run`: with surprise.enabled, configure fails unless
 the calibration file exists, and the score goes out on ~/surprise (std_msgs/Float64, 20 Hz from the
 auxiliary thread); with imagination.enabled, configure checks the decoder file, and the auxiliary thread
 polls the image publisher's subscription count: the decoder is loaded and its thread started when the
 first subscriber appears, stopped when the last one leaves (and on deactivate).
-  shutdown    deactivate + cleanup from any state
 
 Parameters: every key of the deployment YAML (config/fr3.yaml is a ROS 2 parameter file) is declared
 with a descriptor and read back into the same typed RobotConfig the DDS path uses; or `config_file`
