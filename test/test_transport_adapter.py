@@ -192,3 +192,64 @@ def test_run_cli_reports_bad_config_and_model(tmp_path, fr3_config_path, capsys)
     assert "nope" in capsys.readouterr().err
     assert dds_node.main(["--config", str(fr3_config_path), "--model", str(tmp_path / "missing.onnx")]) == 2
     assert "missing.onnx" in capsys.readouterr().err
+
+
+class FakePreview:
+    """ImaginationPreview's transport-facing surface; `fail` makes the decoder load raise."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.subscribed = False
+        self.fail = fail
+        self.calls: list[bool] = []
+        self.last_error = ""
+        self.publish = None
+
+    def set_subscribed(self, on: bool) -> None:
+        self.calls.append(on)
+        if on and self.fail:
+            raise ValueError(self.fail)
+        self.subscribed = on
+
+    def values(self):
+        return {"imagination.subscribed": int(self.subscribed)}
+
+
+def test_surprise_message_carries_the_monitor_score(config) -> None:
+    assert ControllerIO(FakeController(config), _types()).surprise_msg() is None
+    monitor = NS(score=4.5)
+    io = ControllerIO(FakeController(config), _types(), surprise=monitor)
+    assert io.surprise_msg().data == 4.5
+    monitor.score = 0.25
+    assert io.surprise_msg().data == 0.25
+
+
+def test_imagination_follows_the_subscriber_count_and_publishes_rgb8(config) -> None:
+    preview = FakePreview()
+    io = ControllerIO(FakeController(config), _types(), now=lambda: 7.5, imagination=preview)
+    sent: list = []
+    io.bind_imagination(sent.append)
+    for n in (0, 0, 2, 3, 1, 0, 0):
+        io.poll_imagination(n)
+    assert preview.calls == [True, False]  # only on the transitions
+    # camera_info seen: the frame carries the camera's frame_id; stamped now, tight rgb8 rows
+    io.cameras["scene"].info = NS(frame_id="camera_optical")
+    preview.publish(np.full((4, 6, 3), 9, np.uint8), 120, 0.8)
+    msg = sent[-1]
+    assert (msg.encoding, msg.height, msg.width, msg.step) == ("rgb8", 4, 6, 18)
+    assert msg.header.frame_id == "camera_optical" and M.stamp_to_s(msg.header.stamp) == 7.5
+    io.poll_imagination(1)
+    io.imagination_off()
+    assert preview.calls == [True, False, True, False] and not preview.subscribed
+
+
+def test_imagination_decoder_failure_is_reported_once_and_not_retried(config, caplog) -> None:
+    preview = FakePreview(fail="decoder x.onnx was trained for another model")
+    io = ControllerIO(FakeController(config), _types(), imagination=preview)
+    with caplog.at_level("ERROR"):
+        for _ in range(5):
+            io.poll_imagination(1)
+    assert preview.calls == [True]
+    assert sum("imagination preview disabled" in r.message for r in caplog.records) == 1
+    transport = io.diagnostics_values()[1].values
+    assert "another model" in transport["imagination.error"]
+    assert transport["imagination.subscribed"] == 0
