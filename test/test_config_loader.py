@@ -321,3 +321,21 @@ def test_section_consistency_errors_name_the_file_and_section(tmp_path) -> None:
     path.write_text(bad)
     with pytest.raises(ConfigError, match=r"bad\.yaml: surprise: .*stop_threshold"):
         load_config(path)
+
+
+def test_files_named_in_the_config_resolve_against_its_folder(tmp_path) -> None:
+    src = preset_path("fr3").read_text()
+    src = src.replace('calibration: ""', "calibration: stats/nominal.json").replace(
+        'decoder: ""', "decoder: stats/decoder.onnx"
+    )
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    (folder / "stats").mkdir()
+    (folder / "stats" / "nominal.json").write_text("{}")
+    path = folder / "robot.yaml"
+    path.write_text(src.replace("model: ../models/wam_reach.onnx", "model: m.onnx"))
+    config = load_config(path)
+    assert Path(config.surprise.calibration) == folder / "stats" / "nominal.json"
+    # Not there yet: still placed beside the config, where the error message will point.
+    assert Path(config.imagination.decoder) == folder / "stats" / "decoder.onnx"
+    assert Path(config.inference.model) == folder / "m.onnx"

@@ -38,6 +38,19 @@ def _model() -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     make_test_model(path, joint_names=JOINTS, camera_names=("scene",), image_hw=(96, 96), horizon=16,
                     action_dt=0.05, max_prefix=8, seed=0)  # fmt: skip
+    # config/fr3.yaml enables the surprise monitor, which needs nominal statistics beside the model:
+    # neutral ones (mean 0, std 1) with the preset's thresholds never slow the random test model down.
+    import numpy as np
+
+    from wam_control.policy import read_contract
+    from wam_control.runtime.calibration import SurpriseCalibration, default_calibration_path
+
+    contract = read_contract(path)
+    k = len(contract.latent_offsets)
+    SurpriseCalibration(
+        offsets=tuple(contract.latent_offsets), mean=np.zeros(k), std=np.ones(k), p95=np.full(k, 2.0),
+        p99=np.full(k, 3.0), episodes=1, weights_sha256=contract.weights_sha256,
+    ).save(default_calibration_path(path))  # fmt: skip
     return str(path)
 
 

@@ -85,12 +85,16 @@ def config_from_dict(
         str(name): _build(JointLimits, value, f"joint_limits.{name}", limits_source)
         for name, value in raw_limits.items()
     }
-    inference = data.get("inference")
-    if isinstance(inference, dict) and inference.get("model") and base_dir is not None:
-        data["inference"] = {
-            **inference,
-            "model": str(_resolve(str(inference["model"]), base_dir, must_exist=False)),
-        }
+    # Files named in the config resolve against the config file's folder first (then the cwd).
+    for section, key in (("inference", "model"), ("surprise", "calibration"), ("imagination", "decoder")):
+        values = data.get(section)
+        if (
+            isinstance(values, dict)
+            and isinstance(values.get(key), str)
+            and values[key]
+            and base_dir is not None
+        ):
+            data[section] = {**values, key: str(_resolve(values[key], base_dir, must_exist=False))}
     config = _build(RobotConfig, {**data, "joint_limits": {}, "source": source}, "", source)
     config = dataclasses.replace(config, joint_limits=joint_limits)
     _validate(config, limits_source)

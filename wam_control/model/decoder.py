@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from wam_control.imagination import default_decoder_path
+
 DECODER_KIND = "wam_control.latent-decoder"
 DECODER_VERSION = 1
 
@@ -257,13 +259,6 @@ def export_decoder(
     tmp.write_bytes(data)
     os.replace(tmp, out)
     return out
-
-
-def default_decoder_path(model_path: str | os.PathLike[str]) -> Path:
-    """`models/wam_reach.onnx` (or `.pt`) -> `models/wam_reach.decoder.onnx`."""
-    p = Path(model_path)
-    stem = p.name.rsplit(".", 1)[0]
-    return p.with_name(f"{stem}.decoder.onnx")
 
 
 def main(argv: list[str] | None = None) -> int:
