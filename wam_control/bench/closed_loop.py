@@ -49,12 +49,18 @@ def run(
     horizon_s: float | None = None,
     progress: bool = False,
 ) -> tuple[dict[str, list[EpisodeResult]], list[float], int]:
-    """Run `episodes` seeds in every mode; (results per mode, measured compute times s, latency ticks)."""
+    """Run `episodes` seeds in every mode; (results per mode, measured compute times s, latency ticks).
+
+    `backend` None: the privileged expert oracle (wam_control/sim/oracle.py) plays the policy."""
     from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
 
-    model = BackendModel(backend)
     lat = latency_ticks(compute_ms, delay_ms, config.control_hz)
     arm = make_arm(config, contract, task, camera_hz=15.0)
+    if backend is None:
+        from wam_control.sim.oracle import ExpertOracle
+
+        backend = ExpertOracle(arm, contract, config.control_hz)
+    model = BackendModel(backend)
     out: dict[str, list[EpisodeResult]] = {m: [] for m in modes}
     try:
         for i in range(episodes):
@@ -97,6 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="fr3", help="deployment YAML or preset name")
     ap.add_argument("--model", help="ONNX model (default: inference.model of the config, the bundled model)")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument(
+        "--policy",
+        choices=("model", "oracle"),
+        default="model",
+        help="model: the ONNX model; oracle: the privileged scripted expert with the model's contract "
+        "(separates runtime problems from model problems)",
+    )
     ap.add_argument("--horizon-s", type=float, default=None, help="episode time limit (default: the task's)")
     ap.add_argument("--quiet", action="store_true", help="no per-episode lines")
     args = ap.parse_args(argv)
@@ -121,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     contract = read_contract(model_path)
     check_contract(contract, config)
     opts = {"intra_op_threads": config.inference.threads} if args.backend in ("auto", "onnxruntime") else {}
-    backend = load_backend(model_path, args.backend, **opts)
+    backend = load_backend(model_path, args.backend, **opts) if args.policy == "model" else None
     modes = ("async", "sync") if args.mode == "both" else (args.mode,)
     print(
         f"closed-loop {args.task}: {args.episodes} episodes x {list(modes)}, seeds {args.seed}..{args.seed + args.episodes - 1}, "
-        f"model {model_path.name} ({contract.horizon} x {contract.action_dt * 1e3:g} ms), {backend.describe()}, "
+        f"model {model_path.name} ({contract.horizon} x {contract.action_dt * 1e3:g} ms), "
+        f"{backend.describe() if backend is not None else 'expert oracle'}, "
         f"{config.control_hz:g} Hz lockstep, latency = {args.compute_ms:g} ms compute + {args.delay_ms:g} ms injected",
         flush=True,
     )
@@ -137,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
         )  # fmt: skip
     finally:
-        backend.close()
+        if backend is not None:
+            backend.close()
     wall = time.perf_counter() - t0
     comp = np.asarray(compute_s) * 1e3
     print(
@@ -161,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sums[main_mode]
     keys = [
         ("mode", args.mode),
+        ("policy", args.policy),
         ("episodes", args.episodes),
         ("delay_ms", f"{args.delay_ms:g}"),
         ("latency_ticks", lat),
