@@ -54,7 +54,15 @@ def test_fault_ends_safely_with_limits_held(name: str):
     else:
         assert result.detection_ticks is None  # nothing to detect: the input was fine
     c = rig.controller
-    if name in CONTINUES:
+    if name == "inference_slower_than_chunk":
+        # Every chunk computed while the arm moved expires; the arm brakes to hold. A chunk computed
+        # while it then stood still is executed from its arrival (nothing moved meanwhile), so the
+        # controller degrades to stop-and-go (the sync baseline's behaviour) instead of freezing.
+        assert c.scheduler.counters["chunks_expired"] > 0
+        assert c.scheduler.counters["starvation_events"] >= 2
+        assert c.scheduler.counters["chunks_started_at_arrival"] >= 2
+        assert c.filter.fault is None
+    elif name in CONTINUES:
         assert result.ending == "running"
         assert c.filter.fault is None
         dt = c.dt

@@ -35,7 +35,7 @@ from wam_control.config.schema import RobotConfig
 from wam_control.policy.base import PolicyBackend, PolicyInput, PolicyOutput
 from wam_control.policy.contract import ModelContract
 from wam_control.runtime.clock import Clock, SimClock
-from wam_control.runtime.controller import Controller, JointCommand
+from wam_control.runtime.controller import Controller
 from wam_control.runtime.scheduler import SchedulerParams
 from wam_control.runtime.worker import InferenceRequest, InferenceResult, InferenceWorker
 
@@ -136,108 +136,39 @@ class SyncController(Controller):
 
     The chunk is started at its arrival tick (the arm was still, so the observation is still valid)
     and runs to its last action; meanwhile no new request is made. Between chunks the target is the
-    last action of the previous chunk, so the arm comes to rest there. Same buffers, scheduler
-    (interpolation, seam correction from the held state) and safety filter as the async controller.
+    last action of the previous chunk, so the arm comes to rest there. Same buffers, worker handling,
+    scheduler (interpolation, seam correction from the held state) and safety filter as the async
+    controller: only the execution strategy hooks differ.
     """
 
     def __init__(
-        self, config: RobotConfig, contract: ModelContract, worker: InferenceWorker, clock: Clock
+        self, config: RobotConfig, contract: ModelContract, worker: InferenceWorker, clock: Clock, **kw: Any
     ) -> None:
-        super().__init__(config, contract, worker, clock, scheduler_params=_sync_params(config))
+        kw.setdefault("scheduler_params", _sync_params(config))
+        super().__init__(config, contract, worker, clock, **kw)
         self._hold_target = np.zeros(self.dof)
         self._have_hold = False
         self.waiting_ticks = 0
         """Ticks spent holding still for the model (after the first chunk)."""
 
-    def _tick(self, tick: int) -> JointCommand | None:
-        c = self.counters
-        c["ticks"] += 1
-        self._last_tick = tick
-        if not self._started:
+    def _select_target(self, tick: int) -> np.ndarray | None:
+        if self.scheduler.remaining_ticks(tick) >= 0:
+            return self.scheduler.target(tick)
+        # No chunk covers this tick, so the request goes out without a prefix.
+        if not self.worker.busy:
+            self._maybe_submit(tick)
+        if not self._have_hold:
             return None
-        q, age = self.buffers.joint_positions(self._q_meas)
-        if not self._seeded:
-            if q is None or age > self._safety.max_state_age_s:
-                return None
-            self.filter.reset(q)
-            self._seeded = True
-            self._cmd = JointCommand(tick, self.filter.q, self.filter.v, self.filter.a)
-        if tick - self._last_check_tick >= self._check_every:
-            self._last_check_tick = tick
-            self._supervise_worker()
-        while True:
-            res = self.worker.poll()
-            if res is None:
-                break
-            self._on_sync_result(res, tick)
-        if self.filter.fault is not None and self._fault is None:
-            self._fault = self.filter.fault
-            c["faults"] += 1
-            self._reset_motion()
-        target = None
-        if self._running and self._fault is None:
-            if self.scheduler.remaining_ticks(tick) >= 0:
-                target = self.scheduler.target(tick)
-            else:
-                if not self.worker.busy:
-                    self._submit_sync(tick)
-                if self._have_hold:
-                    target = self._hold_target
-                    self.waiting_ticks += 1
-        self.filter.step(target, q, age)
-        cmd = self._cmd
-        assert cmd is not None
-        cmd.tick = tick
-        cmd.positions, cmd.velocities, cmd.accelerations = self.filter.q, self.filter.v, self.filter.a
-        c["commands"] += 1
-        return cmd
+        self.waiting_ticks += 1
+        return self._hold_target
 
-    def _submit_sync(self, tick: int) -> None:
-        snap = self._snap
-        if not self.buffers.snapshot(snap):
-            self.counters["obs_not_ready_ticks"] += 1
-            return
-        req = self._request
-        req.request_id = self._next_id
-        req.obs_tick = tick
-        self._prefix[:] = snap.state
-        req.prefix_len = 0
-        if self.worker.submit(req):
-            self._inflight_id = self._next_id
-            self._next_id += 1
-            self.scheduler.on_request(tick)
-        else:
-            self.counters["submit_refused"] += 1
-
-    def _on_sync_result(self, res: InferenceResult, tick: int) -> None:
-        c = self.counters
-        c["results"] += 1
-        if res.request_id < self._epoch_first_id or self._fault is not None or not self._running:
-            c["results_discarded"] += 1
-            return
-        out = res.output
-        ok = (
-            res.error is None
-            and out is not None
-            and out.actions.shape == (self.horizon, self.dof)
-            and bool(np.isfinite(out.actions).all())
-        )
-        if not ok:
-            c["model_errors"] += 1
-            self._last_result_error = res.error or "unusable actions"
-            self._bad_result()
-            return
-        assert out is not None
-        self._bad_in_row = 0
+    def _install(self, res: InferenceResult, actions: np.ndarray, tick: int) -> str | None:
         f = self.filter
-        # Time-shifted to the arrival tick: nothing of the chunk is dropped, the arm waited for it.
-        why = self.scheduler.accept(tick, out.actions, tick, (f.q, f.v, f.a))
-        if why is not None:
-            c["chunks_dropped"] += 1
-            self._last_reject = why
-            return
-        np.copyto(self._hold_target, out.actions[-1])
-        self._have_hold = True
+        why = self.scheduler.accept(res.obs_tick, actions, tick, (f.q, f.v, f.a), start_at_arrival=True)
+        if why is None:
+            np.copyto(self._hold_target, actions[-1])
+            self._have_hold = True
+        return why
 
 
 def _sync_params(config: RobotConfig) -> SchedulerParams:

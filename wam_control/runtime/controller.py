@@ -183,6 +183,7 @@ class Controller:
         self._next_id = 1
         self._epoch_first_id = 1  # results of requests older than this are from before a reset
         self._inflight_id = 0
+        self._rest_request_id = 0
         self._last_tick = -1
         self._last_check_tick = -(10**9)
         self._worker_restarts = 0
@@ -333,11 +334,7 @@ class Controller:
             c["faults"] += 1
             self._reset_motion()
 
-        target = None
-        if self._running and self._fault is None:
-            if not self.worker.busy and self.scheduler.want_request(tick):
-                self._maybe_submit(tick)
-            target = self.scheduler.target(tick)
+        target = self._select_target(tick) if self._running and self._fault is None else None
 
         self.filter.step(target, q, age)
         cmd = self._cmd
@@ -346,6 +343,31 @@ class Controller:
         cmd.positions, cmd.velocities, cmd.accelerations = self.filter.q, self.filter.v, self.filter.a
         c["commands"] += 1
         return cmd
+
+    # ------------------------------------------------------------------ execution strategy
+    # The two protected hooks below are all an execution strategy changes (closedloop.SyncController
+    # overrides them); buffers, worker supervision, result validation and the filter stay shared.
+
+    def _select_target(self, tick: int) -> np.ndarray | None:
+        """This tick's target (None: brake to hold), starting the next request when it is due.
+        Async: the next chunk is computed while the current one executes."""
+        if not self.worker.busy and self.scheduler.want_request(tick):
+            self._maybe_submit(tick)
+        return self.scheduler.target(tick)
+
+    def _install(self, res: InferenceResult, actions: np.ndarray, tick: int) -> str | None:
+        """Hand a validated chunk to the scheduler; None when installed, else why it was dropped.
+
+        A chunk requested while the arm held still, and still holding now, starts at its arrival
+        tick: nothing moved while the model thought, so its observation is still current and none
+        of its actions is in the past. Dropping them instead would start the arm mid-motion, i.e. a
+        seam from rest to the chunk's velocity, blended by a catch-up move the model never planned
+        (and then committed to it as the next prefix)."""
+        f = self.filter
+        from_rest = res.request_id == self._rest_request_id and self.scheduler.remaining_ticks(tick) < 0
+        return self.scheduler.accept(
+            res.obs_tick, actions, tick, (f.q, f.v, f.a), start_at_arrival=from_rest and f.holding
+        )
 
     def _supervise_worker(self) -> None:
         self.worker.check(self.clock.now())
@@ -388,8 +410,7 @@ class Controller:
             self.surprise.on_result(res.obs_tick, out.latent, out.latent_pred)
         if self.result_hook is not None:
             self.result_hook(res)
-        f = self.filter
-        why = self.scheduler.accept(res.obs_tick, actions, tick, (f.q, f.v, f.a))
+        why = self._install(res, actions, tick)
         if why is not None:
             c["chunks_dropped"] += 1
             self._last_reject = why
@@ -412,8 +433,12 @@ class Controller:
         req.request_id = self._next_id
         req.obs_tick = tick
         req.prefix_len = self.scheduler.fill_prefix(tick, self._prefix, snap.state)
+        # Commanded to stand still now (start, after a stop or re-arm): see _install.
+        at_rest = self.filter.holding and not self.filter.v.any()
         if self.worker.submit(req):
             self._inflight_id = self._next_id
+            if at_rest:
+                self._rest_request_id = self._next_id
             self._next_id += 1
             self.scheduler.on_request(tick)
         else:

@@ -108,6 +108,8 @@ class _Chunk:
         self.coef = np.zeros((4, self.nseg, dof))
         self._m = np.zeros((horizon, dof))
         self.t0 = 0
+        self.obs_tick = 0
+        """Tick of the observation it was computed from (t0 unless it was started at its arrival)."""
         self.s = 1.0
         self.end = 0.0
         self.version = 0
@@ -352,6 +354,7 @@ class ChunkScheduler:
             "chunks_accepted": 0,
             "chunks_stale": 0,
             "chunks_expired": 0,
+            "chunks_started_at_arrival": 0,
             "actions_dropped": 0,
             "starved_ticks": 0,
             "starvation_events": 0,
@@ -398,7 +401,7 @@ class ChunkScheduler:
 
     @property
     def current_obs_tick(self) -> int | None:
-        return self._cur.t0 if self._cur is not None else None
+        return self._cur.obs_tick if self._cur is not None else None
 
     @property
     def delay_estimate(self) -> int:
@@ -487,30 +490,38 @@ class ChunkScheduler:
         actions: np.ndarray,
         now_tick: int,
         hold: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        *,
+        start_at_arrival: bool = False,
     ) -> str | None:
         """Install a chunk computed from the observation of `obs_tick`, arriving at `now_tick`.
 
         `actions` must already be validated (finite, [H, D]). `hold` is the commanded (q, v, a) of the
         safety filter: the seam reference when no chunk covers `now_tick` (after starvation or a hold).
+        `start_at_arrival`: the arm stood still from the observation until now (start-up, the sync
+        baseline), so the chunk's step 0 is placed at `now_tick` instead of `obs_tick` and nothing is
+        dropped; the delay is still measured from `obs_tick`.
         Returns None when installed, else why it was dropped.
         """
         delay = int(now_tick - obs_tick)
         self.delay.add(max(delay, 0))
         cur = self._cur
-        if cur is not None and obs_tick <= cur.t0:
+        if cur is not None and obs_tick <= cur.obs_tick:
             self.counters["chunks_stale"] += 1
-            return f"chunk from tick {obs_tick} is not newer than the one executing (tick {cur.t0})"
+            return f"chunk from tick {obs_tick} is not newer than the one executing (tick {cur.obs_tick})"
+        t0 = obs_tick
+        if start_at_arrival:
+            t0 = now_tick
+            self.counters["chunks_started_at_arrival"] += 1
         new = self._spare.pop()
-        new.fit(obs_tick, self.s, actions, self._spline, self._version + 1)
+        new.fit(t0, self.s, actions, self._spline, self._version + 1)
+        new.obs_tick = int(obs_tick)
         if not new.covers(now_tick):
             self._spare.append(new)
             self.counters["chunks_expired"] += 1
             return f"chunk from tick {obs_tick} ended before it arrived at tick {now_tick} (delay {delay})"
         self._version += 1
         self.counters["chunks_accepted"] += 1
-        self.counters["actions_dropped"] += min(
-            self.horizon, int(math.ceil((now_tick - obs_tick) / self.s - 1e-9))
-        )
+        self.counters["actions_dropped"] += min(self.horizon, int(math.ceil((now_tick - t0) / self.s - 1e-9)))
 
         have_ref = cur is not None and cur.covers(now_tick)
         if have_ref:
