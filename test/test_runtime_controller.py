@@ -172,3 +172,79 @@ def test_scripted_worker_is_deterministic():
         return rig.replay.run(1500).q_cmd
 
     np.testing.assert_array_equal(trace(), trace())
+
+
+class _RampFromState:
+    """A policy that plans from where it sees the arm: step k = observed state + k * `step` (rad)."""
+
+    def __init__(self, contract, step: float) -> None:
+        from wam_control.policy.base import PolicyOutput
+
+        self._out = PolicyOutput
+        self.c = contract
+        self.step = step
+
+    def __call__(self, req):
+        k = np.arange(self.c.horizon, dtype=np.float32)[:, None]
+        actions = req.state[None, :] + k * np.float32(self.step)
+        n = int(req.prefix_len)
+        actions[:n] = req.action_prefix[:n]
+        return self._out(
+            actions.astype(np.float32),
+            np.zeros(self.c.latent_dim, np.float32),
+            np.zeros((self.c.latent_steps, self.c.latent_dim), np.float32),
+        )
+
+
+def _ramp_rig(latency: int, step: float):
+    from wam_control.config import load_config, preset_path
+    from wam_control.runtime.replay import FirstOrderPlant, Replay, ScriptedWorker, home_pose
+
+    cfg = load_config(preset_path("fr3"))
+    con = make_contract(cfg, action_dt=0.05)  # 25 ticks per action step at 500 Hz
+    clock = SimClock(0.0)
+    worker = ScriptedWorker(_RampFromState(con, step), clock, cfg.control_period, latency)
+    c = Controller(cfg, con, worker, clock)
+    plant = FirstOrderPlant(home_pose(cfg), cfg.control_period)
+    replay = Replay(c, clock, plant)
+    c.start()
+    return c, worker, replay, home_pose(cfg)
+
+
+def test_a_chunk_computed_while_the_arm_stood_still_starts_at_its_arrival():
+    """Regression (closed-loop collapse under injected delay): the first chunk, computed from the arm
+    at rest, used to be placed at its observation tick, so the actions for the ticks spent waiting
+    were dropped and the arm had to start mid-motion: a seam from rest to a point 4 steps along,
+    blended by a catch-up move the model never planned, which the next request then committed to as
+    its prefix. Nothing moved while the model thought, so the chunk must run from its beginning."""
+    latency, step, s = 100, 0.02, 25
+    c, worker, replay, q0 = _ramp_rig(latency, step)
+    log = replay.run(260)  # first chunk arrives at tick 100; the next request goes out at tick 187
+    sched = c.scheduler
+    assert sched.counters["chunks_accepted"] == 1
+    assert sched.counters["chunks_started_at_arrival"] == 1
+    assert sched.counters["actions_dropped"] == 0
+    assert sched.seam_gap_last < 1e-6  # the chunk starts where the arm holds (float32 state)
+    assert sched.delay.last == latency  # the delay is still measured from the observation
+    # The commanded motion is the chunk shifted to its arrival, never ahead of it: at most the
+    # ramp's displacement since the arrival (the seam correction only eases in the start).
+    for tick in (150, 200, 259):
+        planned = step * (tick - latency) / s
+        ahead = float(np.max(log.q_cmd[tick] - q0)) - planned
+        assert ahead <= 1e-3, f"tick {tick}: commanded {ahead:.4f} rad ahead of the chunk"
+    # The next request's prefix starts at the commanded pose, not 4 steps further.
+    second = worker.requests[1]
+    assert second.prefix_len > 0
+    assert float(np.max(np.abs(second.action_prefix[0] - log.q_cmd[second.obs_tick]))) < 2e-3
+
+
+def test_a_chunk_computed_while_moving_still_drops_its_past_actions():
+    """The other side of the rule: when the arm executed a plan during the delay, the chunk stays on
+    its observation's time grid and the actions for ticks already past are dropped."""
+    latency = 60
+    c, worker, replay, _ = _ramp_rig(latency, 0.02)
+    replay.run(800)
+    sched = c.scheduler
+    assert sched.counters["chunks_accepted"] >= 3
+    assert sched.counters["chunks_started_at_arrival"] == 1  # only the one requested at rest
+    assert sched.counters["actions_dropped"] >= (sched.counters["chunks_accepted"] - 1) * (latency // 25)

@@ -279,3 +279,21 @@ def test_invalid_parameters_name_the_field():
         ChunkScheduler(H, D, S, H, DT)
     with pytest.raises(ValueError, match="ticks_per_step"):
         ChunkScheduler(H, D, math.nan, 2, DT)
+
+
+def test_start_at_arrival_places_step_zero_at_the_arrival_tick_and_keeps_the_measured_delay():
+    sched = make()
+    actions = chunk_at(0)
+    assert sched.accept(0, actions, now_tick=37, start_at_arrival=True) is None
+    np.testing.assert_allclose(sched.target(37), actions[0], atol=1e-12)
+    np.testing.assert_allclose(sched.target(37 + 3 * S), actions[3], atol=1e-12)
+    assert sched.counters["actions_dropped"] == 0
+    assert sched.counters["chunks_started_at_arrival"] == 1
+    assert sched.delay.last == 37
+    assert sched.current_obs_tick == 0
+    assert sched.remaining_ticks(37) == (H - 1) * S
+    # Freshness is judged by observation tick, not by where the chunk was placed: a chunk observed
+    # after tick 0 is newer even though it is observed before the arrival tick 37.
+    assert sched.accept(20, chunk_at(20), now_tick=60) is None
+    assert sched.accept(10, chunk_at(10), now_tick=61) is not None
+    assert sched.counters["chunks_stale"] == 1
