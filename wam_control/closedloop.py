@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -493,6 +494,59 @@ class ClosedLoopEpisode:
 # Drivers
 
 
+class SurpriseFactory:
+    """Builds a fresh surprise monitor per episode (each controller attaches its own), from the
+    configuration and the calibration file `path` beside the model."""
+
+    def __init__(
+        self, config: RobotConfig, contract: ModelContract, model_path: str | Path, path: Path
+    ) -> None:
+        self.config = config
+        self.contract = contract
+        self.model_path = str(model_path)
+        self.path = path
+
+    def __call__(self) -> Any:
+        from wam_control.runtime.surprise import build_monitor
+
+        return build_monitor(self.config.surprise, self.contract, self.config.control_hz, self.model_path)
+
+
+def surprise_factory(
+    config: RobotConfig, contract: ModelContract, model_path: str | Path
+) -> SurpriseFactory | None:
+    """The surprise monitor a deployment of `model_path` would run, as a per-episode factory; None
+    when `surprise.enabled` is false or its calibration file (default: `<model>.surprise.json` beside
+    the model) does not exist. A file that exists but does not fit the model is an error, raised here."""
+    from wam_control.runtime.calibration import default_calibration_path
+
+    sc = config.surprise
+    if not sc.enabled:
+        return None
+    path = Path(sc.calibration) if sc.calibration else default_calibration_path(model_path)
+    if not path.is_file():
+        return None
+    factory = SurpriseFactory(config, contract, model_path, path)
+    factory()  # a calibration that does not fit the model fails now, not in episode 1
+    return factory
+
+
+def surprise_summary(results: Sequence[EpisodeResult]) -> str | None:
+    """One line: the surprise score range over the episodes and any slow-downs or trips (None when
+    no episode ran a monitor)."""
+    rows = [r.status for r in results if "surprise.peak" in r.status]
+    if not rows:
+        return None
+    peaks = [float(st["surprise.peak"]) for st in rows]
+    slow = sum(int(st.get("surprise.slowdowns", 0)) for st in rows)
+    trips = sum(int(st.get("surprise.trips", 0)) for st in rows)
+    slowed = sum(1 for st in rows if int(st.get("surprise.slowdowns", 0)) > 0)
+    line = f"peak score {min(peaks):.1f}..{max(peaks):.1f} (z) over {len(rows)} episode(s); "
+    if slow == 0 and trips == 0:
+        return line + "no slow-downs"
+    return line + f"{slow} slow-down(s) in {slowed} episode(s), {trips} trip(s) (brake + latch)"
+
+
 def make_arm(config: RobotConfig, contract: ModelContract, task: str, *, camera_hz: float) -> Any:
     from wam_control.sim.arm import CAMERAS, SimArm
 
@@ -522,9 +576,14 @@ def run_lockstep_episode(
     keep_trace: bool = False,
     keep_images: bool = False,
     progress: Callable[[ClosedLoopEpisode], None] | None = None,
+    surprise: Callable[[], Any] | None = None,
 ) -> EpisodeResult:
     """One deterministic episode on a SimClock: the real controller (or the sync baseline), the real
-    model called through a `ScriptedWorker` with a fixed latency of `lat_ticks`."""
+    model called through a `ScriptedWorker` with a fixed latency of `lat_ticks`.
+
+    `surprise` (see `surprise_factory`) gives the async controller a fresh surprise monitor. The sync
+    baseline never gets one: it starts each chunk at its arrival, not at the observation the model's
+    latent predictions are timed from, so its scores would measure that shift, not the world."""
     from wam_control.runtime.replay import ScriptedWorker
 
     if mode not in ("async", "sync"):
@@ -534,8 +593,11 @@ def run_lockstep_episode(
     dt = config.control_period
     worker = ScriptedWorker(model, clock, dt, lat_ticks, deadline_s=config.timeouts.inference_deadline_s)
     rec = RecordingWorker(worker, contract, clock)
-    cls = Controller if mode == "async" else SyncController
-    controller = cls(config, contract, rec, clock)  # type: ignore[arg-type]
+    if mode == "async":
+        monitor = surprise() if surprise is not None else None
+        controller: Controller = Controller(config, contract, rec, clock, surprise_monitor=monitor)  # type: ignore[arg-type]
+    else:
+        controller = SyncController(config, contract, rec, clock)  # type: ignore[arg-type]
     controller.start()
     ep = ClosedLoopEpisode(arm, controller, horizon_s or arm.task.horizon_s, keep_images=keep_images)
     k = 0

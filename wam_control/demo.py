@@ -30,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from wam_control.closedloop import EVAL_SEED_BASE, EpisodeResult, percentile, summarize
+from wam_control.closedloop import (
+    EVAL_SEED_BASE,
+    EpisodeResult,
+    percentile,
+    summarize,
+    surprise_factory,
+    surprise_summary,
+)
 
 DEFAULT_OUT = Path("out/demo")
 
@@ -60,6 +67,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--record", action="store_true", help="write every episode as a ROS 2 bag under OUT/bags/"
     )
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(
+        "--no-surprise",
+        action="store_true",
+        help="run without the world-model surprise monitor even when the config enables it and the "
+        "model has a calibration file (<model>.surprise.json)",
+    )
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -121,25 +134,39 @@ def main(argv: list[str] | None = None) -> int:
     contract = read_contract(model_path)
     check_contract(contract, config)
     backend = args.backend or config.inference.backend
+    surprise, surprise_off = None, "off"
+    if not args.no_surprise:
+        try:
+            surprise = surprise_factory(config, contract, model_path)
+        except ValueError as exc:  # CalibrationError: the file beside the model does not fit it
+            # The demo is the product's first command: run it, but say loudly what is missing.
+            surprise_off = f"OFF: unusable calibration ({exc})"
     _say(
         f"wam-control demo: {args.episodes} {args.task} episode(s), seeds {args.seed}..{args.seed + args.episodes - 1} "
         f"(evaluation seeds; training used 0-9999)\n"
         f"  model {model_path} ({contract.model_name}: {contract.horizon} actions x {contract.action_dt * 1e3:g} ms, "
         f"cameras {list(contract.camera_names)} {contract.image_height}x{contract.image_width})\n"
-        f"  controller at {config.control_hz:g} Hz, {config.source}"
+        f"  controller at {config.control_hz:g} Hz, {config.source}\n"
+        f"  surprise monitor: "
+        + (
+            f"on (calibration {surprise.path}, slow from score {config.surprise.slow_threshold:g}, "
+            f"stop at {config.surprise.stop_threshold:g})"
+            if surprise is not None
+            else surprise_off
+        )
     )
     if args.clock == "realtime":
         _say(
             "  one process, real time: FixedRateLoop -> Controller.tick, model in an async ThreadWorker, "
             "sim stepped to the control clock, inputs via on_joint_state/on_image (no serialization)"
         )
-        results, describe, model_note = _run_realtime(args, config, contract, model_path, backend)
+        results, describe, model_note = _run_realtime(args, config, contract, model_path, backend, surprise)
     else:
         _say(
             "  one process, lockstep: simulated clock, real model through a ScriptedWorker with a fixed "
             "latency in ticks (deterministic)"
         )
-        results, describe, model_note = _run_lockstep(args, config, contract, model_path, backend)
+        results, describe, model_note = _run_lockstep(args, config, contract, model_path, backend, surprise)
 
     summary = summarize(results)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +198,7 @@ def _backend_options(backend: str, config: Any) -> dict[str, Any]:
 
 
 def _run_realtime(
-    args: argparse.Namespace, config: Any, contract: Any, model_path: Path, backend: str
+    args: argparse.Namespace, config: Any, contract: Any, model_path: Path, backend: str, surprise: Any
 ) -> tuple[list[EpisodeResult], str, str]:
     from wam_control.closedloop import RecordingWorker, make_arm, run_realtime_episode
     from wam_control.runtime.clock import MonotonicClock
@@ -197,7 +224,8 @@ def _run_realtime(
     results = []
     try:
         for i in range(args.episodes):
-            controller = Controller(config, contract, rec, clock)
+            monitor = surprise() if surprise is not None else None
+            controller = Controller(config, contract, rec, clock, surprise_monitor=monitor)
             controller.start()
             r = run_realtime_episode(
                 arm,
@@ -220,7 +248,7 @@ def _run_realtime(
 
 
 def _run_lockstep(
-    args: argparse.Namespace, config: Any, contract: Any, model_path: Path, backend: str
+    args: argparse.Namespace, config: Any, contract: Any, model_path: Path, backend: str, surprise: Any
 ) -> tuple[list[EpisodeResult], str, str]:
     from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
     from wam_control.policy import load_backend
@@ -247,7 +275,7 @@ def _run_lockstep(
             n_calls = len(model.compute_s)
             r = run_lockstep_episode(
                 arm, config, contract, model, args.seed + i, lat_ticks=lat, horizon_s=args.horizon_s,
-                keep_trace=True, keep_images=True, progress=progress,
+                keep_trace=True, keep_images=True, progress=progress, surprise=surprise,
             )  # fmt: skip
             r.compute_s = np.asarray(model.compute_s[n_calls:])
             progress.done(r)
@@ -289,6 +317,7 @@ def _summary_lines(
         f"  seams               jump p99 {s['seam_jump_p99'] * 1e3:.3f} mrad, jerk p99 {s['seam_jerk_p99']:.1f} rad/s^3",
         f"  safety filter       {int(s['interventions'])} interventions ({_top_interventions(results)})",
         f"  starvations         {int(s['starvations'])} ({int(s['starved_ticks'])} ticks without a chunk)",
+        f"  surprise monitor    {surprise_summary(results) or 'off'}",
         f"success_rate={s['success_rate']:.3f} mean_time_s={s['mean_time_s']:.3f} "
         f"compute_p50_ms={s['compute_ms_p50']:.3f} compute_p99_ms={s['compute_ms_p99']:.3f} "
         + (

@@ -48,10 +48,12 @@ def run(
     task: str = "reach",
     horizon_s: float | None = None,
     progress: bool = False,
+    surprise: Any = None,
 ) -> tuple[dict[str, list[EpisodeResult]], list[float], int]:
     """Run `episodes` seeds in every mode; (results per mode, measured compute times s, latency ticks).
 
-    `backend` None: the privileged expert oracle (wam_control/sim/oracle.py) plays the policy."""
+    `backend` None: the privileged expert oracle (wam_control/sim/oracle.py) plays the policy.
+    `surprise`: a per-episode surprise monitor factory for the async controller (closedloop.surprise_factory)."""
     from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
 
     lat = latency_ticks(compute_ms, delay_ms, config.control_hz)
@@ -67,8 +69,9 @@ def run(
             row = []
             for mode in modes:
                 r = run_lockstep_episode(
-                    arm, config, contract, model, seed + i, mode=mode, lat_ticks=lat, horizon_s=horizon_s
-                )
+                    arm, config, contract, model, seed + i, mode=mode, lat_ticks=lat, horizon_s=horizon_s,
+                    surprise=surprise,
+                )  # fmt: skip
                 out[mode].append(r)
                 how = (
                     f"ok {r.task_time_s:.2f} s"
@@ -112,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--horizon-s", type=float, default=None, help="episode time limit (default: the task's)")
     ap.add_argument("--quiet", action="store_true", help="no per-episode lines")
+    ap.add_argument(
+        "--no-surprise",
+        action="store_true",
+        help="no surprise monitor in async mode even when the config enables it and <model>.surprise.json exists",
+    )
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -136,11 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     opts = {"intra_op_threads": config.inference.threads} if args.backend in ("auto", "onnxruntime") else {}
     backend = load_backend(model_path, args.backend, **opts) if args.policy == "model" else None
     modes = ("async", "sync") if args.mode == "both" else (args.mode,)
+    from wam_control.closedloop import surprise_factory, surprise_summary
+
+    surprise, surprise_note = None, "surprise monitor off"
+    if args.policy == "model" and not args.no_surprise:
+        try:
+            surprise = surprise_factory(config, contract, model_path)
+        except ValueError as exc:  # CalibrationError: a calibration file that does not fit the model
+            surprise_note = f"surprise monitor OFF: unusable calibration ({exc})"
+        if surprise is not None:
+            surprise_note = f"surprise monitor on in async mode ({surprise.path})"
     print(
         f"closed-loop {args.task}: {args.episodes} episodes x {list(modes)}, seeds {args.seed}..{args.seed + args.episodes - 1}, "
         f"model {model_path.name} ({contract.horizon} x {contract.action_dt * 1e3:g} ms), "
         f"{backend.describe() if backend is not None else 'expert oracle'}, "
-        f"{config.control_hz:g} Hz lockstep, latency = {args.compute_ms:g} ms compute + {args.delay_ms:g} ms injected",
+        f"{config.control_hz:g} Hz lockstep, latency = {args.compute_ms:g} ms compute + {args.delay_ms:g} ms injected; "
+        f"{surprise_note}",
         flush=True,
     )
     t0 = time.perf_counter()
@@ -148,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         results, compute_s, lat = run(
             config, contract, backend, episodes=args.episodes, seed=args.seed, delay_ms=args.delay_ms,
             compute_ms=args.compute_ms, modes=modes, task=args.task, horizon_s=args.horizon_s,
-            progress=not args.quiet,
+            progress=not args.quiet, surprise=surprise,
         )  # fmt: skip
     finally:
         if backend is not None:
@@ -172,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{m:<6} {s['success_rate']:>8.3f} {_fmt(s['mean_time_s'], 2):>9} {jump:>19} "
             f"{jerk:>14} {int(s['interventions']):>13} {int(s['starvations']):>11} {held:>16.2f}"
         )
+    line = surprise_summary(results.get("async", []))
+    if line is not None:
+        print(f"surprise (async): {line}")
     main_mode = "async" if "async" in modes else "sync"
     s = sums[main_mode]
     keys = [

@@ -1,0 +1,95 @@
+"""The surprise monitor in the closed-loop harness: built per episode from the calibration file beside
+the model when the config enables it, absent otherwise, and its response reported in the summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+
+
+def _render_ok() -> bool:
+    from wam_control.sim.gl import prepare
+
+    return prepare() is not None
+
+
+def _setup(tmp_path: Path, model: Path, mean: float) -> tuple[Any, Any, Path]:
+    from wam_control.config import load_config, preset_path
+    from wam_control.policy import read_contract
+    from wam_control.runtime.calibration import SurpriseCalibration, default_calibration_path
+
+    config = load_config(preset_path("fr3"))
+    contract = read_contract(model)
+    path = tmp_path / "m.onnx"
+    shutil.copy(model, path)
+    samples = {o: list(np.full(40, mean) + np.linspace(0, mean * 1e-2, 40)) for o in contract.latent_offsets}
+    SurpriseCalibration.from_samples(samples, weights_sha256=contract.weights_sha256).save(
+        default_calibration_path(path)
+    )
+    return config, contract, path
+
+
+def test_factory_follows_config_and_calibration_file(tmp_path: Path, test_model_path: Path) -> None:
+    from wam_control.closedloop import surprise_factory
+    from wam_control.runtime.calibration import CalibrationError, default_calibration_path
+
+    config, contract, path = _setup(tmp_path, test_model_path, 1.0)
+    factory = surprise_factory(config, contract, path)
+    assert factory is not None and factory.path == default_calibration_path(path)
+    a, b = factory(), factory()
+    assert a is not b  # one monitor per episode (each controller attaches its own filter)
+    off = dataclasses.replace(config, surprise=dataclasses.replace(config.surprise, enabled=False))
+    assert surprise_factory(off, contract, path) is None
+    default_calibration_path(path).unlink()
+    assert surprise_factory(config, contract, path) is None  # no file: no monitor
+    default_calibration_path(path).write_text('{"format": "something else"}')
+    with pytest.raises(CalibrationError, match="m.surprise.json"):
+        surprise_factory(config, contract, path)
+
+
+@pytest.mark.skipif(not _render_ok(), reason="no offscreen OpenGL (EGL/OSMesa) for the sim cameras")
+def test_async_episode_runs_the_monitor_and_the_summary_reports_slowdowns(
+    tmp_path: Path, test_model_path: Path
+) -> None:
+    from wam_control.closedloop import (
+        BackendModel,
+        make_arm,
+        run_lockstep_episode,
+        surprise_factory,
+        surprise_summary,
+    )
+    from wam_control.policy import load_backend
+
+    # A calibration whose nominal distance is tiny: every real prediction error is a surprise.
+    config, contract, path = _setup(tmp_path, test_model_path, 1e-6)
+    config = dataclasses.replace(config, surprise=dataclasses.replace(config.surprise, latch=False))
+    factory = surprise_factory(config, contract, path)
+    backend = load_backend(path, "onnxruntime", warmup=1)
+    arm = make_arm(config, contract, "reach", camera_hz=15.0)
+    try:
+        model = BackendModel(backend)
+        r = run_lockstep_episode(
+            arm, config, contract, model, 100000, lat_ticks=5, horizon_s=1.5, surprise=factory
+        )
+        plain = run_lockstep_episode(arm, config, contract, model, 100000, lat_ticks=5, horizon_s=1.5)
+        sync = run_lockstep_episode(
+            arm, config, contract, model, 100000, mode="sync", lat_ticks=5, horizon_s=1.5, surprise=factory
+        )
+    finally:
+        arm.close()
+        backend.close()
+    assert int(r.status["surprise.matches"]) > 0
+    assert float(r.status["surprise.peak"]) >= config.surprise.slow_threshold
+    assert int(r.status["surprise.slowdowns"]) >= 1
+    line = surprise_summary([r])
+    assert line is not None and "slow-down" in line
+    # Without a factory, and in the sync baseline, there is no monitor.
+    assert "surprise.peak" not in plain.status and "surprise.peak" not in sync.status
+    assert surprise_summary([plain, sync]) is None
