@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--preset", default="compact", help=f"fresh student architecture if no --init: {', '.join(PRESETS)}"
     )
-    ap.add_argument("--data", help="demonstrations to keep in the aggregate (bag folder or dataset .npz)")
+    ap.add_argument(
+        "--data",
+        nargs="+",
+        help="data kept in the aggregate: bag folders or dataset .npz files (demonstrations, or the "
+        "dagger.npz of an earlier distill run to continue it)",
+    )
     ap.add_argument("--data-obs-dt", type=float, default=0.025, help="observation grid for --data bags (s)")
     ap.add_argument(
         "--dagger-share", type=float, default=0.5, help="share of each batch drawn from DAgger samples"
@@ -214,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     base: Dataset | None = None
     if args.data:
         try:
-            base = load_dataset(args.data, spec_for(cfg, args.data_obs_dt), cache=out / "demos.npz")
+            base = concat(
+                load_dataset(d, spec_for(cfg, args.data_obs_dt), cache=out / f"data{i}.npz")
+                for i, d in enumerate(args.data)
+            )
         except (FileNotFoundError, ValueError) as exc:
             print(f"wam-control distill: {exc}", file=sys.stderr)
             return 2
