@@ -119,7 +119,7 @@ def test_distill_cli_end_to_end(tmp_path: Path, fr3_config_path: Path) -> None:
     for key in ("mean", "std", "p95", "p99"):
         assert len(surprise[key]) == 3
     assert surprise["mean"][0] is not None and surprise["mean"][0] > 0
-    assert "sqrt(latent_dim)" in surprise["metric"]
+    assert surprise["metric"] == "l2/sqrt(C)" and "sqrt(latent_dim)" in surprise["metric_description"]
     # A missing teacher file is refused with its name.
     assert (
         main(["--teacher", str(tmp_path / "nope.onnx"), "--init", str(init), "--student-out", str(out)]) == 2
