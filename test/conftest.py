@@ -18,6 +18,8 @@ os.environ.setdefault(
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
+# The cameras of config/fr3.yaml (scene + wrist, like the bundled model).
+FR3_CAMERAS = ("scene", "wrist")
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +34,19 @@ def fr3_config_path() -> Path:
 
 @pytest.fixture(scope="session")
 def test_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init but contract-valid ONNX model for FR3's joints and one 96x96 camera (needs torch)."""
+    """A random-init ONNX model whose contract matches config/fr3.yaml (FR3 joints, scene + wrist 96x96)."""
     pytest.importorskip("torch", reason="torch ([train] extra) is needed to build the test model")
     from wam_control.model.export import make_test_model
 
     path = tmp_path_factory.mktemp("model") / "wam_test.onnx"
-    make_test_model(path, joint_names=FR3_JOINTS, camera_names=("scene",), image_hw=(96, 96), horizon=16,
-                    action_dt=0.05, max_prefix=8, seed=0)
+    make_test_model(
+        path,
+        joint_names=FR3_JOINTS,
+        camera_names=FR3_CAMERAS,
+        image_hw=(96, 96),
+        horizon=16,
+        action_dt=0.05,
+        max_prefix=8,
+        seed=0,
+    )
     return path

@@ -333,7 +333,7 @@ def test_files_named_in_the_config_resolve_against_its_folder(tmp_path) -> None:
     (folder / "stats").mkdir()
     (folder / "stats" / "nominal.json").write_text("{}")
     path = folder / "robot.yaml"
-    path.write_text(src.replace("model: ../models/wam_reach.onnx", "model: m.onnx"))
+    path.write_text(src.replace("model: ../models/wam_reach_wrist.onnx", "model: m.onnx"))
     config = load_config(path)
     assert Path(config.surprise.calibration) == folder / "stats" / "nominal.json"
     # Not there yet: still placed beside the config, where the error message will point.

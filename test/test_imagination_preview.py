@@ -84,11 +84,11 @@ def tiny_recording(contract, n: int = 48, seed: int = 0) -> TinyDataset:  # type
     """A short 'episode': a coloured square sliding across the frame while the joints move."""
     rng = np.random.default_rng(seed)
     h, w = contract.image_height, contract.image_width
-    frames = np.zeros((n, 1, h, w, 3), np.uint8)
+    frames = np.zeros((n, len(contract.camera_names), h, w, 3), np.uint8)
     frames[..., 2] = 60
     for i in range(n):
         x = int(i * (w - 24) / (n - 1))
-        frames[i, 0, 30:54, x : x + 24] = (230, 40, 40)
+        frames[i, :, 30:54, x : x + 24] = (230, 40, 40)
     d = contract.num_joints
     state = (np.linspace(0, 0.5, n)[:, None] + rng.normal(0, 0.01, (n, d))).astype(np.float32)
     executed = np.repeat(state[:, None, :], contract.horizon, axis=1)

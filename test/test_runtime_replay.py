@@ -92,7 +92,7 @@ def test_recorded_observations_drive_the_controller():
     q0 = rig.plant.q.copy()
     img = np.full((48, 64, 3), 90, np.uint8)  # another resolution: resized by the buffers
     events = [(k * 0.002, "joint", (cfg.joint_names, q0 + 0.0)) for k in range(400)]
-    events += [(k * 0.033, "image", ("scene", img)) for k in range(25)]
+    events += [(k * 0.033, "image", (cam, img)) for k in range(25) for cam in cfg.cameras]
     replay = Replay(rig.controller, rig.clock, rig.plant, recorded=events)
     log = replay.run(400)
     assert rig.controller.counters["commands"] == 400

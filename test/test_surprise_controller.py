@@ -25,7 +25,7 @@ from wam_control.runtime.worker import InferenceRequest
 
 
 def rig(world: World, monitor_args: dict) -> tuple[Controller, Replay, SurpriseMonitor]:
-    config = load_config(preset_path("fr3"))
+    config = load_config(preset_path("fr3"), {"cameras": ["scene"]})  # the test contract has one camera
     con = contract()
     clock = SimClock(100.0)
     center = home_pose(config)
@@ -133,7 +133,7 @@ class _StaticWorker:
 
 
 def test_tick_path_with_monitor_does_not_grow_memory() -> None:
-    config = load_config(preset_path("fr3"))
+    config = load_config(preset_path("fr3"), {"cameras": ["scene"]})  # the test contract has one camera
     con = contract()
     clock = SimClock(100.0)
     rng = np.random.default_rng(0)

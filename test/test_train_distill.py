@@ -110,7 +110,9 @@ def test_distill_cli_end_to_end(tmp_path: Path, fr3_config_path: Path) -> None:
     )
     assert report["eval_onnx"]["seeds"] == [100000, 100000]
     contract = read_contract(out / "model.onnx", verify_weights=True)
-    check_contract(contract, load_config(fr3_config_path))
+    check_contract(
+        contract, load_config(fr3_config_path, {"cameras": ["scene"]})
+    )  # trained on the scene camera only
     assert contract.training_data["teacher"] == "expert"
     # The closed-loop result of the exported file is written into its own metadata.
     assert contract.training_data["eval_success_rate"] == report["eval_onnx"]["success_rate"]

@@ -148,7 +148,9 @@ def test_cli_train_resume_and_export(bags: Path, tmp_path: Path, fr3_config_path
     assert training_data["episodes"] == 4 and model.config.horizon == 8
     contract = read_contract(out / "model.onnx", verify_weights=True)
     assert contract.training_data["episodes"] == 4 and contract.training_data["precision"] == "fp32"
-    check_contract(contract, load_config(fr3_config_path))
+    check_contract(
+        contract, load_config(fr3_config_path, {"cameras": ["scene"]})
+    )  # trained on the scene camera only
     assert contract.joint_names == NAMES and contract.max_prefix == 3
     # Bad input is refused with the thing named.
     assert main(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), "--no-progress"]) == 2

@@ -1,7 +1,7 @@
 """End-to-end over real DDS (loopback), three processes plus `wam-control run`.
 
 - plant: a first-order arm that follows the commands, publishing /joint_states (200 Hz) and
-  /camera/image_raw (bgr8, 15 Hz) until it has followed commands for a few seconds, then goes silent;
+  /camera/image_raw and /wrist_camera/image_raw (bgr8, 15 Hz) until it has followed commands for a few seconds, then goes silent;
 - controller: `wam-control run` as a subprocess with a small random model (make_test_model);
 - checker: records every command, predicted chunk and diagnostics message.
 
@@ -43,7 +43,9 @@ def _plant(out: Path, joints: list[str], timeout_s: float) -> None:
         "/joint_trajectory_controller/joint_trajectory", d.JointTrajectory_, None, "reliable"
     )
     js_pub = node.publisher("/joint_states", d.JointState_, "joint_states")
-    img_pub = node.publisher("/camera/image_raw", d.Image_, "sensor_data")
+    img_pubs = [
+        node.publisher(t, d.Image_, "sensor_data") for t in ("/camera/image_raw", "/wrist_camera/image_raw")
+    ]
     q = np.array(POSE)
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
@@ -66,7 +68,8 @@ def _plant(out: Path, joints: list[str], timeout_s: float) -> None:
         js_pub.publish(M.joint_state_msg(T, joints + ["gripper"], np.append(q, 0.0), stamp_s=time.time()))
         if now >= next_img:
             next_img = now + 1 / 15.0
-            img_pub.publish(M.image_msg(T, frame, "bgr8", stamp_s=time.time()))
+            for img_pub in img_pubs:
+                img_pub.publish(M.image_msg(T, frame, "bgr8", stamp_s=time.time()))
         time.sleep(max(0.0, dt - (time.monotonic() - now)))
     out.write_text(json.dumps({"stop_time": time.time(), "first_cmd": first_cmd is not None}))
     node.close()

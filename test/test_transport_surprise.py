@@ -122,11 +122,14 @@ def write_decoder(path: Path, contract: Any, hw: tuple[int, int] = DECODER_HW) -
 
 
 class Feeder:
-    """The robot: joint states at 200 Hz and a camera at 15 Hz, until stopped."""
+    """The robot: joint states at 200 Hz and both cameras of config/fr3.yaml at 15 Hz, until stopped."""
 
     def __init__(self, node: DdsNode, joints: list[str]) -> None:
         self._js = node.publisher("/joint_states", D.JointState_, "joint_states")
-        self._img = node.publisher("/camera/image_raw", D.Image_, "sensor_data")
+        self._imgs = [
+            node.publisher(t, D.Image_, "sensor_data")
+            for t in ("/camera/image_raw", "/wrist_camera/image_raw")
+        ]
         self._joints = joints
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
@@ -141,7 +144,8 @@ class Feeder:
             if now >= next_img:
                 next_img = now + 1 / 15.0
                 frame[0, 0, 0] ^= 1  # a changing picture, as a camera's would be
-                self._img.publish(M.image_msg(T, frame, "rgb8", stamp_s=time.time()))
+                for img in self._imgs:
+                    img.publish(M.image_msg(T, frame, "rgb8", stamp_s=time.time()))
 
     def start(self) -> None:
         self._thread.start()
