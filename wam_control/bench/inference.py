@@ -136,17 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads for ORT and torch (CPU)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to start)")
+    p.add_argument(
+        "--preset",
+        default="base",
+        help="architecture of the random-init model when no --model is given: base, or compact (the bundled one)",
+    )
+    p.add_argument("--cameras", default="scene", help="cameras of the random-init model, comma-separated")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as td:
         model = args.model
         if model is None:
             from wam_control.model.export import make_test_model
+            from wam_control.model.train import PRESETS
 
+            if args.preset not in PRESETS:
+                p.error(f"--preset: expected one of {', '.join(PRESETS)}, got {args.preset!r}")
+            cameras = tuple(c for c in args.cameras.split(",") if c)
             t0 = time.perf_counter()
-            model = str(make_test_model(Path(td) / "wam-test.onnx"))
+            model = str(
+                make_test_model(Path(td) / "wam-test.onnx", camera_names=cameras, **PRESETS[args.preset])
+            )
             print(
-                f"model: random-init test model (default architecture), exported in {time.perf_counter() - t0:.1f} s"
+                f"model: random-init, '{args.preset}' architecture, cameras {list(cameras)}, "
+                f"exported in {time.perf_counter() - t0:.1f} s"
             )
         else:
             print(f"model: {model}")
