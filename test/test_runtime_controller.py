@@ -248,3 +248,70 @@ def test_a_chunk_computed_while_moving_still_drops_its_past_actions():
     assert sched.counters["chunks_accepted"] >= 3
     assert sched.counters["chunks_started_at_arrival"] == 1  # only the one requested at rest
     assert sched.counters["actions_dropped"] >= (sched.counters["chunks_accepted"] - 1) * (latency // 25)
+
+
+class _TimingProbe:
+    """Stands in for the surprise monitor: records, per result, the tick its latent predictions are
+    timed from and the predicted joint-1 position (the ramp model's action at the predicted offset)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, float]] = []
+
+    def attach(self, safety_filter) -> None:
+        self.filter = safety_filter
+
+    def reset(self) -> None:
+        self.calls.append((-1, float("nan")))
+
+    def on_result(self, obs_tick, latent, latent_pred, start_tick=None) -> float:
+        # The monitor's rule: without `start_tick`, predictions are keyed from the observation.
+        self.calls.append((int(obs_tick if start_tick is None else start_tick), float(latent_pred[0, 0])))
+        return 0.0
+
+    def values(self) -> dict:
+        return {}
+
+    def warning(self) -> None:
+        return None
+
+
+def test_surprise_predictions_of_a_chunk_started_at_arrival_are_timed_from_its_arrival():
+    """Regression (surprise trips under injected delay): a chunk computed at rest starts at its
+    arrival, so what its world model predicts for `offset` steps after the observation happens
+    `offset` steps after the arrival. The monitor used to get the observation tick: every first
+    chunk of an episode looked wrong by the whole delay (200 ms: trips in nominal episodes)."""
+    from wam_control.config import load_config, preset_path
+    from wam_control.policy.base import PolicyOutput
+    from wam_control.runtime.replay import FirstOrderPlant, Replay, ScriptedWorker, home_pose
+
+    latency, step, s, off = 100, 0.02, 25, 8
+    cfg = load_config(preset_path("fr3"))
+    con = dataclasses.replace(make_contract(cfg, action_dt=0.05), latent_offsets=(off,))
+    ramp = _RampFromState(con, step)
+
+    def model(req):
+        out = ramp(req)
+        pred = np.zeros((1, con.latent_dim), np.float32)
+        pred[0, 0] = out.actions[off, 0]  # "where joint 1 will be `off` steps after the chunk starts"
+        return PolicyOutput(out.actions, out.latent, pred)
+
+    clock = SimClock(0.0)
+    worker = ScriptedWorker(model, clock, cfg.control_period, latency)
+    probe = _TimingProbe()
+    c = Controller(cfg, con, worker, clock, surprise_monitor=probe)
+    replay = Replay(c, clock, FirstOrderPlant(home_pose(cfg), cfg.control_period))
+    c.start()
+    log = replay.run(500)
+    calls = [call for call in probe.calls if call[0] >= 0]
+    assert len(calls) >= 2
+    (t1, pred1), (t2, _) = calls[0], calls[1]
+    assert worker.requests[0].obs_tick == 0
+    assert t1 == latency  # the arrival, where the chunk really started
+    # The prediction holds at the retimed tick (once the ease-in from rest has caught up); at the
+    # observation's tick it would have been wrong by the whole delay.
+    err_arrival = abs(log.q_cmd[t1 + off * s, 0] - pred1)
+    err_obs = abs(log.q_cmd[off * s, 0] - pred1)
+    assert err_obs > 0.5 * off * step
+    assert err_arrival < 0.25 * err_obs, (err_arrival, err_obs)
+    # A chunk requested while moving stays on its observation's time grid.
+    assert t2 == worker.requests[1].obs_tick

@@ -163,7 +163,10 @@ class SyncController(Controller):
         self.waiting_ticks += 1
         return self._hold_target
 
-    def _install(self, res: InferenceResult, actions: np.ndarray, tick: int) -> str | None:
+    def _starts_at_arrival(self, res: InferenceResult, tick: int) -> bool:
+        return True  # the arm held still while the model thought, by construction
+
+    def _install(self, res: InferenceResult, actions: np.ndarray, tick: int, at_arrival: bool) -> str | None:
         f = self.filter
         why = self.scheduler.accept(res.obs_tick, actions, tick, (f.q, f.v, f.a), start_at_arrival=True)
         if why is None:
@@ -582,8 +585,8 @@ def run_lockstep_episode(
     model called through a `ScriptedWorker` with a fixed latency of `lat_ticks`.
 
     `surprise` (see `surprise_factory`) gives the async controller a fresh surprise monitor. The sync
-    baseline never gets one: it starts each chunk at its arrival, not at the observation the model's
-    latent predictions are timed from, so its scores would measure that shift, not the world."""
+    baseline gets none: it stands for the openpi / ALOHA executor, which has none, and the monitor's
+    nominal statistics were measured with chunks that follow each other without a stop."""
     from wam_control.runtime.replay import ScriptedWorker
 
     if mode not in ("async", "sync"):
