@@ -74,6 +74,7 @@ class World:
 class FakeFilter:
     def __init__(self) -> None:
         self.fault: str | None = None
+        self.holding = False
         self.calls: list[tuple[str, object]] = []
 
     def set_velocity_scale(self, scale: float) -> None:
@@ -144,6 +145,49 @@ def test_scheduler_cadence_matches_within_one_step() -> None:
     for t in range(0, 188 * 8, 188):
         mon.on_result(t, *world.result(t))
     assert len(rec[8]) == 7 and len(rec[16]) == 6
+
+
+def test_a_chunk_started_at_arrival_is_compared_at_its_start_plus_offset() -> None:
+    """Delay: a chunk requested at rest (tick 0) arrives and starts at tick 100, so the world runs 100
+    ticks behind the observation's clock. Predictions keyed from `start_tick` meet the latent of the
+    observation at the tick they are for; keyed from the observation tick they are off by the delay."""
+    world = World()
+    delay = 100
+    latent0, pred0 = world.result(0)  # pred0[i] = f(offset_i): the chunk's own time, from its start
+
+    def observed(start: int | None) -> dict[int, list[float]]:
+        rec: dict[int, list[float]] = {}
+        mon = SurpriseMonitor(contract(), HZ, None, record=rec)
+        mon.on_result(0, latent0, pred0, start_tick=start)
+        mon.on_result(200, world.f(200 - delay), pred0)  # the world at tick 200: 100 ticks into the chunk
+        return rec
+
+    aligned = observed(delay)
+    assert list(aligned) == [4] and aligned[4][0] < 1e-6  # start 100 + 4 steps = tick 200, exact
+    shifted = observed(None)
+    assert list(shifted) == [8] and shifted[8][0] > 0.05  # 0 + 8 steps = 200: the chunk is 100 ticks behind
+
+
+def test_result_arriving_while_holding_stores_no_predictions_but_is_scored() -> None:
+    """Without `start_tick`, a result that finds the filter holding belongs to a chunk that starts at
+    its (unknown) arrival: its predictions are not stored, its latent still meets earlier ones."""
+    world = World()
+    rec: dict[int, list[float]] = {}
+    mon = SurpriseMonitor(contract(), HZ, None, record=rec)
+    flt = FakeFilter()
+    mon.attach(flt)
+    flt.holding = True
+    mon.on_result(0, *world.result(0))
+    assert mon.counters["unanchored"] == 1 and not mon._live.any()
+    flt.holding = False
+    mon.on_result(200, *world.result(200))  # nothing from tick 0 to meet
+    assert rec == {} and mon._live.any()
+    flt.holding = True  # e.g. starved: the arm stopped, the next chunk starts at its arrival
+    mon.on_result(400, *world.result(400))
+    assert rec[8][0] < 1e-6 and mon.counters["unanchored"] == 2
+    mon.on_result(600, *world.result(600), start_tick=600)  # the caller knows: stored
+    mon.on_result(800, *world.result(800))
+    assert len(rec[8]) == 2
 
 
 def test_missing_results_are_tolerated() -> None:

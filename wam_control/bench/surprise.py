@@ -2,8 +2,11 @@
 
 Closed loop in the MuJoCo sim, lockstep on simulated time (deterministic for a seed): the real
 Controller (buffers, scheduler, safety filter) with the surprise monitor attached, driven tick by tick;
-the model runs in-process with a fixed latency in ticks (`--latency-ms`). Per seed, one nominal episode
-and one episode per disturbance kind:
+the model runs in-process with a fixed latency in ticks (`--latency-ms` compute + `--delay-ms`
+injected). Model, cameras and the monitor's settings come from the deployment configuration
+(`--config`, default fr3: `models/wam_reach_wrist.onnx`, cameras scene + wrist, its `surprise:`
+section); the sim renders every configured camera. Per seed, one nominal episode and one episode per
+disturbance kind:
 
 - teleport: the task's object jumps 15-25 cm inside the workspace;
 - camera:   the scene camera is shifted 5-10 cm in a random direction ("knocked off its mount");
@@ -16,9 +19,11 @@ detect_latency is sim time from the injection to that tick. A nominal episode th
 `slow_threshold` is a false alarm. Alarms before the injection in disturbed episodes are reported as
 early_alarm_rate.
 
-Calibration: `--calibration` (default `<model>.surprise.json`, the model card's file), or
-`--calibrate N` nominal episodes on seeds disjoint from the evaluation (`seed + 100000 + i`) first;
-`--write-calibration` stores that file beside the model; `--calibrate-only` stops there.
+Calibration: `--calibration` (default: the configuration's `surprise.calibration`, else
+`<model>.surprise.json`, the model card's file), or `--calibrate N` nominal episodes first, on seeds
+`--calibration-seed + i` (default 100100 + i: never trained on, disjoint from the evaluation seeds you
+pass with --seed; the bench refuses an overlap); `--write-calibration` stores that file;
+`--calibrate-only` (default 40 episodes) stops there.
 
 Final line ends with `detect_rate=... false_alarm_rate=... detect_latency_ms_p50=...`.
 """
@@ -37,7 +42,9 @@ from typing import Any
 import numpy as np
 
 KINDS = ("teleport", "camera", "occluder", "joint")
-CALIBRATION_SEED_BASE = 100000
+CALIBRATION_SEED = 100100
+"""First calibration seed: evaluation seeds of the sim start at 100000, training data stays below 10000;
+100100-100149 is the model card's calibration range."""
 FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))
 
 
@@ -54,6 +61,9 @@ class Episode:
     peak_after: float = 0.0
     success: bool = False
     scores: list[float] = field(default_factory=list)
+    raw_ticks: list[int] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
+    """The monitor's unsmoothed score per scored observation (offline tuning of smoothing/thresholds)."""
 
 
 class Rig:
@@ -62,32 +72,38 @@ class Rig:
     def __init__(
         self,
         model_path: str,
-        config_path: str,
+        config: Any,
         task: str,
         latency_ms: float,
         surprise_config: Any,
     ) -> None:
-        from wam_control.config import load_config
         from wam_control.policy import load_backend
-        from wam_control.sim.arm import SimArm
+        from wam_control.policy.contract import ContractError, check_contract
+        from wam_control.sim.arm import CAMERAS, SimArm
 
-        self.config = load_config(config_path)
+        self.config = config
         self.backend = load_backend(model_path, "onnxruntime", warmup=2)
-        self.contract = self.backend.contract
-        c = self.contract
-        if tuple(c.camera_names) != ("scene",):
-            raise SystemExit(
-                f"bench surprise: the model must use the one camera 'scene', got {c.camera_names}"
-            )
+        self.contract = c = self.backend.contract
+        try:
+            check_contract(c, joint_names=config.joint_names, camera_names=config.cameras)
+        except ContractError as exc:
+            self.backend.close()
+            raise SystemExit(f"bench surprise: {model_path} does not fit the configuration: {exc}") from None
+        unknown = [cam for cam in config.cameras if cam not in CAMERAS]
+        if unknown:
+            self.backend.close()
+            raise SystemExit(f"bench surprise: cameras {unknown} are not sim cameras {list(CAMERAS)}")
+        self.cameras = tuple(config.cameras)
         self.arm = SimArm(
             task=task,
-            control_hz=self.config.control_hz,
+            control_hz=config.control_hz,
             camera_hz=15.0,
             image_hw=(c.image_height, c.image_width),
-            cameras=("scene",),
+            cameras=self.cameras,
         )
-        self.dt = self.config.control_period
-        self.latency_ticks = max(1, int(round(latency_ms * 1e-3 * self.config.control_hz)))
+        self.dt = config.control_period
+        self.latency_ms = float(latency_ms)
+        self.latency_ticks = max(1, int(round(latency_ms * 1e-3 * config.control_hz)))
         self.surprise_config = surprise_config
         self._cam_pos0 = self.arm.model.cam_pos.copy()
 
@@ -134,8 +150,9 @@ class Rig:
         ep = Episode(seed, kind, inject, n)
         names = arm.joint_names
         trips_before = 0
-        frame, stamp = arm.frame("scene")
-        ctl.on_image("scene", frame, stamp)
+        scored = 0
+        for cam in self.cameras:
+            ctl.on_image(cam, *arm.frame(cam))
         for tick in range(n):
             clock.set(t0 + tick * self.dt)
             if tick == inject:
@@ -143,10 +160,12 @@ class Rig:
             _, q, qd = arm.joint_state()
             ctl.on_joint_state(names, q, qd, arm.time)
             cmd = ctl.tick(tick)
-            rendered = arm.step(cmd.positions if cmd is not None else arm.command())
-            if rendered:
-                frame, stamp = arm.frame("scene")
-                ctl.on_image("scene", frame, stamp)
+            for cam in arm.step(cmd.positions if cmd is not None else arm.command()):
+                ctl.on_image(cam, *arm.frame(cam))
+            if monitor.counters["observations_scored"] != scored:
+                scored = monitor.counters["observations_scored"]
+                ep.raw_ticks.append(tick)
+                ep.raw.append(monitor.raw)
             trips = monitor.counters["trips"]
             alarm = monitor.score >= slow or trips > 0
             if tick < inject:
@@ -194,12 +213,13 @@ class Rig:
         self.backend.close()
 
 
-def calibrate(rig: Rig, episodes: int, seed: int, duration_s: float, log: Any = print) -> Any:
-    """Nominal closed-loop episodes (seeds seed+100000+i) -> SurpriseCalibration of the model."""
+def calibrate(rig: Rig, episodes: int, first_seed: int, duration_s: float, log: Any = print) -> Any:
+    """Nominal closed-loop episodes (seeds first_seed + i) through the runtime's own controller and
+    matching -> SurpriseCalibration of the model (only the offsets that cadence matches)."""
     from wam_control.runtime.calibration import SurpriseCalibration
 
     samples: dict[int, list[float]] = {}
-    seeds = [seed + CALIBRATION_SEED_BASE + i for i in range(episodes)]
+    seeds = [first_seed + i for i in range(episodes)]
     ok = 0
     for s in seeds:
         ep = rig.run(s, "nominal", 0.0, duration_s, None, record=samples)
@@ -217,22 +237,26 @@ def calibrate(rig: Rig, episodes: int, seed: int, duration_s: float, log: Any = 
             "source": "wam-control bench surprise --calibrate (closed-loop, lockstep sim)",
             "task": rig.arm.task.name,
             "control_hz": rig.config.control_hz,
+            "cameras": list(rig.cameras),
+            "latency_ms": rig.latency_ms,
             "latency_ticks": rig.latency_ticks,
             "match_tolerance_steps": rig.surprise_config.match_tolerance_steps,
+            "nominal_success_rate": ok / max(1, episodes),
         },
     )
 
 
-def _default_model() -> Path:
-    return Path(__file__).resolve().parents[2] / "models" / "wam_reach.onnx"
-
-
-def _random_model() -> Path:
+def _random_model(config: Any) -> Path:
     from wam_control.model.export import make_test_model
 
-    out = Path(os.environ.get("TMPDIR", "/tmp")) / "wam_control_bench" / "surprise_random_init.onnx"
+    cams = tuple(config.cameras)
+    out = (
+        Path(os.environ.get("TMPDIR", "/tmp"))
+        / "wam_control_bench"
+        / f"surprise_random_{'_'.join(cams)}.onnx"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    return make_test_model(out, joint_names=FR3_JOINTS, camera_names=("scene",), image_hw=(96, 96))
+    return make_test_model(out, joint_names=tuple(config.joint_names), camera_names=cams, image_hw=(96, 96))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -243,12 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wam-control bench surprise", description=__doc__.split("\n")[0])
     ap.add_argument("--episodes", type=int, default=20, help="seeds; each runs nominal + every disturbance")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default="", help="ONNX model (default models/wam_reach.onnx)")
+    ap.add_argument("--model", default="", help="ONNX model (default: the configuration's inference.model)")
     ap.add_argument("--random-init", action="store_true", help="use a random-init test model (plumbing only)")
-    ap.add_argument("--config", default="fr3", help="deployment YAML or preset name")
+    ap.add_argument(
+        "--config", default="fr3", help="deployment YAML or preset name (cameras, model, surprise:)"
+    )
     ap.add_argument("--task", default="reach", choices=("reach", "push"))
     ap.add_argument("--calibration", default="", help="default: <model>.surprise.json")
     ap.add_argument("--calibrate", type=int, default=0, help="calibrate on N nominal episodes first")
+    ap.add_argument("--calibration-seed", type=int, default=CALIBRATION_SEED, help="first calibration seed")
     ap.add_argument("--write-calibration", action="store_true", help="write the calibration beside the model")
     ap.add_argument(
         "--calibrate-only", action="store_true", help="calibrate (default 40 episodes), write, exit"
@@ -258,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop", type=float, default=None, help="override stop_threshold")
     ap.add_argument("--smoothing", type=float, default=None, help="override smoothing")
     ap.add_argument("--no-latch", action="store_true", help="slow down only (measure without stopping)")
-    ap.add_argument("--latency-ms", type=float, default=20.0, help="simulated inference latency")
+    ap.add_argument("--latency-ms", type=float, default=20.0, help="simulated inference compute latency")
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="inference delay injected on top")
     ap.add_argument("--inject-min-s", type=float, default=0.6)
     ap.add_argument("--inject-max-s", type=float, default=1.4)
     ap.add_argument("--window-s", type=float, default=1.5, help="detection window after the injection")
@@ -267,23 +295,29 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
+    if args.latency_ms < 0 or args.delay_ms < 0:
+        ap.error("--latency-ms and --delay-ms must be >= 0")
     kinds = tuple(k for k in args.kinds.split(",") if k)
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         ap.error(f"--kinds: unknown {bad}; expected a subset of {list(KINDS)}")
 
-    from wam_control.config import preset_path
+    from wam_control.config import ConfigError, load_config, preset_path
     from wam_control.runtime.calibration import (
         CalibrationError,
         SurpriseCalibration,
         default_calibration_path,
     )
-    from wam_control.runtime.surprise import SurpriseConfig
 
+    try:
+        config = load_config(preset_path(args.config))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"bench surprise: --config {args.config}: {exc}", file=sys.stderr)
+        return 2
     if args.random_init:
-        model = _random_model()
+        model = _random_model(config)
     else:
-        model = Path(args.model) if args.model else _default_model()
+        model = Path(args.model) if args.model else Path(config.inference.model)
         if not model.is_file():
             print(
                 f"bench surprise: model {model} does not exist (train/export it, or pass --random-init "
@@ -291,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    scfg = SurpriseConfig()
+    scfg = config.surprise
     overrides: dict[str, Any] = {}
     if args.slow is not None:
         overrides["slow_threshold"] = args.slow
@@ -301,22 +335,36 @@ def main(argv: list[str] | None = None) -> int:
         overrides["smoothing"] = args.smoothing
     if args.no_latch:
         overrides["latch"] = False
-    scfg = replace(scfg, **overrides)
-    cal_path = Path(args.calibration) if args.calibration else default_calibration_path(model)
+    try:
+        scfg = replace(scfg, **overrides)
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.calibration:
+        cal_path = Path(args.calibration)
+    elif scfg.calibration and not args.model and not args.random_init:
+        cal_path = Path(scfg.calibration)
+    else:
+        cal_path = default_calibration_path(model)
+    n_cal = args.calibrate or (40 if args.calibrate_only else 0)
+    cal_seeds = range(args.calibration_seed, args.calibration_seed + n_cal)
+    overlap = sorted(set(cal_seeds) & set(range(args.seed, args.seed + args.episodes)))
+    if n_cal and not args.calibrate_only and overlap:
+        ap.error(f"calibration seeds {overlap[0]}..{overlap[-1]} overlap the evaluation seeds (--seed)")
 
-    rig = Rig(str(model), str(preset_path(args.config)), args.task, args.latency_ms, scfg)
+    rig = Rig(str(model), config, args.task, args.latency_ms + args.delay_ms, scfg)
     horizon = args.duration_s or rig.arm.task.horizon_s
     print(
-        f"model={model.name} ({rig.contract.model_name}, offsets {list(rig.contract.latent_offsets)} steps of "
-        f"{rig.contract.action_dt * rig.config.control_hz:g} ticks) control_hz={rig.config.control_hz:g} "
-        f"latency_ticks={rig.latency_ticks} slow={scfg.slow_threshold:g} stop={scfg.stop_threshold:g} "
-        f"smoothing={scfg.smoothing:g}"
+        f"model={model.name} ({rig.contract.model_name}, sha {rig.contract.weights_sha256[:12]}, cameras "
+        f"{','.join(rig.cameras)}, offsets {list(rig.contract.latent_offsets)} steps of "
+        f"{rig.contract.action_dt * config.control_hz:g} ticks) control_hz={config.control_hz:g} "
+        f"latency_ticks={rig.latency_ticks} ({args.latency_ms:g} ms compute + {args.delay_ms:g} ms delay) "
+        f"slow={scfg.slow_threshold:g} stop={scfg.stop_threshold:g} smoothing={scfg.smoothing:g} "
+        f"seeds {args.seed}..{args.seed + args.episodes - 1}"
     )
     start = time.perf_counter()
     try:
-        n_cal = args.calibrate or (40 if args.calibrate_only else 0)
         if n_cal:
-            cal = calibrate(rig, n_cal, args.seed, horizon)
+            cal = calibrate(rig, n_cal, args.calibration_seed, horizon)
             if args.write_calibration or args.calibrate_only:
                 cal.save(cal_path)
                 print(f"wrote {cal_path}")
@@ -383,7 +431,11 @@ def main(argv: list[str] | None = None) -> int:
             kinds=np.array([e.kind for e in episodes]),
             seeds=np.array([e.seed for e in episodes]),
             inject_ticks=np.array([e.inject_tick for e in episodes]),
+            success=np.array([e.success for e in episodes]),
+            dt_s=rig.dt,
             **{f"scores_{i}": np.asarray(e.scores, np.float32) for i, e in enumerate(episodes)},
+            **{f"raw_ticks_{i}": np.asarray(e.raw_ticks, np.int64) for i, e in enumerate(episodes)},
+            **{f"raw_{i}": np.asarray(e.raw, np.float32) for i, e in enumerate(episodes)},
         )
     detected = sum(e.first_alarm_after_inject >= 0 for e in disturbed)
     early = sum(e.first_alarm_tick >= 0 for e in disturbed)

@@ -12,6 +12,16 @@ is compared with it:
     raw = mean z over the predictions that targeted T
     score = smoothing * raw + (1 - smoothing) * score
 
+Timing of the predictions: `latent_pred` assumes the proposed chunk starts executing at `obs_tick`
+(the async scheduler executes it that way, the in-flight part given to the model as its prefix). A
+chunk that arrives while the arm holds still (start-up, after a stop or a starvation) is started at
+its arrival instead, i.e. `delay` ticks later than the model assumed: keyed from `obs_tick`, every
+prediction of that chunk would be compared with an observation `delay` ticks too early in the motion,
+which at 200 ms of inference delay looks like a z of 5-8 on nominal runs. So the predictions are keyed
+from `start_tick` when the caller knows it, and otherwise a result that arrives while the attached
+filter is holding stores no predictions (its latent is still scored against earlier ones): the
+comparison is always prediction-for-tick-T against the latent of the observation taken at tick T.
+
 Responses, on the safety filter the controller attaches: score >= `slow_threshold` scales the velocity
 envelope down linearly, from 1 at `slow_threshold` to `min_scale` at `stop_threshold`; score >=
 `stop_threshold` brakes to hold and latches ("surprise", re-arm required). Predictions whose target
@@ -38,6 +48,7 @@ LATCH_REASON = "surprise: world-model prediction error above stop_threshold"
 
 class _Filter(Protocol):
     fault: str | None
+    holding: bool
 
     def set_velocity_scale(self, scale: float) -> None: ...
 
@@ -102,6 +113,7 @@ class SurpriseMonitor:
             "expired": 0,
             "overwritten": 0,
             "bad_outputs": 0,
+            "unanchored": 0,
             "slowdowns": 0,
             "trips": 0,
         }
@@ -123,9 +135,18 @@ class SurpriseMonitor:
 
     # ------------------------------------------------------------------ per inference result
 
-    def on_result(self, obs_tick: int, latent: np.ndarray, latent_pred: np.ndarray) -> float:
+    def on_result(
+        self,
+        obs_tick: int,
+        latent: np.ndarray,
+        latent_pred: np.ndarray,
+        start_tick: int | None = None,
+    ) -> float:
         """Score the observation of `obs_tick` against earlier predictions, then store this result's
-        predictions; apply the response. Returns the (smoothed) score."""
+        predictions; apply the response. Returns the (smoothed) score.
+
+        `start_tick`: the tick at which the chunk's step 0 executes, when the caller knows it (default:
+        `obs_tick`, unless the attached filter is holding, see the module docstring)."""
         k, c = self.k, self.c
         if (
             not isinstance(latent, np.ndarray)
@@ -142,7 +163,13 @@ class SurpriseMonitor:
             return self.score
         self._last_obs_tick = obs_tick
         self._match(obs_tick, latent)
-        self._store(obs_tick, latent_pred)
+        if start_tick is not None:
+            self._store(int(start_tick), latent_pred)
+        elif self._filter is not None and self._filter.holding:
+            # The chunk will start at its arrival, a tick this monitor does not see.
+            self.counters["unanchored"] += 1
+        else:
+            self._store(obs_tick, latent_pred)
         return self.score
 
     def _match(self, t: int, latent: np.ndarray) -> None:
@@ -190,13 +217,13 @@ class SurpriseMonitor:
             self.peak_score = self.score
         self._respond()
 
-    def _store(self, obs_tick: int, latent_pred: np.ndarray) -> None:
+    def _store(self, start_tick: int, latent_pred: np.ndarray) -> None:
         r = self._next
         self._next = (r + 1) % self._live.shape[0]
         if self._live[r].any():
             self.counters["overwritten"] += int(self._live[r].sum())
         self._pred[r] = latent_pred
-        np.add(self._offset_ticks, obs_tick, out=self._target[r])
+        np.add(self._offset_ticks, start_tick, out=self._target[r])
         self._live[r] = True
 
     def _respond(self) -> None:
