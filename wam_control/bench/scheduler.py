@@ -338,7 +338,8 @@ FAULTS: dict[str, FaultSpec] = {
     ),
     "inference_slower_than_chunk": FaultSpec(
         _slow,
-        "latency 1.5x chunk: chunks expire, starvation brakes to hold",
+        "latency 1.5x chunk: each chunk runs out before the next arrives, the arm brakes to hold; the "
+        "next chunk (computed at rest) runs from its arrival: stop-and-go (moving ~60 % of the time), no fault",
         (),
         ("chunks_expired", "starved_ticks"),
     ),
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         if args.write_md:
             with open(args.write_md, "w", encoding="utf-8") as f:
-                f.write(_FAULTS_MD_HEAD + table + "\n")
+                f.write(_FAULTS_MD_HEAD + table + "\n" + _FAULTS_MD_TAIL)
         held = all(r.limits_held for r in rows)
         det = [r.detection_ticks for r in rows if r.detection_ticks is not None]
         print(
@@ -493,4 +494,22 @@ stream from the injection on (FR3 limits: 10 rad/s^2, 5000 rad/s^3). "ends": sto
 scripted worker's crash path; the real ProcessWorker is killed with SIGKILL in
 `test_runtime_faults.py::test_process_worker_killed_latches_and_stops`.
 
+"""
+
+_FAULTS_MD_TAIL = """
+Reading it: peak |acc| = 10 and |jerk| = 5000 are FR3's limits: the safety filter brakes to hold at its
+full (certified) deceleration and jerk, never beyond them ("limits held" checks every tick of the
+stream). Scenarios that continue show the motion's own values. Detection for camera_frames_stop is the
+image timeout (250 ticks) plus what is left of the chunk being executed; for inference_slower_than_chunk
+and inference_hang it is the moment the current chunk runs out (starvation).
+
+inference_slower_than_chunk ends "running": the controller does not freeze. A chunk computed while the
+arm moved arrives after its own last action (expired) or nearly so, the arm brakes to hold when it runs
+out, and the request made while holding is executed from its arrival (nothing moved while the model
+thought), so the arm moves again: stop-and-go, like the sync baseline of `bench closed-loop`. No fault
+is latched because nothing is wrong with the outputs; `status()` warns ("starving") while it holds.
+
+The real ProcessWorker killed with SIGKILL (`test_process_worker_killed_latches_and_stops`) was
+detected 1 tick after the kill (pipe EOF seen by `check()`), latched, and braked to hold within the
+limits.
 """
