@@ -25,6 +25,7 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,25 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder for plots and bags")
     ap.add_argument(
         "--transport",
-        choices=("inproc",),
+        choices=("inproc", "dds"),
         default="inproc",
-        help="inproc: sim and controller in one process (for DDS use `wam-control sim` + `wam-control run`)",
+        help="inproc: sim and controller in one process (plots, bags); dds: the product path, the sim "
+        "bridge here and `wam-control run` in its own process, over Cyclone DDS on loopback",
     )
     ap.add_argument("--clock", choices=("realtime", "lockstep"), default="realtime")
+    ap.add_argument(
+        "--domain-id",
+        type=int,
+        default=None,
+        help="with --transport dds: DDS domain (default: a private one, 100 + pid %% 100, so the demo never "
+        "talks to a ROS 2 system on this host)",
+    )
+    ap.add_argument(
+        "--startup-timeout-s",
+        type=float,
+        default=60.0,
+        help="with --transport dds: how long to wait for the controller's first command (default 60)",
+    )
     ap.add_argument(
         "--horizon-s", type=float, default=None, help="episode length limit (default: the task's)"
     )
@@ -76,6 +91,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
+    if args.transport == "dds":
+        # The controller is a separate process that runs the configuration as deployed: what this
+        # process can observe is the sim, the topics and /diagnostics.
+        for flag, used in (("--clock lockstep", args.clock == "lockstep"), ("--record", args.record),
+                           ("--no-surprise", args.no_surprise)):  # fmt: skip
+            if used:
+                ap.error(f"{flag} works with --transport inproc only")
     return args
 
 
@@ -100,6 +122,32 @@ class _Progress:
             f"distance={float(info.get('distance', math.nan)) * 100:5.1f} cm  chunks={ep.c.scheduler.version}"
         )
         print("\r" + line, end="", flush=True)
+
+    def dds(self, arm: Any, t: float) -> None:
+        if not self.tty:
+            return
+        info = arm.task.info()
+        line = (
+            f"  episode {self.i + 1}/{self.n}  t={t:5.2f} s  "
+            f"distance={float(info.get('distance', math.nan)) * 100:5.1f} cm"
+        )
+        print("\r" + line, end="", flush=True)
+
+    def done_dds(self, r: Any) -> None:
+        end = "\r" if self.tty else ""
+        how = (
+            f"success at {r.task_time_s:.2f} s"
+            if r.success
+            else f"failed (distance {r.final_distance_m * 100:.1f} cm)"
+        )
+        print(
+            f"{end}  episode {self.i + 1}/{self.n} seed={r.seed}: {how}; {r.commands} commands at "
+            f"{r.command_rate_hz:.0f} Hz, controller up in {r.startup_s:.1f} s, exit code {r.controller_rc}"
+            + " "
+            * 10,
+            flush=True,
+        )
+        self.i += 1
 
     def done(self, r: EpisodeResult) -> None:
         end = "\r" if self.tty else ""
@@ -155,6 +203,16 @@ def main(argv: list[str] | None = None) -> int:
             else surprise_off
         )
     )
+    if args.transport == "dds":
+        dds_results = _run_dds(args, config, contract, model_path)
+        args.out.mkdir(parents=True, exist_ok=True)
+        lines = _dds_summary_lines(args, config, dds_results)
+        _say("")
+        for line in lines:
+            _say(line)
+        _say(f"controller logs: {args.out / 'dds'}/; wall time {time.perf_counter() - t_start:.1f} s")
+        (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
+        return 0
     if args.clock == "realtime":
         _say(
             "  one process, real time: FixedRateLoop -> Controller.tick, model in an async ThreadWorker, "
@@ -473,6 +531,316 @@ def _record(args: argparse.Namespace, config: Any, contract: Any, results: list[
                 bag.write_command(t, tr.q_cmd[i])
         paths.append(path)
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------
+# --transport dds: the sim bridge here, the controller as `wam-control run` in its own process
+
+
+@dataclass
+class DdsEpisode:
+    seed: int
+    success: bool
+    task_time_s: float
+    """Sim time from the controller's first command to the start of the held success (nan: failed)."""
+    final_distance_m: float
+    startup_s: float
+    """Wall time from launching the controller process to its first command reaching the sim."""
+    commands: int
+    command_rate_hz: float
+    """Commands the sim received per wall second while the episode ran."""
+    sim_rtf: float
+    """Sim seconds per wall second while the episode ran (cameras render in the sim's thread)."""
+    diagnostics: dict[str, Any]
+    """The controller's last /diagnostics before the episode ended: {status name: (level, message, values)}."""
+    controller_rc: int | None
+    controller_log: Path
+
+
+class _DiagnosticsWatch:
+    """Keeps the latest status of every name seen on /diagnostics (DDS callback thread)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self.latest: dict[str, tuple[int, str, dict[str, str]]] = {}
+        self.messages = 0
+
+    def on_msg(self, msg: Any) -> None:
+        from wam_control.transport.messages import diagnostic_array_from_msg
+
+        _, statuses = diagnostic_array_from_msg(msg)
+        with self._lock:
+            self.messages += 1
+            for s in statuses:
+                self.latest[s.name] = (s.level, s.message, dict(s.values))
+
+    def snapshot(self) -> dict[str, tuple[int, str, dict[str, str]]]:
+        with self._lock:
+            out = dict(self.latest)
+            self.latest.clear()
+            return out
+
+
+def _check_dds_topics(config: Any, cameras: tuple[str, ...]) -> None:
+    """The sim publishes Gazebo's topic names; the controller subscribes the config's. Say which
+    topic disagrees instead of waiting for data that never comes."""
+    from wam_control.sim.bag import CAMERA_NAMESPACES
+    from wam_control.sim.bridge import TOPIC_FORWARD, TOPIC_TRAJECTORY
+
+    t = config.topics
+    wrong = []
+    if t.joint_states != "/joint_states":
+        wrong.append(f"topics.joint_states is {t.joint_states!r}, the sim publishes '/joint_states'")
+    for cam in cameras:
+        want = CAMERA_NAMESPACES[cam] + "/image_raw"
+        if t.camera_images.get(cam) != want:
+            wrong.append(
+                f"topics.camera_images.{cam} is {t.camera_images.get(cam)!r}, the sim publishes {want!r}"
+            )
+    if config.command_interface == "forward_position" and t.forward_command != TOPIC_FORWARD:
+        wrong.append(f"topics.forward_command is {t.forward_command!r}, the sim consumes {TOPIC_FORWARD!r}")
+    if config.command_interface != "forward_position" and t.trajectory_command != TOPIC_TRAJECTORY:
+        wrong.append(
+            f"topics.trajectory_command is {t.trajectory_command!r}, the sim consumes {TOPIC_TRAJECTORY!r}"
+        )
+    if wrong:
+        raise ValueError(f"{config.source}: " + "; ".join(wrong))
+
+
+def _controller_command(args: argparse.Namespace, config: Any, model_path: Path, domain: int) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "wam_control.transport.dds_node", "--config", str(config.source),
+        "--model", str(model_path.resolve()), "--domain-id", str(domain), "--log-level", "INFO",
+    ]  # fmt: skip
+    if args.backend:
+        cmd += ["--backend", args.backend]
+    return cmd
+
+
+def _run_dds(args: argparse.Namespace, config: Any, contract: Any, model_path: Path) -> list[DdsEpisode]:
+    import os
+    import signal
+    import subprocess
+
+    from wam_control.closedloop import make_arm
+    from wam_control.sim.bridge import SimBridge
+    from wam_control.transport import dds_types as d
+    from wam_control.transport import messages as M
+    from wam_control.transport import qos
+    from wam_control.transport.dds import DdsNode
+
+    _check_dds_topics(config, tuple(contract.camera_names))
+    domain = args.domain_id if args.domain_id is not None else 100 + os.getpid() % 100
+    arm = make_arm(config, contract, args.task, camera_hz=15.0)
+    node = DdsNode("wam_demo_sim", domain_id=domain)  # pins loopback unless CYCLONEDDS_URI is set
+    bridge = SimBridge(arm, node, M.dds_msg_types(), clock_mode="realtime")
+    diag = _DiagnosticsWatch()
+    node.subscription(config.topics.diagnostics, d.DiagnosticArray_, diag.on_msg, qos.DIAGNOSTICS)
+    cmd = _controller_command(args, config, model_path, domain)
+    logs = args.out / "dds"
+    logs.mkdir(parents=True, exist_ok=True)
+    from wam_control.transport.dds import LOOPBACK_URI
+
+    uri = os.environ.get("CYCLONEDDS_URI", "")
+    where = "loopback" if uri == LOOPBACK_URI else "CYCLONEDDS_URI from the environment"
+    _say(
+        f"  two processes over Cyclone DDS ({where}, domain {domain}): this one runs the sim bridge in real "
+        f"time (Gazebo's topics); the controller, one process per episode, is\n"
+        f"    wam-control run --config {config.source} --model {model_path} --domain-id {domain}\n"
+        f"  (its logs: {logs}/)"
+    )
+    horizon = args.horizon_s or arm.task.horizon_s
+    progress = _Progress(args.episodes)
+    results: list[DdsEpisode] = []
+    try:
+        for i in range(args.episodes):
+            seed = args.seed + i
+            bridge.reset(seed)
+            log_path = logs / f"controller_seed{seed}.log"
+            with open(log_path, "wb") as log_file:
+                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ))
+                try:
+                    ep = _dds_episode(bridge, proc, diag, horizon, args.startup_timeout_s, progress, log_path)
+                finally:
+                    # SIGTERM: the controller brakes to hold and exits; the sim keeps serving it meanwhile.
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)
+                    _serve_until(bridge, proc, 15.0)
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.wait(5.0)
+            ep.seed = seed
+            ep.controller_rc = proc.returncode
+            progress.done_dds(ep)
+            results.append(ep)
+    finally:
+        node.close()
+        arm.close()
+    return results
+
+
+def _serve_until(bridge: Any, proc: Any, timeout_s: float) -> None:
+    """Step the sim in real time (as `SimBridge.run` does) until `proc` exits or the timeout."""
+    period = bridge.arm.control_period
+    start = time.monotonic()
+    k = 0
+    while proc.poll() is None and time.monotonic() - start < timeout_s:
+        bridge.advance()
+        k = max(k + 1, int((time.monotonic() - start) / period))
+        delay = start + k * period - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _dds_episode(
+    bridge: Any, proc: Any, diag: _DiagnosticsWatch, horizon_s: float, startup_timeout_s: float,
+    progress: _Progress, log_path: Path,
+) -> DdsEpisode:  # fmt: skip
+    """Serve one episode in real time: wait for the controller's first command, then run until the
+    task's success has held SETTLE_S or `horizon_s` of sim time passed."""
+    from wam_control.closedloop import SETTLE_S
+
+    arm = bridge.arm
+    period = arm.control_period
+    settle = max(1, int(round(SETTLE_S / period)))
+    diag.snapshot()
+    bridge.publish_observation()
+    launched = time.monotonic()
+    n0 = bridge.commands
+    first: float | None = None
+    sim0 = n_first = 0
+    held, success_t = 0, math.nan
+    start, k, next_progress = time.monotonic(), 0, 0.0
+    while True:
+        bridge.advance()
+        now = time.monotonic()
+        if first is None:
+            if bridge.commands > n0:
+                first, sim0, n_first = now, arm.time, bridge.commands
+            elif proc.poll() is not None:
+                raise RuntimeError(
+                    f"the controller exited with code {proc.returncode} before commanding the sim; "
+                    f"its log: {log_path}\n{_tail(log_path)}"
+                )
+            elif now - launched > startup_timeout_s:
+                raise RuntimeError(
+                    f"no command from the controller within {startup_timeout_s:g} s of launching it "
+                    f"(DDS discovery or model start-up); its log: {log_path}\n{_tail(log_path)}"
+                )
+        else:
+            if arm.task.success():
+                held += 1
+                if held == 1:
+                    success_t = arm.time - sim0
+                if held >= settle:
+                    break
+            else:
+                held, success_t = 0, math.nan
+            if arm.time - sim0 >= horizon_s or proc.poll() is not None:
+                break
+            if now >= next_progress:
+                next_progress = now + 0.25
+                progress.dds(arm, arm.time - sim0)
+        k = max(k + 1, int((now - start) / period))
+        delay = start + k * period - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    end = time.monotonic()
+    wall = max(end - (first or end), 1e-9)
+    info = arm.task.info()
+    return DdsEpisode(
+        seed=-1,
+        success=held >= settle,
+        task_time_s=success_t if held >= settle else math.nan,
+        final_distance_m=float(info.get("distance", math.nan)),
+        startup_s=(first or end) - launched,
+        commands=bridge.commands - n_first,
+        command_rate_hz=(bridge.commands - n_first) / wall,
+        sim_rtf=(arm.time - sim0) / wall,
+        diagnostics=diag.snapshot(),
+        controller_rc=None,
+        controller_log=log_path,
+    )
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + ln for ln in lines[-n:])
+
+
+def _diag_values(ep: DdsEpisode, suffix: str) -> tuple[int, str, dict[str, str]] | None:
+    for name, entry in ep.diagnostics.items():
+        if name.endswith(suffix):
+            return entry  # type: ignore[no-any-return]
+    return None
+
+
+def _dds_summary_lines(args: argparse.Namespace, config: Any, results: list[DdsEpisode]) -> list[str]:
+    n = len(results)
+    ok = [r for r in results if r.success]
+    mean_t = float(np.mean([r.task_time_s for r in ok])) if ok else math.nan
+    rate = float(np.median([r.command_rate_hz for r in results]))
+    rtf = float(np.median([r.sim_rtf for r in results]))
+    startup = float(np.median([r.startup_s for r in results]))
+    lines = [
+        f"summary ({args.task}, {n} episodes, real time, dds: sim bridge in this process, "
+        f"controller `wam-control run` in its own process):",
+        f"  success rate        {len(ok)}/{n} = {len(ok) / n:.2f}"
+        + (f"; mean time to success {mean_t:.2f} s (from the first command)" if ok else ""),
+        f"  commands received   {rate:.0f} Hz median per episode (control_hz {config.control_hz:g}); "
+        f"sim real-time factor {rtf:.2f}; controller start-up to first command {startup:.1f} s (median)",
+    ]
+    worst = 0
+    inter = starv = misses = got = 0
+    late99: list[float] = []
+    delays: list[float] = []
+    peaks: list[float] = []
+    backend, last_msg = "", ""
+    for r in results:
+        ctl = _diag_values(r, ": controller")
+        tr = _diag_values(r, ": transport")
+        if ctl is None:
+            continue
+        got += 1
+        level, last_msg, v = ctl
+        worst = max(worst, level)
+        backend = v.get("worker.backend", backend)
+        inter += int(float(v.get("filter.interventions_total", 0)))
+        starv += int(float(v.get("scheduler.starvation_events", 0)))
+        if "scheduler.delay_ticks_last" in v:
+            delays.append(float(v["scheduler.delay_ticks_last"]) * config.control_period * 1e3)
+        if "surprise.peak" in v:
+            peaks.append(float(v["surprise.peak"]))
+        if tr is not None:
+            if "loop.late_p99_us" in tr[2]:
+                late99.append(float(tr[2]["loop.late_p99_us"]))
+            misses += int(float(tr[2].get("loop.misses", 0)))
+    if got:
+        lines += [
+            f"  controller          /diagnostics, the last message of each episode ({got}/{n}; published at "
+            f"about 1 Hz): worst level {('OK', 'WARN', 'ERROR')[min(worst, 2)]}, last {last_msg!r}",
+            f"                      {backend}; observation->chunk delay (last) {_fmt_list(delays, 0)} ms; "
+            f"loop lateness p99 {_fmt_list(late99, 0)} us, misses {misses}",
+            f"  safety filter       {inter} interventions; starvations {starv}"
+            + (f"; surprise peak score {_fmt_list(peaks, 1)}" if peaks else ""),
+        ]
+    else:
+        lines.append("  controller          no /diagnostics received (published about once a second)")
+    lines.append(
+        f"success_rate={len(ok) / n:.3f} mean_time_s={mean_t:.3f} command_rate_hz={rate:.1f} "
+        f"sim_rtf={rtf:.3f} startup_s={startup:.2f} late_p99_us={max(late99) if late99 else math.nan:.1f} "
+        f"misses={misses} interventions={inter} starvations={starv}"
+    )
+    return lines
+
+
+def _fmt_list(values: list[float], nd: int) -> str:
+    return "/".join(f"{v:.{nd}f}" for v in values) if values else "n/a"
 
 
 if __name__ == "__main__":

@@ -133,6 +133,16 @@ class SimBridge:
             qos.RELIABLE,
         )
 
+    def reset(self, seed: int) -> None:
+        """A new episode: reset the arm and task with `seed`; the command in force becomes holding the
+        new pose and any unapplied command is dropped. Call while `run` is not running."""
+        with self._lock:
+            self.arm.reset(seed)
+            self._pending = None
+            self._traj = None
+            self._q_cmd = self.arm.joint_state()[1]
+            self._v_cmd[:] = 0.0
+
     # ------------------------------------------------------------------ receive (transport thread)
     def _on_msg(self, kind: str, msg: Any) -> None:
         with self._new_command:
