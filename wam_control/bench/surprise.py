@@ -359,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{rig.contract.action_dt * config.control_hz:g} ticks) control_hz={config.control_hz:g} "
         f"latency_ticks={rig.latency_ticks} ({args.latency_ms:g} ms compute + {args.delay_ms:g} ms delay) "
         f"slow={scfg.slow_threshold:g} stop={scfg.stop_threshold:g} smoothing={scfg.smoothing:g} "
-        f"seeds {args.seed}..{args.seed + args.episodes - 1}"
+        + (
+            f"calibration seeds {cal_seeds.start}..{cal_seeds.stop - 1}"
+            if args.calibrate_only
+            else f"seeds {args.seed}..{args.seed + args.episodes - 1}"
+        )
     )
     start = time.perf_counter()
     try:
