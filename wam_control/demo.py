@@ -9,8 +9,11 @@ asynchronous `ThreadWorker`, so chunks execute while the next one is computed; t
 to the control clock each tick, its joint states and camera frames go in through
 `Controller.on_joint_state` / `on_image` (the calls the DDS and rclpy adapters make), and the
 commands it gets back drive its position servos. A camera thread renders frames from snapshots of the
-sim, so the loop never waits for a render. Only message serialization is left out; the DDS product
-path is `wam-control sim` + `wam-control run` in two processes.
+sim, so the loop never waits for a render. Only message serialization is left out.
+
+`--transport dds` runs the product path instead: the sim bridge (Gazebo's topics, real time) in this
+process and `wam-control run --config ...` as a separate process per episode, over Cyclone DDS on
+loopback in a private domain; success comes from the sim, controller health from its /diagnostics.
 
 `--clock lockstep` runs the same episodes on a simulated clock instead (deterministic, needs no spare
 CPU): the real model is called through the replay `ScriptedWorker`, and its measured latency is
@@ -175,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if not model_path.is_file():
         print(
             f"wam-control demo: model file {model_path} not found. The bundled model ships as "
-            f"models/wam_reach.onnx (inference.model in {config.source}); pass --model PATH to use another.",
+            f"models/wam_reach_wrist.onnx (inference.model in {config.source}); pass --model PATH to use another.",
             file=sys.stderr,
         )
         return 2
