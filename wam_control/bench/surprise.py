@@ -151,6 +151,7 @@ class Rig:
         names = arm.joint_names
         trips_before = 0
         scored = 0
+        last_peak = 0.0
         for cam in self.cameras:
             ctl.on_image(cam, *arm.frame(cam))
         for tick in range(n):
@@ -167,18 +168,23 @@ class Rig:
                 ep.raw_ticks.append(tick)
                 ep.raw.append(monitor.raw)
             trips = monitor.counters["trips"]
-            alarm = monitor.score >= slow or trips > 0
+            # A trip resets the monitor within the tick that reached it: read its peak, not only its score.
+            score = monitor.peak_score if monitor.peak_score > last_peak else monitor.score
+            last_peak = monitor.peak_score
             if tick < inject:
-                ep.peak_before = max(ep.peak_before, monitor.score)
-                if alarm and ep.first_alarm_tick < 0:
+                ep.peak_before = max(ep.peak_before, score)
+                if (score >= slow or trips > 0) and ep.first_alarm_tick < 0:
                     ep.first_alarm_tick = tick
                 trips_before = trips
             else:
-                ep.peak_after = max(ep.peak_after, monitor.score)
-                if alarm and ep.first_alarm_after_inject < 0:
+                ep.peak_after = max(ep.peak_after, score)
+                # Only observations taken after the injection can show it: an alarm still standing
+                # from before is not a detection.
+                seen = score >= slow and monitor.last_update_tick >= inject
+                if (seen or trips > trips_before) and ep.first_alarm_after_inject < 0:
                     ep.first_alarm_after_inject = tick
                 ep.tripped_after_inject = trips > trips_before
-            ep.scores.append(monitor.score)
+            ep.scores.append(score)
         ep.success = bool(arm.task.success())
         worker.close()
         return ep
