@@ -70,6 +70,8 @@ def test_async_episode_runs_the_monitor_and_the_summary_reports_slowdowns(
     # A calibration whose nominal distance is tiny: every real prediction error is a surprise.
     config, contract, path = _setup(tmp_path, test_model_path, 1e-6)
     config = dataclasses.replace(config, surprise=dataclasses.replace(config.surprise, latch=False))
+    # Predictions made during the filter's ramp-in are not scored: a short ramp keeps the episode short.
+    config = dataclasses.replace(config, safety=dataclasses.replace(config.safety, ramp_in_s=0.2))
     factory = surprise_factory(config, contract, path)
     backend = load_backend(path, "onnxruntime", warmup=1)
     arm = make_arm(config, contract, "reach", camera_hz=15.0)

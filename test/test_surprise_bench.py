@@ -25,11 +25,11 @@ def rig(test_model_path: Path):  # type: ignore[no-untyped-def]
 def test_every_configured_camera_is_fed_and_predictions_are_matched(rig) -> None:  # type: ignore[no-untyped-def]
     assert rig.cameras == ("scene", "wrist")
     rec: dict[int, list[float]] = {}
-    # The controller only asks the model once both cameras have delivered a frame; a request every
-    # ~188 ticks gives the observation at 0.38 s the first chunk's +8-step prediction to meet.
-    ep = rig.run(100300, "nominal", 0.0, 0.5, None, record=rec)
-    assert ep.ticks == 250
-    assert sorted(rec) == [8] and len(rec[8]) == 1 and np.isfinite(rec[8][0])
+    # The controller only asks the model once both cameras have delivered a frame; predictions made
+    # during the filter's 1 s ramp-in are not scored, so the first +8-step match comes after ~1.5 s.
+    ep = rig.run(100300, "nominal", 0.0, 2.0, None, record=rec)
+    assert ep.ticks == 1000
+    assert 8 in rec and len(rec[8]) >= 1 and np.isfinite(rec[8]).all()
 
 
 def test_disturbances_change_the_world(rig) -> None:  # type: ignore[no-untyped-def]

@@ -75,6 +75,7 @@ class FakeFilter:
     def __init__(self) -> None:
         self.fault: str | None = None
         self.holding = False
+        self.ramp = 1.0
         self.calls: list[tuple[str, object]] = []
 
     def set_velocity_scale(self, scale: float) -> None:
@@ -348,3 +349,21 @@ def test_config_and_factory(tmp_path: Path) -> None:
     calibrate(World(noise=0.02), range(0, 20001, 200)).save(tmp_path / "wam.surprise.json")
     mon = build_monitor(SurpriseConfig(), contract(), HZ, str(model))
     assert mon is not None and mon.calibration is not None and mon.tolerance_ticks == STEP
+
+
+def test_predictions_made_during_ramp_in_are_not_scored() -> None:
+    """While the filter ramps in, the arm cannot follow the chunk the predictions are conditioned on."""
+    rec: dict[int, list[float]] = {}
+    mon = SurpriseMonitor(contract(), HZ, None, SurpriseConfig(match_tolerance_steps=0.0), record=rec)
+    flt = FakeFilter()
+    mon.attach(flt)
+    zero = np.zeros(C, np.float32)
+    pred = np.ones((4, C), np.float32)  # far from every later latent: would score if stored
+    flt.ramp = 0.5
+    mon.on_result(0, zero, pred)
+    assert mon.counters["ramp_in"] == 1 and not mon._live.any()
+    flt.ramp = 1.0
+    mon.on_result(2 * STEP, zero, pred)  # matches nothing stored during the ramp
+    assert not rec and mon._live.any()
+    mon.on_result(4 * STEP, zero, pred)  # the +2-step prediction of the post-ramp result
+    assert rec and abs(rec[2][0] - 1.0) < 1e-6

@@ -64,6 +64,9 @@ class _Filter(Protocol):
     holding: bool
 
     @property
+    def ramp(self) -> float: ...
+
+    @property
     def q(self) -> np.ndarray: ...
 
     @property

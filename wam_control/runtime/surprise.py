@@ -50,6 +50,9 @@ class _Filter(Protocol):
     fault: str | None
     holding: bool
 
+    @property
+    def ramp(self) -> float: ...
+
     def set_velocity_scale(self, scale: float) -> None: ...
 
     def latch(self, reason: str) -> None: ...
@@ -114,6 +117,7 @@ class SurpriseMonitor:
             "overwritten": 0,
             "bad_outputs": 0,
             "unanchored": 0,
+            "ramp_in": 0,
             "slowdowns": 0,
             "trips": 0,
         }
@@ -163,7 +167,12 @@ class SurpriseMonitor:
             return self.score
         self._last_obs_tick = obs_tick
         self._match(obs_tick, latent)
-        if start_tick is not None:
+        if self._filter is not None and self._filter.ramp < 1.0:
+            # The world head predicts the future *given the planned chunk*. While the filter ramps in
+            # (reduced limits after start or re-arm) the arm cannot execute that plan, so what it then
+            # observes is not what these predictions are about: keep them out of the score.
+            self.counters["ramp_in"] += 1
+        elif start_tick is not None:
             self._store(int(start_tick), latent_pred)
         elif self._filter is not None and self._filter.holding:
             # The chunk will start at its arrival, a tick this monitor does not see.
