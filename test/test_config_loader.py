@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -316,7 +317,8 @@ def test_every_nested_section_is_a_ros_parameter_section() -> None:
 
 def test_section_consistency_errors_name_the_file_and_section(tmp_path) -> None:
     src = preset_path("fr3").read_text()
-    bad = src.replace("stop_threshold: 8.0", "stop_threshold: 2.0")
+    bad = re.sub(r"stop_threshold: [0-9.]+", "stop_threshold: 2.0", src)
+    assert bad != src
     path = tmp_path / "bad.yaml"
     path.write_text(bad)
     with pytest.raises(ConfigError, match=r"bad\.yaml: surprise: .*stop_threshold"):
