@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class ExportError(RuntimeError):
-    pass
+    """Export produced a model that fails the contract, the checker or the parity test."""
 
 
 @dataclass
