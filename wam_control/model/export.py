@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from wam_control.policy.contract import INPUT_NAMES, OUTPUT_NAMES, ModelContract, read_contract
+from wam_control.policy.engine_cache import atomic_write
 
 DEFAULT_OPSET = 18
 FP32_RTOL, FP32_ATOL = 1e-4, 1e-5
@@ -172,21 +173,6 @@ def parity_check(
     return worst
 
 
-def _atomic_save_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def export_onnx(
     model: Any,
     path: str | os.PathLike[str],
@@ -227,7 +213,7 @@ def export_onnx(
         probe.write_bytes(blob)
         read_contract(probe, verify_weights=True)
         parity = parity_check(model, probe, fp16=fp16) if check_parity else {}
-    _atomic_save_bytes(blob, out)
+    atomic_write(out, blob)
     ckpt = None
     if write_checkpoint and not fp16:
         ckpt = out.with_suffix(".pt")
