@@ -50,3 +50,19 @@ def test_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         seed=0,
     )
     return path
+
+
+@pytest.fixture(scope="session")
+def test_decoder_path(test_model_path: Path) -> Path:
+    """A random-init imagination decoder (scene camera, 48x48) for `test_model_path`, beside it."""
+    pytest.importorskip("torch", reason="torch ([train] extra) is needed to export the test decoder")
+    import torch
+
+    from wam_control.imagination import default_decoder_path
+    from wam_control.model.decoder import DecoderConfig, LatentDecoder, export_decoder
+    from wam_control.policy.contract import read_contract
+
+    contract = read_contract(test_model_path)
+    torch.manual_seed(0)
+    dec = LatentDecoder(DecoderConfig(latent_dim=contract.latent_dim, image_height=48, image_width=48))
+    return export_decoder(dec, default_decoder_path(test_model_path), contract, camera="scene")

@@ -63,7 +63,10 @@ class Episode:
     scores: list[float] = field(default_factory=list)
     raw_ticks: list[int] = field(default_factory=list)
     raw: list[float] = field(default_factory=list)
-    """The monitor's unsmoothed score per scored observation (offline tuning of smoothing/thresholds)."""
+    """The monitor's unsmoothed latent score per scored observation (offline tuning of smoothing/thresholds)."""
+    frame_ticks: list[int] = field(default_factory=list)
+    frame_z: list[float] = field(default_factory=list)
+    """The frame channel's z per observation (when the frame check runs)."""
 
 
 class Rig:
@@ -76,13 +79,16 @@ class Rig:
         task: str,
         latency_ms: float,
         surprise_config: Any,
+        decoder: str = "",
     ) -> None:
         from wam_control.policy import load_backend
         from wam_control.policy.contract import ContractError, check_contract
         from wam_control.sim.arm import CAMERAS, SimArm
 
         self.config = config
-        self.backend = load_backend(model_path, "onnxruntime", warmup=2)
+        # With a decoder the backend runs the frame check (policy.frame_check) as a deployment would.
+        self.backend = load_backend(model_path, "onnxruntime", warmup=2, frame_check=decoder)
+        self.frame_camera = getattr(getattr(self.backend, "check", None), "camera", "")
         self.contract = c = self.backend.contract
         try:
             check_contract(c, joint_names=config.joint_names, camera_names=config.cameras)
@@ -125,6 +131,8 @@ class Rig:
         duration_s: float,
         calibration: Any,
         record: dict[int, list[float]] | None = None,
+        record_ramp: dict[int, list[float]] | None = None,
+        record_frame: list[float] | None = None,
     ) -> Episode:
         from wam_control.runtime.clock import SimClock
         from wam_control.runtime.controller import Controller
@@ -140,7 +148,13 @@ class Rig:
         clock = SimClock(t0)
         worker = ScriptedWorker(self._model_fn(), clock, self.dt, self.latency_ticks)
         monitor = SurpriseMonitor(
-            self.contract, self.config.control_hz, calibration, self.surprise_config, record=record
+            self.contract,
+            self.config.control_hz,
+            calibration,
+            self.surprise_config,
+            record=record,
+            record_ramp=record_ramp,
+            record_frame=record_frame,
         )
         ctl = Controller(self.config, self.contract, worker, clock, surprise_monitor=monitor)
         ctl.start()
@@ -151,6 +165,7 @@ class Rig:
         names = arm.joint_names
         trips_before = 0
         scored = 0
+        frames = 0
         last_peak = 0.0
         for cam in self.cameras:
             ctl.on_image(cam, *arm.frame(cam))
@@ -167,6 +182,10 @@ class Rig:
                 scored = monitor.counters["observations_scored"]
                 ep.raw_ticks.append(tick)
                 ep.raw.append(monitor.raw)
+            if monitor.counters["frames_scored"] != frames:
+                frames = monitor.counters["frames_scored"]
+                ep.frame_ticks.append(tick)
+                ep.frame_z.append(monitor.frame_z)
             trips = monitor.counters["trips"]
             # A trip resets the monitor within the tick that reached it: read its peak, not only its score.
             score = monitor.peak_score if monitor.peak_score > last_peak else monitor.score
@@ -221,23 +240,46 @@ class Rig:
 
 def calibrate(rig: Rig, episodes: int, first_seed: int, duration_s: float, log: Any = print) -> Any:
     """Nominal closed-loop episodes (seeds first_seed + i) through the runtime's own controller and
-    matching -> SurpriseCalibration of the model (only the offsets that cadence matches)."""
+    matching -> SurpriseCalibration of the model (only the offsets that cadence matches). Episodes
+    whose task failed are not nominal and are left out (reported)."""
     from wam_control.runtime.calibration import SurpriseCalibration
 
     samples: dict[int, list[float]] = {}
+    ramp: dict[int, list[float]] = {}
+    frame: list[float] = []
     seeds = [first_seed + i for i in range(episodes)]
-    ok = 0
+    used: list[int] = []
+    failed: list[int] = []
     for s in seeds:
-        ep = rig.run(s, "nominal", 0.0, duration_s, None, record=samples)
-        ok += ep.success
+        ep_samples: dict[int, list[float]] = {}
+        ep_ramp: dict[int, list[float]] = {}
+        ep_frame: list[float] = []
+        ep = rig.run(s, "nominal", 0.0, duration_s, None, record=ep_samples, record_ramp=ep_ramp,
+                     record_frame=ep_frame)  # fmt: skip
+        if not ep.success:
+            failed.append(s)
+            continue
+        used.append(s)
+        for dst, src in ((samples, ep_samples), (ramp, ep_ramp)):
+            for o, v in src.items():
+                dst.setdefault(o, []).extend(v)
+        frame.extend(ep_frame)
     log(
-        f"calibration: {episodes} nominal episodes, task success {ok}/{episodes}, matched predictions "
+        f"calibration: {episodes} nominal episodes, task success {len(used)}/{episodes}"
+        + (f" (failed, left out: {failed})" if failed else "")
+        + ", matched predictions "
         + ", ".join(f"offset {o}: {len(v)}" for o, v in sorted(samples.items()))
+        + ", during ramp-in "
+        + ", ".join(f"offset {o}: {len(v)}" for o, v in sorted(ramp.items()))
+        + f", frame errors {len(frame)}"
     )
     return SurpriseCalibration.from_samples(
         samples,
-        episodes=episodes,
-        seeds=seeds,
+        ramp_samples=ramp,
+        frame_samples=frame,
+        frame_camera=rig.frame_camera,
+        episodes=len(used),
+        seeds=used,
         weights_sha256=rig.contract.weights_sha256,
         extra={
             "source": "wam-control bench surprise --calibrate (closed-loop, lockstep sim)",
@@ -247,7 +289,8 @@ def calibrate(rig: Rig, episodes: int, first_seed: int, duration_s: float, log: 
             "latency_ms": rig.latency_ms,
             "latency_ticks": rig.latency_ticks,
             "match_tolerance_steps": rig.surprise_config.match_tolerance_steps,
-            "nominal_success_rate": ok / max(1, episodes),
+            "nominal_success_rate": len(used) / max(1, episodes),
+            "failed_seeds_left_out": failed,
         },
     )
 
@@ -291,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stop", type=float, default=None, help="override stop_threshold")
     ap.add_argument("--smoothing", type=float, default=None, help="override smoothing")
     ap.add_argument("--no-latch", action="store_true", help="slow down only (measure without stopping)")
+    ap.add_argument(
+        "--frame-check",
+        choices=("config", "on", "off"),
+        default="config",
+        help="the frame-check channel (decoder vs camera frame): as configured, or forced on/off",
+    )
+    ap.add_argument(
+        "--decoder", default="", help="decoder ONNX (default: surprise.decoder, else beside the model)"
+    )
     ap.add_argument("--latency-ms", type=float, default=20.0, help="simulated inference compute latency")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="inference delay injected on top")
     ap.add_argument("--inject-min-s", type=float, default=0.6)
@@ -341,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["smoothing"] = args.smoothing
     if args.no_latch:
         overrides["latch"] = False
+    if args.frame_check != "config":
+        overrides["frame_check"] = args.frame_check == "on"
+    if args.decoder:
+        overrides["decoder"] = args.decoder
+    if args.random_init and scfg.frame_check and args.frame_check != "on":
+        overrides["frame_check"] = False  # a random-init model has no decoder
     try:
         scfg = replace(scfg, **overrides)
     except ValueError as exc:
@@ -357,7 +415,23 @@ def main(argv: list[str] | None = None) -> int:
     if n_cal and not args.calibrate_only and overlap:
         ap.error(f"calibration seeds {overlap[0]}..{overlap[-1]} overlap the evaluation seeds (--seed)")
 
-    rig = Rig(str(model), config, args.task, args.latency_ms + args.delay_ms, scfg)
+    from wam_control.imagination import DecoderError, default_decoder_path
+
+    decoder = ""
+    if scfg.frame_check:
+        decoder = scfg.decoder or str(default_decoder_path(model))
+        if not Path(decoder).is_file():
+            print(
+                f"bench surprise: surprise.frame_check is on but the decoder {decoder} does not exist "
+                "(train it with `wam-control train-decoder`, or pass --frame-check off)",
+                file=sys.stderr,
+            )
+            return 2
+    try:
+        rig = Rig(str(model), config, args.task, args.latency_ms + args.delay_ms, scfg, decoder)
+    except DecoderError as exc:
+        print(f"bench surprise: {exc}", file=sys.stderr)
+        return 2
     horizon = args.duration_s or rig.arm.task.horizon_s
     print(
         f"model={model.name} ({rig.contract.model_name}, sha {rig.contract.weights_sha256[:12]}, cameras "
@@ -398,7 +472,29 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(
                 f"offset {o}: mean {m:.4f} std {s:.4f}" for o, m, s in zip(cal.offsets, cal.mean, cal.std)
             )
+            + (
+                "; ramp-in "
+                + ", ".join(
+                    f"offset {o}: mean {m:.4f} std {s:.4f}"
+                    for o, m, s in zip(cal.ramp_offsets, cal.ramp.mean, cal.ramp.std)
+                )
+                if cal.ramp is not None
+                else "; ramp-in predictions not scored (no ramp_in section)"
+            )
+            + (
+                f"; frame ({cal.frame.camera}) mean {cal.frame.mean:.4f} std {cal.frame.std:.4f}"
+                + ("" if scfg.frame_check else " (frame check off)")
+                if cal.frame is not None
+                else "; no frame section"
+            )
         )
+        if scfg.frame_check and cal.frame is None:
+            print(
+                f"bench surprise: frame check on but {cal_path} has no 'frame' section: recalibrate "
+                "(--calibrate-only) or pass --frame-check off",
+                file=sys.stderr,
+            )
+            return 2
         episodes: list[Episode] = []
         rng = np.random.default_rng(args.seed)
         for i in range(args.episodes):
@@ -446,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             **{f"scores_{i}": np.asarray(e.scores, np.float32) for i, e in enumerate(episodes)},
             **{f"raw_ticks_{i}": np.asarray(e.raw_ticks, np.int64) for i, e in enumerate(episodes)},
             **{f"raw_{i}": np.asarray(e.raw, np.float32) for i, e in enumerate(episodes)},
+            **{f"frame_ticks_{i}": np.asarray(e.frame_ticks, np.int64) for i, e in enumerate(episodes)},
+            **{f"frame_z_{i}": np.asarray(e.frame_z, np.float32) for i, e in enumerate(episodes)},
         )
     detected = sum(e.first_alarm_after_inject >= 0 for e in disturbed)
     early = sum(e.first_alarm_tick >= 0 for e in disturbed)

@@ -156,6 +156,12 @@ class SurpriseConfig:
     scheduler requests every ~half chunk (not on the offsets' grid), so half a step would leave the
     longest offset unmatched; calibration is measured with the same tolerance."""
     latch: bool = True
+    frame_check: bool = False
+    """Second channel: decode the model's latent of each observation with the imagination decoder and
+    compare it with the camera frame (policy.frame_check, in the inference worker). Needs the decoder
+    and a calibration with a `frame` section."""
+    decoder: str = ""
+    """Decoder ONNX for the frame check; empty means `<model>.decoder.onnx` beside the model."""
     ring_requests: int = 8
     """Requests whose predictions are kept; older ones are overwritten."""
 

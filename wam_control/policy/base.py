@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -32,6 +33,8 @@ class PolicyOutput:
     actions: np.ndarray  # float32 [H_act, D], absolute joint targets, step k at t_obs + k * action_dt
     latent: np.ndarray  # float32 [C]
     latent_pred: np.ndarray  # float32 [K, C], at contract.latent_offsets action steps ahead
+    frame_error: float = math.nan
+    """Decoded latent vs the camera frame (policy.frame_check); NaN when no frame check runs."""
 
 
 @runtime_checkable
@@ -100,8 +103,12 @@ def load_backend(model_path: str | os.PathLike[str], backend: str = "auto", **op
     "auto" tries native TensorRT where it is installed and a GPU is visible, then ONNX Runtime (whose
     own provider choice is TensorRT EP -> CUDA EP -> CPU), then PyTorch. A failure of a preferred
     backend is logged and the next one is tried; an explicitly named backend fails loudly.
+
+    `frame_check=<decoder.onnx>` wraps the backend so every output carries `frame_error`
+    (policy.frame_check); the decoder is checked against the model here, before the first call.
     """
     warmup = int(options.pop("warmup", 3))
+    frame_check = str(options.pop("frame_check", "") or "")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
     path = os.fspath(model_path)
@@ -109,6 +116,14 @@ def load_backend(model_path: str | os.PathLike[str], backend: str = "auto", **op
         impl = _load_auto(path, options)
     else:
         impl = _construct(backend, path, options)
+    if frame_check:
+        from wam_control.policy.frame_check import FrameCheckBackend
+
+        try:
+            impl = FrameCheckBackend(impl, frame_check)
+        except BaseException:
+            impl.close()
+            raise
     if warmup > 0:
         impl.warmup(warmup)
     return impl

@@ -10,6 +10,18 @@ and the latent later observed, measured on nominal closed-loop runs:
 `metric` is the RMS difference ||pred - obs||_2 / sqrt(C). `weights_sha256` (optional) ties the file to
 one model: a calibration of another model's latent space is meaningless, so it is refused. Extra keys
 are kept but not interpreted (score statistics, thresholds suggested by the calibration run).
+
+Two optional sections (files without them work as before, with those channels off):
+
+    "ramp_in": {"offsets": [8, 16], "mean": [...], "std": [...], "p95": [...], "p99": [...]}
+        the same statistics for predictions made while the safety filter ramps in (after start or
+        re-arm the arm cannot follow the plan the world head conditioned on, so their nominal error is
+        several times larger); without it such predictions are not scored.
+    "frame": {"mean": m, "std": s, "p95": ..., "p99": ..., "camera": "scene", "samples": n}
+        nominal statistics of `frame_error` (policy.frame_check: decoded latent vs camera frame).
+
+Only successful nominal episodes are calibration data: a nominal run in which the task failed is not
+what "nominal" means, and its errors would widen the scale.
 """
 
 from __future__ import annotations
@@ -39,6 +51,96 @@ class CalibrationError(ValueError):
     """A calibration file is missing, malformed, or belongs to another model."""
 
 
+@dataclass(frozen=True)
+class ErrorStats:
+    """Nominal distribution of one error quantity: per offset (latent channels) or one value (frame)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    p95: np.ndarray
+    p99: np.ndarray
+    samples: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, groups: Sequence[Sequence[float]]) -> ErrorStats:
+        stats: dict[str, list[float]] = {k: [] for k in ("mean", "std", "p95", "p99")}
+        for vals in groups:
+            v = np.asarray(vals, np.float64)
+            stats["mean"].append(float(v.mean()))
+            # A floor keeps one near-deterministic quantity from turning rounding noise into huge z-scores.
+            stats["std"].append(max(float(v.std(ddof=1)), 1e-3 * max(float(v.mean()), 1e-6), 1e-9))
+            stats["p95"].append(float(np.percentile(v, 95)))
+            stats["p99"].append(float(np.percentile(v, 99)))
+        return cls(**{k: np.asarray(v) for k, v in stats.items()}, samples=tuple(len(g) for g in groups))
+
+    def validate(self, n: int, what: str) -> None:
+        for name in ("mean", "std", "p95", "p99"):
+            arr = getattr(self, name)
+            if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+                raise CalibrationError(
+                    f"calibration field '{what}{name}' must be {n} finite numbers, got {arr.tolist()}"
+                )
+        if np.any(self.std <= 0.0) or np.any(self.mean < 0.0):
+            raise CalibrationError(
+                f"calibration needs {what}mean >= 0 and {what}std > 0, got mean {self.mean.tolist()} "
+                f"std {self.std.tolist()}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: [float(v) for v in getattr(self, k)] for k in ("mean", "std", "p95", "p99")}
+        if self.samples:
+            out["samples"] = list(self.samples)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], n: int | None, what: str) -> ErrorStats:
+        try:
+            arrays = {
+                k: np.asarray(data[k], dtype=np.float64).reshape(-1) for k in ("mean", "std", "p95", "p99")
+            }
+            samples = tuple(int(x) for x in np.asarray(data.get("samples", ()), dtype=np.int64).reshape(-1))
+        except KeyError as exc:
+            raise CalibrationError(f"calibration section '{what.rstrip('.')}' misses field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise CalibrationError(
+                f"calibration section '{what.rstrip('.')}': numbers expected ({exc})"
+            ) from None
+        st = cls(**arrays, samples=samples)
+        st.validate(len(st.mean) if n is None else n, what)
+        return st
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """Nominal `frame_error` of the decoder's camera."""
+
+    stats: ErrorStats
+    camera: str
+
+    @property
+    def mean(self) -> float:
+        return float(self.stats.mean[0])
+
+    @property
+    def std(self) -> float:
+        return float(self.stats.std[0])
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.stats.to_json()
+        out = {k: (v[0] if k != "samples" else v[0]) for k, v in out.items()}
+        out["camera"] = self.camera
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> FrameStats:
+        if not isinstance(data, Mapping):
+            raise CalibrationError(f"{source}: section 'frame' must be an object")
+        wrapped = {
+            k: [v] if not isinstance(v, (list, tuple)) else v for k, v in data.items() if k != "camera"
+        }
+        return cls(ErrorStats.from_json(wrapped, 1, "frame."), str(data.get("camera", "")))
+
+
 def distance(pred: np.ndarray, obs: np.ndarray) -> float:
     """The calibrated metric: ||pred - obs|| / sqrt(C) (float64 accumulation)."""
     diff = np.asarray(pred, np.float64) - np.asarray(obs, np.float64)
@@ -57,8 +159,15 @@ class SurpriseCalibration:
     seeds: tuple[int, ...] = ()
     weights_sha256: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    ramp_offsets: tuple[int, ...] = ()
+    ramp: ErrorStats | None = None
+    """Statistics of predictions made during the filter's ramp-in, per `ramp_offsets` (optional)."""
+    frame: FrameStats | None = None
+    """Statistics of `frame_error` (optional)."""
 
     def __post_init__(self) -> None:
+        if self.ramp is not None:
+            self.ramp.validate(len(self.ramp_offsets), "ramp_in.")
         n = len(self.offsets)
         for name in ("mean", "std", "p95", "p99"):
             arr = getattr(self, name)
@@ -76,7 +185,7 @@ class SurpriseCalibration:
 
     def check(self, contract: ModelContract, source: str = "calibration") -> None:
         """Refuse a calibration made for another model (offsets or weights differ)."""
-        unknown = [o for o in self.offsets if o not in contract.latent_offsets]
+        unknown = [o for o in (*self.offsets, *self.ramp_offsets) if o not in contract.latent_offsets]
         if unknown:
             raise CalibrationError(
                 f"{source}: offsets {unknown} are not among the model's latent_offsets "
@@ -105,6 +214,10 @@ class SurpriseCalibration:
         )
         if self.weights_sha256:
             out["weights_sha256"] = self.weights_sha256
+        if self.ramp is not None:
+            out["ramp_in"] = {"offsets": list(self.ramp_offsets), **self.ramp.to_json()}
+        if self.frame is not None:
+            out["frame"] = self.frame.to_json()
         return out
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -141,8 +254,37 @@ class SurpriseCalibration:
             k: v
             for k, v in data.items()
             if k
-            not in {"offsets", "mean", "std", "p95", "p99", "metric", "episodes", "seeds", "weights_sha256"}
+            not in {
+                "offsets",
+                "mean",
+                "std",
+                "p95",
+                "p99",
+                "metric",
+                "episodes",
+                "seeds",
+                "weights_sha256",
+                "ramp_in",
+                "frame",
+            }
         }
+        ramp_offsets: tuple[int, ...] = ()
+        ramp = None
+        frame = None
+        try:
+            if data.get("ramp_in") is not None:
+                r = data["ramp_in"]
+                if not isinstance(r, Mapping) or "offsets" not in r:
+                    raise CalibrationError("section 'ramp_in' must be an object with 'offsets'")
+                try:
+                    ramp_offsets = tuple(int(o) for o in r["offsets"])
+                except (TypeError, ValueError):
+                    raise CalibrationError("ramp_in.offsets must be a list of integers") from None
+                ramp = ErrorStats.from_json(r, len(ramp_offsets), "ramp_in.")
+            if data.get("frame") is not None:
+                frame = FrameStats.from_json(data["frame"], source)
+        except CalibrationError as exc:
+            raise CalibrationError(f"{source}: {exc}") from None
         try:
             return cls(
                 offsets=offsets,
@@ -155,6 +297,9 @@ class SurpriseCalibration:
                 seeds=tuple(int(s) for s in seeds) if isinstance(seeds, (list, tuple)) else (),
                 weights_sha256=str(data.get("weights_sha256", "") or ""),
                 extra=extra,
+                ramp_offsets=ramp_offsets,
+                ramp=ramp,
+                frame=frame,
             )
         except CalibrationError as exc:
             raise CalibrationError(f"{source}: {exc}") from None
@@ -182,12 +327,16 @@ class SurpriseCalibration:
         cls,
         samples: Mapping[int, Sequence[float]],
         *,
+        ramp_samples: Mapping[int, Sequence[float]] | None = None,
+        frame_samples: Sequence[float] = (),
+        frame_camera: str = "",
         episodes: int = 0,
         seeds: Sequence[int] = (),
         weights_sha256: str = "",
         extra: Mapping[str, Any] | None = None,
     ) -> SurpriseCalibration:
-        """Statistics per offset from matched distances; offsets with < MIN_SAMPLES samples are left out."""
+        """Statistics per offset from matched distances; offsets with < MIN_SAMPLES samples are left out
+        (so are the optional ramp-in and frame sections when they have too few)."""
         used = sorted(o for o, v in samples.items() if len(v) >= MIN_SAMPLES)
         if not used:
             counts = {o: len(v) for o, v in samples.items()}
@@ -195,26 +344,26 @@ class SurpriseCalibration:
                 f"calibration needs >= {MIN_SAMPLES} matched predictions for at least one offset, got {counts}: "
                 "run more nominal episodes"
             )
-        stats: dict[str, list[float]] = {k: [] for k in ("mean", "std", "p95", "p99")}
-        for o in used:
-            v = np.asarray(samples[o], np.float64)
-            stats["mean"].append(float(v.mean()))
-            # A floor keeps one near-deterministic offset from turning rounding noise into huge z-scores.
-            stats["std"].append(max(float(v.std(ddof=1)), 1e-3 * max(float(v.mean()), 1e-6), 1e-9))
-            stats["p95"].append(float(np.percentile(v, 95)))
-            stats["p99"].append(float(np.percentile(v, 99)))
+        st = ErrorStats.of([samples[o] for o in used])
         ext = dict(extra or {})
-        ext["samples"] = [len(samples[o]) for o in used]
+        ext["samples"] = list(st.samples)
+        ramp_used = sorted(o for o, v in (ramp_samples or {}).items() if len(v) >= MIN_SAMPLES)
+        frame = None
+        if len(frame_samples) >= MIN_SAMPLES:
+            frame = FrameStats(ErrorStats.of([frame_samples]), frame_camera)
         return cls(
             offsets=tuple(used),
-            mean=np.asarray(stats["mean"]),
-            std=np.asarray(stats["std"]),
-            p95=np.asarray(stats["p95"]),
-            p99=np.asarray(stats["p99"]),
+            mean=st.mean,
+            std=st.std,
+            p95=st.p95,
+            p99=st.p99,
             episodes=int(episodes),
             seeds=tuple(int(s) for s in seeds),
             weights_sha256=weights_sha256,
             extra=ext,
+            ramp_offsets=tuple(ramp_used),
+            ramp=ErrorStats.of([ramp_samples[o] for o in ramp_used]) if ramp_samples and ramp_used else None,
+            frame=frame,
         )
 
 

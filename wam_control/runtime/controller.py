@@ -424,7 +424,9 @@ class Controller:
             # every first chunk after a rest looked surprising by the whole inference delay (at
             # 200 ms: trips in 3 of 50 nominal episodes).
             start = tick if at_arrival else res.obs_tick
-            self.surprise.on_result(res.obs_tick, out.latent, out.latent_pred, start_tick=start)
+            self.surprise.on_result(
+                res.obs_tick, out.latent, out.latent_pred, start_tick=start, frame_error=out.frame_error
+            )
         if self.result_hook is not None:
             self.result_hook(res)
         why = self._install(res, actions, tick, at_arrival)

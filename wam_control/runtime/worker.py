@@ -469,7 +469,12 @@ class ThreadWorker(_Supervised):
                     err = _output_error(raw, shapes)
                     if err is None:
                         # Copies: some backends reuse their output buffers on the next call.
-                        out = PolicyOutput(raw.actions.copy(), raw.latent.copy(), raw.latent_pred.copy())
+                        out = PolicyOutput(
+                            raw.actions.copy(),
+                            raw.latent.copy(),
+                            raw.latent_pred.copy(),
+                            float(raw.frame_error),
+                        )
                 except Exception as exc:
                     err = _describe_exc(exc)
                 dt = time.perf_counter() - t0
@@ -575,7 +580,7 @@ def _process_main(conn: Connection, spec: dict[str, Any]) -> None:
     shm_out = SharedMemory(name=spec["out_name"])
     ins = _views(shm_in.buf, spec["in_layout"])
     outs = _views(shm_out.buf, spec["out_layout"])
-    shapes = {k: v[1] for k, v in spec["out_layout"].items()}
+    shapes = {k: v[1] for k, v in spec["out_layout"].items() if k in _OUTPUTS}
     try:
         backend = _resolve(spec["loader"])(spec["model_path"], **spec["options"])
         releases = bool(getattr(backend, "releases_gil", False))
@@ -601,6 +606,7 @@ def _process_main(conn: Connection, spec: dict[str, Any]) -> None:
                 if err is None:
                     for name in _OUTPUTS:
                         np.copyto(outs[name], getattr(raw, name), casting="same_kind")
+                    outs["frame_error"][0] = raw.frame_error
             except Exception as exc:
                 err = _describe_exc(exc)
             conn.send(("done", request_id, time.perf_counter() - t0, err))
@@ -656,7 +662,10 @@ class ProcessWorker(_Supervised):
     def _prepare(self) -> None:
         in_shapes = _input_shapes(self.contract)
         in_layout, in_size = _layout(in_shapes, {"images": "u1", "state": "<f4", "action_prefix": "<f4"})
-        out_layout, out_size = _layout(_output_shapes(self.contract), dict.fromkeys(_OUTPUTS, "<f4"))
+        out_layout, out_size = _layout(
+            {**_output_shapes(self.contract), "frame_error": (1,)},
+            {**dict.fromkeys(_OUTPUTS, "<f4"), "frame_error": "<f8"},
+        )
         shm_in = SharedMemory(create=True, size=in_size)
         try:
             shm_out = SharedMemory(create=True, size=out_size)
@@ -817,7 +826,9 @@ class ProcessWorker(_Supervised):
         out = None
         if err is None:
             o = self._out
-            out = PolicyOutput(o["actions"].copy(), o["latent"].copy(), o["latent_pred"].copy())
+            out = PolicyOutput(
+                o["actions"].copy(), o["latent"].copy(), o["latent_pred"].copy(), float(o["frame_error"][0])
+            )
         return InferenceResult(request_id, -1, out, err, dt)
 
     def _wait(self, timeout: float) -> None:

@@ -462,6 +462,10 @@ def build_runtime(
     options: dict[str, Any] = {"threads": config.inference.threads}
     if config.inference.device != "auto":
         options["device"] = config.inference.device
+    if monitor is not None and config.surprise.frame_check:
+        from wam_control.runtime.surprise import frame_check_decoder
+
+        options["frame_check"] = frame_check_decoder(config.surprise, contract, path)
     inference_worker: Any = make_worker(
         worker or config.inference.worker,  # type: ignore[arg-type]  # make_worker validates the mode
         path,
