@@ -263,7 +263,7 @@ class _TimingProbe:
     def reset(self) -> None:
         self.calls.append((-1, float("nan")))
 
-    def on_result(self, obs_tick, latent, latent_pred, start_tick=None) -> float:
+    def on_result(self, obs_tick, latent, latent_pred, start_tick=None, frame_error=float("nan")) -> float:
         # The monitor's rule: without `start_tick`, predictions are keyed from the observation.
         self.calls.append((int(obs_tick if start_tick is None else start_tick), float(latent_pred[0, 0])))
         return 0.0

@@ -47,3 +47,34 @@ def test_calibration_seeds_must_not_overlap_evaluation(capsys: pytest.CaptureFix
     with pytest.raises(SystemExit):
         main(["--calibrate", "5", "--calibration-seed", "10", "--seed", "12", "--episodes", "2"])
     assert "overlap the evaluation seeds" in capsys.readouterr().err
+
+
+def test_calibration_uses_successful_nominal_episodes_only(
+    rig, test_model_path: Path, test_decoder_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A failed nominal run is not nominal; ramp-in and frame statistics come along when measured."""
+    from wam_control.bench.surprise import Rig, calibrate
+
+    config = rig.config
+    checked = Rig(str(test_model_path), config, "reach", 20.0, config.surprise, str(test_decoder_path))
+    try:
+        runs: list[int] = []
+        real = checked.run
+
+        def run(seed, kind, inject_s, duration_s, calibration, **record):  # type: ignore[no-untyped-def]
+            ep = real(seed, kind, inject_s, duration_s, calibration, **record)
+            runs.append(seed)
+            ep.success = seed % 2 == 0  # every odd seed "fails"
+            return ep
+
+        checked.run = run
+        logs: list[str] = []
+        cal = calibrate(checked, 4, 100100, 6.0, log=logs.append)
+        assert runs == [100100, 100101, 100102, 100103]
+        assert cal.seeds == (100100, 100102) and cal.episodes == 2
+        assert cal.extra["failed_seeds_left_out"] == [100101, 100103]
+        assert "failed, left out: [100101, 100103]" in logs[0]
+        # the decoder's camera is recorded, and every observation had a frame error
+        assert cal.frame is not None and cal.frame.camera == "scene" and cal.frame.mean > 0
+    finally:
+        checked.close()

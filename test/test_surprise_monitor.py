@@ -367,3 +367,127 @@ def test_predictions_made_during_ramp_in_are_not_scored() -> None:
     assert not rec and mon._live.any()
     mon.on_result(4 * STEP, zero, pred)  # the +2-step prediction of the post-ramp result
     assert rec and abs(rec[2][0] - 1.0) < 1e-6
+
+
+def _with_sections(
+    cal: SurpriseCalibration, *, ramp: bool = False, frame: bool = False
+) -> SurpriseCalibration:
+    """`cal` plus ramp-in statistics (mean 1.0, std 0.1 for every offset) and/or frame statistics
+    (mean 0.04, std 0.01), through the JSON form the calibration file uses."""
+    data = cal.to_json()
+    if ramp:
+        data["ramp_in"] = {"offsets": [2, 4, 8, 16], "mean": [1.0] * 4, "std": [0.1] * 4,
+                           "p95": [1.2] * 4, "p99": [1.3] * 4}  # fmt: skip
+    if frame:
+        data["frame"] = {
+            "mean": 0.04,
+            "std": 0.01,
+            "p95": 0.055,
+            "p99": 0.06,
+            "camera": "scene",
+            "samples": 40,
+        }
+    return SurpriseCalibration.from_json(json.loads(json.dumps(data)))
+
+
+def test_predictions_made_during_ramp_in_are_scored_against_their_own_statistics() -> None:
+    world = World(noise=0.02, seed=7)
+    cal = _with_sections(calibrate(world, range(0, 20001, 200)), ramp=True)
+    rec: dict[int, list[float]] = {}
+    ramp_rec: dict[int, list[float]] = {}
+    cfg = SurpriseConfig(match_tolerance_steps=0.0, smoothing=1.0, slow_threshold=50.0, stop_threshold=60.0)
+    mon = SurpriseMonitor(contract(), HZ, cal, cfg, record=rec, record_ramp=ramp_rec)
+    flt = FakeFilter()
+    mon.attach(flt)
+    zero = np.zeros(C, np.float32)
+    flt.ramp = 0.5
+    mon.on_result(0, zero, np.ones((4, C), np.float32))  # stored (the calibration has ramp_in)
+    assert mon.counters["ramp_in"] == 1 and mon._live.any()
+    flt.ramp = 1.0
+    mon.on_result(2 * STEP, zero, np.zeros((4, C), np.float32))
+    # distance 1.0 against the ramp-in statistics (mean 1.0): z = 0, not the huge z of the steady ones
+    assert ramp_rec == {2: [pytest.approx(1.0)]} and not rec
+    assert mon.raw == pytest.approx(0.0, abs=1e-5)
+    scored = mon.counters["observations_scored"]
+    mon.on_result(4 * STEP, zero, np.zeros((4, C), np.float32))  # steady prediction of 2*STEP: exact
+    # recorded as a steady distance, unscored (offset 2 has no steady statistics at cadence 200); the
+    # ramp-in request's +4 prediction also targets this tick: scored against the ramp statistics
+    assert rec[2] == [pytest.approx(0.0, abs=1e-6)] and 2 not in cal.offsets
+    assert ramp_rec[4] == [pytest.approx(1.0)] and mon.raw == pytest.approx(0.0, abs=1e-5)
+    assert mon.counters["observations_scored"] == scored + 1
+
+
+def test_frame_channel_scores_decoded_view_errors_and_responds() -> None:
+    world = World(noise=0.02, seed=11)
+    cal = _with_sections(calibrate(world, range(0, 20001, 200)), frame=True)
+    cfg = SurpriseConfig(slow_threshold=4.0, stop_threshold=8.0, smoothing=0.5)
+    frames: list[float] = []
+    mon = SurpriseMonitor(contract(), HZ, cal, cfg, record_frame=frames)
+    flt = FakeFilter()
+    mon.attach(flt)
+    for t in range(30000, 32001, 200):
+        mon.on_result(t, *world.result(t), frame_error=0.04)
+    assert mon.frame_score == pytest.approx(0.0, abs=1e-9) and flt.calls == []
+    # The latent keeps matching its predictions (a model blind to the change); the view does not.
+    scores = []
+    for t in range(32200, 34001, 200):
+        mon.on_result(t, *world.result(t), frame_error=0.04 + 0.01 * 10.0)  # z = 10
+        scores.append((mon.latent_score, mon.frame_score, mon.score))
+    assert all(lat < cfg.slow_threshold for lat, _, _ in scores)
+    assert [s for _, _, s in scores] == [max(lat, fr) for lat, fr, _ in scores]
+    assert scores[0][1] == pytest.approx(5.0)  # EWMA 0.5 of z = 10 from 0
+    assert flt.fault == LATCH_REASON and mon.counters["frames_scored"] >= 12
+    assert frames[:3] == [0.04, 0.04, 0.04] and mon.values()["surprise.frame_error"] == pytest.approx(0.14)
+    # A result without a frame check (NaN) is counted, and leaves the channel as it was.
+    before = mon.frame_score
+    mon.on_result(34200, *world.result(34200))
+    assert mon.counters["frames_missing"] == 1 and mon.frame_score == before
+
+
+def test_frame_errors_without_frame_statistics_are_only_recorded() -> None:
+    world = World(noise=0.02, seed=12)
+    cal = calibrate(world, range(0, 20001, 200))
+    mon = SurpriseMonitor(contract(), HZ, cal, SurpriseConfig())
+    for t in range(30000, 31001, 200):
+        mon.on_result(t, *world.result(t), frame_error=0.9)
+    assert mon.frame_score == 0.0 and mon.counters["frames_scored"] == 0 and mon.frame_error == 0.9
+
+
+def test_calibration_sections_round_trip_and_errors(tmp_path: Path) -> None:
+    cal = SurpriseCalibration.from_samples(
+        {8: list(np.linspace(0.01, 0.05, 30))},
+        ramp_samples={8: list(np.linspace(0.05, 0.1, 30)), 16: [0.1] * 3},  # 16: too few, left out
+        frame_samples=list(np.linspace(0.03, 0.05, 30)),
+        frame_camera="scene",
+    )
+    assert cal.ramp_offsets == (8,) and cal.frame is not None and cal.frame.camera == "scene"
+    back = SurpriseCalibration.load(cal.save(tmp_path / "c.json"))
+    assert back.ramp is not None and back.ramp_offsets == (8,)
+    np.testing.assert_allclose(back.ramp.mean, cal.ramp.mean)  # type: ignore[union-attr]
+    assert back.frame is not None and back.frame.mean == pytest.approx(0.04) and back.frame.std > 0
+    assert "ramp_in" not in back.extra and "frame" not in back.extra
+    data = cal.to_json()
+    data["frame"] = {"mean": 0.04, "std": -1.0, "p95": 0.1, "p99": 0.1}
+    with pytest.raises(CalibrationError, match="frame.std > 0"):
+        SurpriseCalibration.from_json(data, source="cal.json")
+    data = cal.to_json()
+    data["ramp_in"] = {"mean": [0.1], "std": [0.1], "p95": [0.1], "p99": [0.1]}
+    with pytest.raises(
+        CalibrationError, match="cal.json: section 'ramp_in' must be an object with 'offsets'"
+    ):
+        SurpriseCalibration.from_json(data, source="cal.json")
+    data["ramp_in"] = {"offsets": [8, 16], "mean": [0.1], "std": [0.1], "p95": [0.1], "p99": [0.1]}
+    with pytest.raises(CalibrationError, match="ramp_in.mean' must be 2 finite numbers"):
+        SurpriseCalibration.from_json(data, source="cal.json")
+    data["ramp_in"] = {"offsets": [3], "mean": [0.1], "std": [0.1], "p95": [0.1], "p99": [0.1]}
+    with pytest.raises(CalibrationError, match=r"offsets \[3\] are not among"):
+        SurpriseCalibration.from_json(data).check(contract())
+
+
+def test_frame_check_needs_its_calibration_section_and_decoder(tmp_path: Path) -> None:
+    from wam_control.imagination import DecoderError
+
+    model = tmp_path / "wam.onnx"
+    calibrate(World(noise=0.02), range(0, 20001, 200)).save(tmp_path / "wam.surprise.json")
+    with pytest.raises(DecoderError, match="wam.decoder.onnx does not exist.*surprise.frame_check: false"):
+        build_monitor(SurpriseConfig(frame_check=True), contract(), HZ, str(model))

@@ -508,6 +508,16 @@ class SurpriseFactory:
         self.contract = contract
         self.model_path = str(model_path)
         self.path = path
+        self.decoder = ""
+        """The frame check's decoder when `surprise.frame_check` is on: the backend must be loaded with
+        `frame_check=decoder` (`backend_options`) for the monitor to get frame errors."""
+        if config.surprise.frame_check:
+            from wam_control.runtime.surprise import frame_check_decoder
+
+            self.decoder = frame_check_decoder(config.surprise, contract, self.model_path)
+
+    def backend_options(self) -> dict[str, Any]:
+        return {"frame_check": self.decoder} if self.decoder else {}
 
     def __call__(self) -> Any:
         from wam_control.runtime.surprise import build_monitor

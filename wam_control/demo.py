@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_surprise:
         try:
             surprise = surprise_factory(config, contract, model_path)
-        except ValueError as exc:  # CalibrationError: the file beside the model does not fit it
+        except ValueError as exc:  # CalibrationError / DecoderError: a file beside the model does not fit it
             # The demo is the product's first command: run it, but say loudly what is missing.
-            surprise_off = f"OFF: unusable calibration ({exc})"
+            surprise_off = f"OFF: {exc}"
     _say(
         f"wam-control demo: {args.episodes} {args.task} episode(s), seeds {args.seed}..{args.seed + args.episodes - 1} "
         f"(evaluation seeds; training used 0-9999)\n"
@@ -253,9 +253,12 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _backend_options(backend: str, config: Any) -> dict[str, Any]:
+def _backend_options(backend: str, config: Any, surprise: Any = None) -> dict[str, Any]:
     # ONNX Runtime's thread count (the "auto" loader drops options a candidate does not take).
-    return {"intra_op_threads": config.inference.threads} if backend in ("auto", "onnxruntime") else {}
+    opts = {"intra_op_threads": config.inference.threads} if backend in ("auto", "onnxruntime") else {}
+    if surprise is not None:
+        opts.update(surprise.backend_options())  # the monitor's frame check runs beside the model
+    return opts
 
 
 def _run_realtime(
@@ -270,7 +273,7 @@ def _run_realtime(
     worker = make_worker(
         "thread", model_path, contract, clock,
         deadline_s=config.timeouts.inference_deadline_s, backend=backend,
-        backend_options=_backend_options(backend, config),
+        backend_options=_backend_options(backend, config, surprise),
     )  # fmt: skip
     rec = RecordingWorker(worker, contract, clock)
     rec.start()
@@ -314,7 +317,7 @@ def _run_lockstep(
     from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
     from wam_control.policy import load_backend
 
-    be = load_backend(model_path, backend, **_backend_options(backend, config))
+    be = load_backend(model_path, backend, **_backend_options(backend, config, surprise))
     describe = be.describe()
     model = BackendModel(be)
     from wam_control.policy import example_input

@@ -141,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     contract = read_contract(model_path)
     check_contract(contract, config)
-    opts = {"intra_op_threads": config.inference.threads} if args.backend in ("auto", "onnxruntime") else {}
-    backend = load_backend(model_path, args.backend, **opts) if args.policy == "model" else None
     modes = ("async", "sync") if args.mode == "both" else (args.mode,)
     from wam_control.closedloop import surprise_factory, surprise_summary
 
@@ -150,10 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.policy == "model" and not args.no_surprise:
         try:
             surprise = surprise_factory(config, contract, model_path)
-        except ValueError as exc:  # CalibrationError: a calibration file that does not fit the model
-            surprise_note = f"surprise monitor OFF: unusable calibration ({exc})"
+        except ValueError as exc:  # CalibrationError / DecoderError: a file that does not fit the model
+            surprise_note = f"surprise monitor OFF: {exc}"
         if surprise is not None:
             surprise_note = f"surprise monitor on in async mode ({surprise.path})"
+    opts = {"intra_op_threads": config.inference.threads} if args.backend in ("auto", "onnxruntime") else {}
+    if surprise is not None:
+        opts.update(surprise.backend_options())  # the frame check runs beside the model
+    backend = load_backend(model_path, args.backend, **opts) if args.policy == "model" else None
     print(
         f"closed-loop {args.task}: {args.episodes} episodes x {list(modes)}, seeds {args.seed}..{args.seed + args.episodes - 1}, "
         f"model {model_path.name} ({contract.horizon} x {contract.action_dt * 1e3:g} ms), "
