@@ -305,3 +305,40 @@ def test_missing_calibration_or_decoder_is_refused_by_name(
     assert str(tmp_path / "arm.decoder.onnx") in str(exc.value)
     assert "imagination.enabled: false" in str(exc.value)
     assert threading.active_count() == threads  # refused before any worker or thread started
+
+
+def test_frame_check_reaches_the_worker_and_needs_its_calibration_section(
+    tmp_path: Path, fr3_config_path: Path, test_model_path: Path, test_decoder_path: Path
+) -> None:
+    import dataclasses
+
+    from wam_control.policy.contract import read_contract
+    from wam_control.runtime.calibration import CalibrationError, FrameStats, SurpriseCalibration
+    from wam_control.transport.adapter import build_runtime
+
+    contract = read_contract(test_model_path)
+    plain = write_calibration(tmp_path / "plain.surprise.json", contract)
+    surprise = {
+        "enabled": True,
+        "calibration": str(plain),
+        "frame_check": True,
+        "decoder": str(test_decoder_path),
+    }
+    with pytest.raises(CalibrationError, match="plain.surprise.json has no 'frame' section"):
+        build_runtime(_config(fr3_config_path, surprise=surprise), test_model_path, worker="thread")
+    cal = SurpriseCalibration.load(plain)
+    stats = SurpriseCalibration.from_samples({8: [0.1, 0.2] * 20}, frame_samples=[0.04, 0.05] * 20).frame
+    assert stats is not None
+    framed = dataclasses.replace(cal, frame=FrameStats(stats.stats, "scene")).save(
+        tmp_path / "f.surprise.json"
+    )
+    surprise["calibration"] = str(framed)
+    runtime = build_runtime(_config(fr3_config_path, surprise=surprise), test_model_path, worker="thread")
+    worker = runtime.controller.worker
+    worker.start()
+    try:
+        assert worker.wait_ready(60.0), worker.last_error
+        assert runtime.surprise is not None and runtime.surprise.frame_calibrated
+        assert "frame check (scene" in str(worker.health()["backend"])
+    finally:
+        worker.close()
