@@ -80,8 +80,6 @@ def test_backend_wrapper_adds_frame_error_and_keeps_the_chunk(test_model_path: P
 def test_decoder_for_another_model_or_camera_is_refused(
     tmp_path: Path, test_model_path: Path, decoder: Path
 ) -> None:
-    import torch
-
     from wam_control.imagination import DecoderError
     from wam_control.model.decoder import DecoderConfig, LatentDecoder, export_decoder
     from wam_control.policy.contract import read_contract
@@ -97,7 +95,6 @@ def test_decoder_for_another_model_or_camera_is_refused(
         load_backend(test_model_path, "onnxruntime", warmup=0, frame_check=str(thermal))
     with pytest.raises(DecoderError, match="missing.onnx does not exist"):
         load_backend(test_model_path, "onnxruntime", warmup=0, frame_check=str(tmp_path / "missing.onnx"))
-    del torch
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])

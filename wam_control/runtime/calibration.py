@@ -78,7 +78,8 @@ class ErrorStats:
             arr = getattr(self, name)
             if arr.shape != (n,) or not np.all(np.isfinite(arr)):
                 raise CalibrationError(
-                    f"calibration field '{what}{name}' must be {n} finite numbers, got {arr.tolist()}"
+                    f"calibration field '{what}{name}' must be {n} finite numbers (one per offset), "
+                    f"got {arr.tolist()}"
                 )
         if np.any(self.std <= 0.0) or np.any(self.mean < 0.0):
             raise CalibrationError(
@@ -127,7 +128,7 @@ class FrameStats:
 
     def to_json(self) -> dict[str, Any]:
         out = self.stats.to_json()
-        out = {k: (v[0] if k != "samples" else v[0]) for k, v in out.items()}
+        out = {k: v[0] for k, v in out.items()}  # one quantity: scalars, not one-element lists
         out["camera"] = self.camera
         return out
 
@@ -168,20 +169,9 @@ class SurpriseCalibration:
     def __post_init__(self) -> None:
         if self.ramp is not None:
             self.ramp.validate(len(self.ramp_offsets), "ramp_in.")
-        n = len(self.offsets)
-        for name in ("mean", "std", "p95", "p99"):
-            arr = getattr(self, name)
-            if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-                raise CalibrationError(
-                    f"calibration field '{name}' must be {n} finite numbers (one per offset), got {arr.tolist()}"
-                )
-        if n == 0:
+        if not self.offsets:
             raise CalibrationError("calibration has no offsets")
-        if np.any(self.std <= 0.0) or np.any(self.mean < 0.0):
-            raise CalibrationError(
-                f"calibration needs mean >= 0 and std > 0 per offset, got mean {self.mean.tolist()} "
-                f"std {self.std.tolist()}"
-            )
+        ErrorStats(self.mean, self.std, self.p95, self.p99).validate(len(self.offsets), "")
 
     def check(self, contract: ModelContract, source: str = "calibration") -> None:
         """Refuse a calibration made for another model (offsets or weights differ)."""
