@@ -136,3 +136,79 @@ def test_dynamic_batch_and_prefix_in_onnxruntime(small_model) -> None:
     a, lat, pred = sess32.run(None, feeds)
     assert a.shape == (2, 8, 3) and lat.shape == (2, c.latent_dim) and pred.shape == (2, 3, c.latent_dim)
     np.testing.assert_array_equal(a[1, :3], feeds["action_prefix"][1, :3])
+
+
+def _old_order_forward(self, images):
+    """ImageEncoder.forward as it was before issue 18: reshape and permute the uint8 images, then cast."""
+    b, n, h, w, c = images.shape
+    dtype = self.linear.weight.dtype
+    x = images.reshape(b * n, h, w, c).permute(0, 3, 1, 2).to(dtype)
+    x = x * self.pix_scale.to(dtype) + self.pix_shift.to(dtype)
+    return torch.relu(self.linear(self.convs(x).flatten(1))).reshape(b, -1)
+
+
+def test_images_are_cast_before_any_layout_op_and_outputs_are_unchanged(tmp_path, monkeypatch) -> None:
+    """TensorRT takes UINT8 only at the graph's edges: the export must cast `images` first. The graph in the
+    old order is refused by the export's lint, and computes exactly what the new graph computes."""
+    from wam_control.model.export import to_onnx_proto
+    from wam_control.model.from_onnx import graph_parity
+    from wam_control.model.wam import ImageEncoder
+    from wam_control.policy.trt_lint import lint_model
+
+    cfg = WAMConfig(**{k: v for k, v in SMALL.items() if k != "image_hw"}, image_height=32, image_width=48)
+    m = build_model(cfg, seed=3)
+    new = export_onnx(m, tmp_path / "new.onnx", write_checkpoint=False).path
+    g = onnx.load(str(new)).graph
+    assert [n.op_type for n in g.node if "images" in n.input] == ["Cast"]
+    for fp16 in (False, True):
+        r = export_onnx(m, tmp_path / f"n{fp16}.onnx", fp16=fp16, write_checkpoint=False, check_parity=False)
+        assert lint_model(onnx.load(str(r.path)), str(r.path)).ok
+    monkeypatch.setattr(ImageEncoder, "forward", _old_order_forward)
+    old_proto = to_onnx_proto(m)
+    report = lint_model(old_proto, "old.onnx")
+    assert not report.ok and {f.tensor for f in report.errors} >= {"images"}
+    with pytest.raises(ExportError, match="UINT8"):
+        export_onnx(m, tmp_path / "refused.onnx", write_checkpoint=False)
+    assert not (tmp_path / "refused.onnx").exists()  # nothing written
+    onnx.save(old_proto, str(tmp_path / "old.onnx"))
+    parity = graph_parity(tmp_path / "old.onnx", new, seeds=3)
+    assert parity.max_abs_err <= 1e-6, parity
+
+
+def test_decoder_export_casts_last(tmp_path) -> None:
+    from wam_control.model.decoder import DecoderConfig, LatentDecoder, export_decoder
+    from wam_control.policy.trt_lint import lint_onnx
+
+    c = read_contract(make_test_model(tmp_path / "w.onnx", **SMALL))
+    dec = LatentDecoder(DecoderConfig(latent_dim=c.latent_dim, image_height=16, image_width=16, channels=(8, 4)))
+    out = export_decoder(dec.eval(), tmp_path / "w.decoder.onnx", c)
+    g = onnx.load(str(out)).graph
+    assert g.node[-1].op_type == "Cast" and g.node[-1].output[0] == "image"
+    assert lint_onnx(out).ok
+
+
+def test_rebuild_from_onnx_and_reexport_round_trip(tmp_path) -> None:
+    from wam_control.model.from_onnx import RebuildError, reexport, wam_from_onnx
+
+    cfg = WAMConfig(**{k: v for k, v in SMALL.items() if k != "image_hw"}, image_height=32, image_width=48)
+    m = build_model(cfg, seed=5)
+    with torch.no_grad():  # like a trained model: no two parameters equal (the exporter merges equal ones)
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    small_model = export_onnx(m, tmp_path / "trained.onnx", write_checkpoint=False, check_parity=False).path
+    model, contract = wam_from_onnx(small_model)
+    assert model.config.conv_channels == (8, 16) and model.config.hidden_dim == 64
+    out, parity = reexport(small_model, tmp_path / "again.onnx")
+    assert parity.max_abs_err == 0.0
+    assert read_contract(out, verify_weights=True).weights_sha256 == contract.weights_sha256
+    broken = onnx.load(str(small_model))
+    keep = [i for i in broken.graph.initializer if i.name != "action_head.out.bias"]
+    del broken.graph.initializer[:]
+    broken.graph.initializer.extend(keep)
+    from wam_control.policy.contract import weights_sha256_of
+
+    onnx.helper.set_model_props(broken, {**{p.key: p.value for p in broken.metadata_props},
+                                          "weights_sha256": json.dumps(weights_sha256_of(broken))})
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    with pytest.raises(RebuildError, match="action_head.out.bias"):
+        wam_from_onnx(tmp_path / "broken.onnx")

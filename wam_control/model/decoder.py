@@ -91,7 +91,9 @@ class _Uint8Image(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         x = self.dec(latent) * 255.0 + 0.5
-        return x.clamp(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
+        # Layout first, cast last: the uint8 tensor is the graph output itself, never an intermediate
+        # (TensorRT's ONNX parser takes UINT8 only at the network's inputs and outputs).
+        return x.clamp(0.0, 255.0).permute(0, 2, 3, 1).to(torch.uint8)
 
 
 def downsample(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -242,6 +244,11 @@ def export_decoder(
     proto = program.model_proto
     onnx.helper.set_model_props(proto, decoder_metadata(dec.cfg, wam_contract, camera, training))
     onnx.checker.check_model(proto, full_check=True)
+    from wam_control.policy.trt_lint import lint_model
+
+    report = lint_model(proto, os.fspath(path))
+    if report.errors:
+        raise RuntimeError(f"decoder export: {report.format(errors_only=True)}")
     data = proto.SerializeToString()
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = sess.run(["image"], {"latent": example.numpy()})[0]

@@ -1,7 +1,8 @@
 """Export a WorldActionModel to one self-describing ONNX file (DESIGN.md §3), and `wam-control export`.
 
 Steps: torch.onnx.export (dynamo, opset 18, dynamic batch, no external data) -> contract metadata with
-the weights' sha256 -> onnx.checker full check -> parity against PyTorch in ONNX Runtime on fresh random
+the weights' sha256 -> onnx.checker full check -> TensorRT compatibility lint (policy.trt_lint; errors
+refuse the model) -> parity against PyTorch in ONNX Runtime on fresh random
 inputs (batch 2, mixed prefix lengths, never zeros) -> atomic write. Beside `model.onnx` goes
 `model.pt` (see wam.save_checkpoint), which the PyTorch backend loads.
 """
@@ -204,6 +205,14 @@ def export_onnx(
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise ExportError(f"onnx.checker rejected the exported model: {exc}") from None
+    # TensorRT is one of the backends every exported model must build with: refuse what its parser refuses.
+    from wam_control.policy.trt_lint import lint_model
+
+    report = lint_model(proto, os.fspath(out))
+    if report.errors:
+        raise ExportError(report.format(errors_only=True))
+    for finding in report.warnings:
+        log.warning("export: %s", finding)
     blob = proto.SerializeToString()
     if len(blob) >= 2**31:
         raise ExportError("model exceeds 2 GiB; it cannot be one self-contained ONNX file")

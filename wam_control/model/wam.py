@@ -122,7 +122,10 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         b, n, h, w, c = images.shape
         dtype = self.linear.weight.dtype
-        x = images.reshape(b * n, h, w, c).permute(0, 3, 1, 2).to(dtype)
+        # Cast first: the uint8 input must go straight into a Cast node. TensorRT's ONNX parser takes
+        # UINT8 only as a network input or output, so a uint8 Reshape/Transpose before the cast makes
+        # the graph unbuildable (policy.trt_lint checks this on every export).
+        x = images.to(dtype).reshape(b * n, h, w, c).permute(0, 3, 1, 2)
         x = x * self.pix_scale.to(dtype) + self.pix_shift.to(dtype)
         return torch.relu(self.linear(self.convs(x).flatten(1))).reshape(b, -1)
 
