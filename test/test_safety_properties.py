@@ -216,17 +216,21 @@ def test_per_tick_filter_and_batched_core_agree_exactly(preset) -> None:
             )
         usable = rng.random(rows) > 0.03
         if k % 400 == 399:
-            # Fast toward the upper limit, right at the edge of the certified set, target beyond:
-            # the tracking step cannot be certified, the brake law must take over (in both).
+            # Fast toward the upper limit, right at the edge of the certified set, and a target that
+            # keeps going exactly as the command does (its own velocity and acceleration): passing it
+            # through cannot be certified, the brake law must take over (in both).
             v0 = 0.9 * la.v_max
             a0 = 0.3 * np.minimum(la.a_max, la.d_max)
             am = np.minimum(la.a_max, la.d_max)
             d = np.array([_stop_distance(v0[i], a0[i], la.j_max[i], am[i]) for i in range(7)])
             q_edge = la.q_max - d - (v0 + a0 * dt) * dt - 1e-6
+            p_prev, vt_prev = q_edge, v0 - a0 * dt
             core.q[:], core.v[:], core.a[:] = q_edge, v0, a0
+            core.p_prev[:], core.vt_prev[:], core.have_prev[:] = p_prev, vt_prev, True
             for f in filters:
                 f._q[:], f._v[:], f._a[:] = q_edge.tolist(), v0.tolist(), a0.tolist()
-            target = np.broadcast_to(la.q_max + 1.0, (rows, 7)).copy()
+                f._p_prev[:], f._vt_prev[:], f._have_prev = p_prev.tolist(), vt_prev.tolist(), True
+            target = np.broadcast_to(q_edge + (v0 + a0 * dt) * dt, (rows, 7)).copy()
             usable[:] = True
         measured = core.q + rng.normal(0.0, 1e-3, (rows, 7))
         if k % 50 == 0:  # sudden slow-downs while heading for a limit exercise the envelope brake

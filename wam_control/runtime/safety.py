@@ -36,11 +36,11 @@ _TOL = 1e-9
 # |v|, |a| below these at the end of a stop are rounding residue: snapped to exact zero (hold).
 _SNAP_V = 1e-12
 _SNAP_A = 1e-9
+# Targets at or beyond a position limit are tracked to this many a_max * dt^2 inside it: the last
+# ticks of a jerk-limited approach to a point exactly on the limit cannot be certified (the brake
+# bound keeps one tick of motion in hand), so the filter parks just inside instead of retrying.
+_PARK_GAP_TICKS2 = 10.0
 
-# Tracking-law gains, in units of the control rate: the velocity error closes by this fraction per
-# tick (no overshoot for < 1), the position loop is slower than the velocity loop by _KP_RATIO.
-_KV_PER_TICK = 0.3
-_KP_RATIO = 6.0
 
 JOINT_KINDS = (
     "position",  # target outside the position limits (clamped)
@@ -163,6 +163,128 @@ def _certify(
     return 0, r_lo, r_hi
 
 
+def _park_bounds(
+    lo: Sequence[float], hi: Sequence[float], am: Sequence[float], dt: float
+) -> tuple[list[float], list[float]]:
+    """Where the tracking law aims for a target at or beyond a position limit: _PARK_GAP_TICKS2 *
+    a_max * dt^2 inside it (a quarter of the range at most)."""
+    gap = [min(_PARK_GAP_TICKS2 * am[i] * dt * dt, 0.25 * (hi[i] - lo[i])) for i in range(len(lo))]
+    return [lo[i] + gap[i] for i in range(len(lo))], [hi[i] - gap[i] for i in range(len(lo))]
+
+
+def _plan_rows(n_steps: int) -> tuple[tuple[float, float, float], ...]:
+    """Minimum-norm jerk sequence (rows of the gain matrix) that brings the error state to zero in
+    `n_steps` ticks, in units where dt = 1 (see `_track_jerk`)."""
+    a = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    b = np.ones(3)
+    c = np.stack([np.linalg.matrix_power(a, n_steps - 1 - m) @ b for m in range(n_steps)], axis=1)
+    g = -np.linalg.pinv(c) @ np.linalg.matrix_power(a, n_steps)
+    return tuple((float(r[0]), float(r[1]), float(r[2])) for r in g)
+
+
+_PLAN_STEPS = (4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 20, 24)
+_PLANS = tuple(_plan_rows(k) for k in _PLAN_STEPS)
+
+
+def _track_jerk(
+    qi: float,
+    vi: float,
+    ai: float,
+    p: float,
+    vt: float,
+    at: float,
+    vs: float,
+    as_: float,
+    js: float,
+    bn: float,
+    lo: float,
+    hi: float,
+    dt: float,
+) -> float:
+    """Tracking jerk toward the target p (moving with vt, at) when it is not reachable in one tick."""
+    # Endgame: the shortest planned jerk sequence that lands exactly on the target's extrapolated
+    # motion within the (ramped) limits. Error state in jerk units (dt = 1).
+    dt2 = dt * dt
+    z0 = (qi - (p - vt * dt)) / (dt2 * dt)
+    z1 = (vi - (vt - at * dt)) / dt2
+    z2 = (ai - at) / dt
+    for rows in _PLANS:
+        aa, vv = ai, vi
+        for g0, g1, g2 in rows:
+            u = g0 * z0 + g1 * z1 + g2 * z2
+            if u > js or u < -js:
+                break
+            aa = aa + u * dt
+            if aa > as_ or aa < -as_:
+                break
+            vv = vv + aa * dt
+            if vv > vs or vv < -vs:
+                break
+        else:
+            g0, g1, g2 = rows[0]
+            return g0 * z0 + g1 * z1 + g2 * z2
+    return _approach_jerk(qi, vi, ai, p, vt, vs, as_, js, bn, lo, hi, dt, math.inf)
+
+
+def _approach_jerk(
+    qi: float,
+    vi: float,
+    ai: float,
+    p: float,
+    vt: float,
+    vs: float,
+    as_: float,
+    js: float,
+    bn: float,
+    lo: float,
+    hi: float,
+    dt: float,
+    reach: float,
+) -> float:
+    """Far field: velocity setpoint from which the target (moving with vt) can still be matched within
+    the distance left (a jerk-limited trapezoid stop with deceleration bn), capped by the speed that can
+    still stop within `reach`; acceleration setpoint on the discrete jerk curve toward it."""
+    c = bn * bn / (2.0 * js)
+    e = p - qi
+    ae = e if e >= 0.0 else -e
+    pv = math.sqrt(c * c + 2.0 * bn * ae) - c
+    vd = vt + pv if e >= 0.0 else vt - pv
+    if reach < math.inf:
+        cap = math.sqrt(c * c + 2.0 * bn * reach) - c
+        if vd > cap:
+            vd = cap
+        elif vd < -cap:
+            vd = -cap
+    if vd > vs:
+        vd = vs
+    elif vd < -vs:
+        vd = -vs
+    if vd > 0.0:
+        x = hi - qi
+        cap = math.sqrt(c * c + 2.0 * bn * x) - c if x > 0.0 else 0.0
+        if vd > cap:
+            vd = cap
+    elif vd < 0.0:
+        x = qi - lo
+        cap = math.sqrt(c * c + 2.0 * bn * x) - c if x > 0.0 else 0.0
+        if vd < -cap:
+            vd = -cap
+    ev = vd - vi
+    aev = ev if ev >= 0.0 else -ev
+    jsdt = js * dt
+    ad = math.sqrt(jsdt * jsdt + 2.0 * js * aev) - jsdt
+    if ad > as_:
+        ad = as_
+    if ad * dt > aev:  # never past the velocity setpoint in one tick
+        ad = aev / dt
+    j = ((ad if ev >= 0.0 else -ad) - ai) / dt
+    if j > js:
+        return js
+    if j < -js:
+        return -js
+    return j
+
+
 class SafetyFilter:
     """Per-tick limiter between the chunk scheduler and the joint command (see module docstring)."""
 
@@ -180,10 +302,9 @@ class SafetyFilter:
         self._n = n
         p = _joint_params(limits, self.dt, self.joint_names)
         self._lo, self._hi, self._vm, self._am, self._jm = p
+        self._lo_park, self._hi_park = _park_bounds(self._lo, self._hi, self._am, self.dt)
         self._track = float(limits.max_tracking_error)
         self._frac = float(safety.brake_deceleration_fraction)
-        self._kv = _KV_PER_TICK / self.dt
-        self._kp = self._kv / _KP_RATIO
         # Effective position bounds: equal to the limits except after seeding outside them, where
         # they start at the seed and only ever tighten toward the limits (never "jump inside").
         self._lo_eff = list(self._lo)
@@ -195,6 +316,8 @@ class SafetyFilter:
         self._a = [0.0] * n
         self._j = [0.0] * n
         self._p_prev = [0.0] * n
+        self._vt_prev = [0.0] * n
+        self._qm_prev = [0.0] * n
         self._have_prev = False
         self._seeded = False
         self._ticks_since_seed = 0
@@ -419,14 +542,16 @@ class SafetyFilter:
         else:
             self.holding = False
             r = self.ramp
-            frac = self._frac
-            kv, kp = self._kv, self._kp
+            bfrac = self._frac * r
             scale = self._scale * r
             have_prev = self._have_prev
-            pp = self._p_prev
+            pp, vtp, qmp = self._p_prev, self._vt_prev, self._qm_prev
             lo_lim, hi_lim = self._lo, self._hi
+            lo_park, hi_park = self._lo_park, self._hi_park
             widened = self._widened
             tol1 = 1.0 + _TOL
+            dt2 = dt * dt
+            dt3 = dt2 * dt
             for i in range(n):
                 qi, vi, ai = q[i], v[i], a[i]
                 vm_i, am_i, jm = vmax[i], amax[i], jmax[i]
@@ -434,71 +559,74 @@ class SafetyFilter:
                 vs = vm_i * scale
                 as_ = am_i * r
                 js = jm * r
-                bn2 = 2.0 * (frac * as_)
                 # Target: inside the position limits and within the tracking bound of the robot.
                 pi = p[i]
-                if pi > hi_lim[i]:
-                    pi = hi_lim[i]
+                if pi > hi_lim[i] or pi < lo_lim[i]:
                     jc[i * nk + _K_POS] += 1
-                elif pi < lo_lim[i]:
-                    pi = lo_lim[i]
-                    jc[i * nk + _K_POS] += 1
-                m = qm[i]
-                if pi > m + track:
-                    pi = m + track
-                    jc[i * nk + _K_TRACK] += 1
-                elif pi < m - track:
-                    pi = m - track
-                    jc[i * nk + _K_TRACK] += 1
-                # Feed-forward of the target's own velocity, only when it is a plausible one.
-                vt = 0.0
+                if pi > hi_park[i]:
+                    pi = hi_park[i]
+                elif pi < lo_park[i]:
+                    pi = lo_park[i]
+                # The target's own velocity and acceleration (backward differences), used only when
+                # plausible.
+                vt = at = 0.0
                 if have_prev:
                     vt = (pi - pp[i]) / dt
                     if vt > vs or vt < -vs:
                         vt = 0.0
                         jc[i * nk + _K_VEL] += 1
+                    else:
+                        at = (vt - vtp[i]) / dt
+                        if at > as_ or at < -as_:
+                            at = 0.0
                 pp[i] = pi
-                # Velocity setpoint: min(kp |e|, sqrt(2 b |e|)) toward the target (the comparisons
-                # are squared so that the square root is taken only when it is the answer).
-                e = pi - qi
-                ae = e if e >= 0.0 else -e
-                pv = kp * ae
-                x = bn2 * ae
-                if pv * pv >= x:
-                    pv = math.sqrt(x)
-                vd = vt + pv if e >= 0.0 else vt - pv
-                if vd > vs:
-                    vd = vs
-                elif vd < -vs:
-                    vd = -vs
-                # Soft braking envelope toward the position limits, with the reduced deceleration.
-                if vd > 0.0:
-                    x = bn2 * (hi_i - qi)
-                    if vd * vd > x:
-                        vd = math.sqrt(x) if x > 0.0 else 0.0
-                elif vd < 0.0:
-                    x = bn2 * (qi - lo_i)
-                    if vd * vd > x:
-                        vd = -math.sqrt(x) if x > 0.0 else 0.0
-                # Acceleration setpoint: min(kv |ev|, a_max, h(|ev|)), h the discrete jerk curve.
-                ev = vd - vi
-                aev = ev if ev >= 0.0 else -ev
-                ad = kv * aev
-                if ad > as_:
-                    ad = as_
-                jsdt = js * dt
-                x = jsdt * jsdt + 8.0 * js * aev
-                u = 2.0 * ad + jsdt
-                if u * u > x:
-                    ad = 0.5 * (math.sqrt(x) - jsdt)
-                j = ((ad if ev >= 0.0 else -ad) - ai) / dt
-                if j > js:
-                    j = js
-                elif j < -js:
-                    j = -js
-                a1 = ai + j * dt
-                v1 = vi + a1 * dt
-                q1 = qi + v1 * dt
+                vtp[i] = vt
+                m = qm[i]
+                if m - track <= pi <= m + track:
+                    # Pass-through: the target itself when the step to it is inside the limits.
+                    v1 = (pi - qi) / dt
+                    a1 = (v1 - vi) / dt
+                    j = (a1 - ai) / dt
+                    direct = -js <= j <= js and -as_ <= a1 <= as_ and -vs <= v1 <= vs
+                    if direct:
+                        # ... and the target's motion can be followed on from there: the next two
+                        # steps along its extrapolation (the rest of the 3-tick plan) fit too.
+                        z0 = (qi - (pi - vt * dt)) / dt3
+                        u = 2.0 * z0 + (vi - (vt - at * dt)) / dt2
+                        a2 = a1 + u * dt
+                        v2 = v1 + a2 * dt
+                        a3 = a2 - z0 * dt
+                        v3 = v2 + a3 * dt
+                        direct = (
+                            -js <= u <= js
+                            and -js <= z0 <= js
+                            and -as_ <= a2 <= as_
+                            and -as_ <= a3 <= as_
+                            and -vs <= v2 <= vs
+                            and -vs <= v3 <= vs
+                        )
+                    if direct:
+                        q1 = pi
+                    else:
+                        j = _track_jerk(qi, vi, ai, pi, vt, at, vs, as_, js, bfrac * am_i, lo_i, hi_i, dt)
+                        a1 = ai + j * dt
+                        v1 = vi + a1 * dt
+                        q1 = qi + v1 * dt
+                else:
+                    # Target beyond the tracking window: head for the window's edge, which moves with
+                    # the robot, never faster than the target itself can still be matched.
+                    jc[i * nk + _K_TRACK] += 1
+                    edge = m + track if pi > m else m - track
+                    ve = (m - qmp[i]) / dt if have_prev else 0.0
+                    if ve > vs or ve < -vs:
+                        ve = 0.0
+                    j = _approach_jerk(
+                        qi, vi, ai, edge, ve, vs, as_, js, bfrac * am_i, lo_i, hi_i, dt, abs(pi - qi)
+                    )
+                    a1 = ai + j * dt
+                    v1 = vi + a1 * dt
+                    q1 = qi + v1 * dt
+                qmp[i] = m
                 # Certification. Fast path: a cruder stop-distance bound (top speed times a bound on
                 # the stop time) that, when it passes, implies the exact test passes.
                 kind = 0
@@ -580,17 +708,19 @@ class BatchCore:
         self.dt = float(dt)
         self.safety = safety
         self.lo, self.hi = np.array(lo), np.array(hi)
+        lo_park, hi_park = _park_bounds(lo, hi, am, self.dt)
+        self.lo_park, self.hi_park = np.array(lo_park), np.array(hi_park)
         self.vm, self.am, self.jm = np.array(vm), np.array(am), np.array(jm)
         self.track = float(limits.max_tracking_error)
         self.frac = float(safety.brake_deceleration_fraction)
-        self.kv = _KV_PER_TICK / self.dt
-        self.kp = self.kv / _KP_RATIO
         shape = (int(batch), limits.dof)
         self.q = np.zeros(shape)
         self.v = np.zeros(shape)
         self.a = np.zeros(shape)
         self.j = np.zeros(shape)
         self.p_prev = np.zeros(shape)
+        self.vt_prev = np.zeros(shape)
+        self.qm_prev = np.zeros(shape)
         self.have_prev = np.zeros(shape[0], dtype=bool)
         self.ticks = np.zeros(shape[0])
         self.velocity_scale = np.ones(shape[0])
@@ -630,37 +760,76 @@ class BatchCore:
             vs = vmax * scale
             as_ = amax * r
             js = jmax * r
-            bn = self.frac * as_
-            pi = np.minimum(np.maximum(target, lo), hi)
-            pi = np.minimum(np.maximum(pi, q_measured - self.track), q_measured + self.track)
+            bn = (self.frac * r) * amax
+            pi = np.minimum(np.maximum(target, self.lo_park), self.hi_park)
+            hp = self.have_prev[:, None]
             vt = (pi - self.p_prev) / dt
-            vt = np.where(self.have_prev[:, None] & (vt <= vs) & (vt >= -vs), vt, 0.0)
-            bn2 = 2.0 * bn
-            e = pi - q
-            ae = np.abs(e)
-            pv = self.kp * ae
-            x = bn2 * ae
-            pv = np.where(pv * pv >= x, np.sqrt(x), pv)
-            vd = np.where(e >= 0.0, vt + pv, vt - pv)
-            vd = np.minimum(np.maximum(vd, -vs), vs)
-            x = bn2 * (hi - q)
-            vd = np.where((vd > 0.0) & (vd * vd > x), np.where(x > 0.0, np.sqrt(np.maximum(x, 0.0)), 0.0), vd)
-            x = bn2 * (q - lo)
-            vd = np.where(
-                (vd < 0.0) & (vd * vd > x), np.where(x > 0.0, -np.sqrt(np.maximum(x, 0.0)), 0.0), vd
+            vt_ok = hp & (vt <= vs) & (vt >= -vs)
+            vt = np.where(vt_ok, vt, 0.0)
+            at = (vt - self.vt_prev) / dt
+            at = np.where(vt_ok & (at <= as_) & (at >= -as_), at, 0.0)
+            m = q_measured
+            inwin = (m - self.track <= pi) & (pi <= m + self.track)
+            # Pass-through, with the rest of the 3-tick plan along the target's extrapolation.
+            v1d = (pi - q) / dt
+            a1d = (v1d - v) / dt
+            jd = (a1d - a) / dt
+            dt2 = dt * dt
+            dt3 = dt2 * dt
+            z0 = (q - (pi - vt * dt)) / dt3
+            u = 2.0 * z0 + (v - (vt - at * dt)) / dt2
+            a2 = a1d + u * dt
+            v2 = v1d + a2 * dt
+            a3 = a2 - z0 * dt
+            v3 = v2 + a3 * dt
+            direct = inwin & _inside(jd, js) & _inside(a1d, as_) & _inside(v1d, vs)
+            direct &= _inside(u, js) & _inside(z0, js) & _inside(a2, as_) & _inside(a3, as_)
+            direct &= _inside(v2, vs) & _inside(v3, vs)
+            # Planned endgame (shortest feasible plan), as `_track_jerk`.
+            z0 = (q - (pi - vt * dt)) / (dt2 * dt)
+            z1 = (v - (vt - at * dt)) / dt2
+            z2 = (a - at) / dt
+            found = np.zeros(q.shape, dtype=bool)
+            j_plan = np.zeros(q.shape)
+            for rows in _PLANS:
+                ok_plan = ~found
+                aa, vv = a, v
+                for g0, g1, g2 in rows:
+                    uu = g0 * z0 + g1 * z1 + g2 * z2
+                    ok_plan = ok_plan & _inside(uu, js)
+                    aa = aa + uu * dt
+                    ok_plan &= _inside(aa, as_)
+                    vv = vv + aa * dt
+                    ok_plan &= _inside(vv, vs)
+                g0, g1, g2 = rows[0]
+                j_plan = np.where(ok_plan, g0 * z0 + g1 * z1 + g2 * z2, j_plan)
+                found |= ok_plan
+            # Far field toward the target, or toward the tracking window's edge when it is outside.
+            edge = np.where(pi > m, m + self.track, m - self.track)
+            ve = np.where(hp, (m - self.qm_prev) / dt, 0.0)
+            ve = np.where((ve > vs) | (ve < -vs), 0.0, ve)
+            j_far = _approach_jerk_np(
+                q,
+                v,
+                a,
+                np.where(inwin, pi, edge),
+                np.where(inwin, vt, ve),
+                vs,
+                as_,
+                js,
+                bn,
+                lo,
+                hi,
+                dt,
+                np.where(inwin, np.inf, np.abs(pi - q)),
             )
-            ev = vd - v
-            aev = np.abs(ev)
-            ad = np.minimum(self.kv * aev, as_)
-            jsdt = js * dt
-            x = jsdt * jsdt + 8.0 * js * aev
-            u = 2.0 * ad + jsdt
-            ad = np.where(u * u > x, 0.5 * (np.sqrt(x) - jsdt), ad)
-            jn = (np.where(ev >= 0.0, ad, -ad) - a) / dt
-            jn = np.minimum(np.maximum(jn, -js), js)
+            jn = np.where(direct, jd, np.where(inwin & found, j_plan, j_far))
             a1 = a + jn * dt
             v1 = v + a1 * dt
             q1 = q + v1 * dt
+            a1 = np.where(direct, a1d, a1)
+            v1 = np.where(direct, v1d, v1)
+            q1 = np.where(direct, pi, q1)
             ok = _certify_np(q1, v1, a1, lo, hi, vmax, amax, jmax, dt)
             take = usable[:, None] & ok
             self.envelope_brakes += int(np.count_nonzero(usable[:, None] & ~ok))
@@ -676,10 +845,58 @@ class BatchCore:
             self.a[:] = np.where(take, a1, ab)
             self.v[:] = np.where(take, v1, vb)
             self.q[:] = np.where(take, q1, qb)
-            self.p_prev[:] = np.where(usable[:, None], pi, self.p_prev)
+            keep = usable[:, None]
+            self.p_prev[:] = np.where(keep, pi, self.p_prev)
+            self.vt_prev[:] = np.where(keep, vt, self.vt_prev)
+            self.qm_prev[:] = np.where(keep, m, self.qm_prev)
             self.have_prev[:] = usable
             self.holding[:] = ~usable
         return self.q
+
+
+def _inside(x: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """-bound <= x <= bound (False for NaN), as the per-tick filter's chained comparisons."""
+    return (x >= -bound) & (x <= bound)
+
+
+def _approach_jerk_np(
+    qi: np.ndarray,
+    vi: np.ndarray,
+    ai: np.ndarray,
+    p: np.ndarray,
+    vt: np.ndarray,
+    vs: np.ndarray,
+    as_: np.ndarray,
+    js: np.ndarray,
+    bn: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    dt: float,
+    reach: np.ndarray,
+) -> np.ndarray:
+    """`_approach_jerk` over arrays (operation for operation)."""
+    c = bn * bn / (2.0 * js)
+    e = p - qi
+    ae = np.abs(e)
+    pv = np.sqrt(c * c + 2.0 * bn * ae) - c
+    vd = np.where(e >= 0.0, vt + pv, vt - pv)
+    cap = np.sqrt(c * c + 2.0 * bn * reach) - c
+    vd = np.where(vd > cap, cap, np.where(vd < -cap, -cap, vd))
+    vd = np.where(vd > vs, vs, np.where(vd < -vs, -vs, vd))
+    x = hi - qi
+    cap = np.where(x > 0.0, np.sqrt(c * c + 2.0 * bn * np.maximum(x, 0.0)) - c, 0.0)
+    vd = np.where((vd > 0.0) & (vd > cap), cap, vd)
+    x = qi - lo
+    cap = np.where(x > 0.0, np.sqrt(c * c + 2.0 * bn * np.maximum(x, 0.0)) - c, 0.0)
+    vd = np.where((vd < 0.0) & (vd < -cap), -cap, vd)
+    ev = vd - vi
+    aev = np.abs(ev)
+    jsdt = js * dt
+    ad = np.sqrt(jsdt * jsdt + 2.0 * js * aev) - jsdt
+    ad = np.where(ad > as_, as_, ad)
+    ad = np.where(ad * dt > aev, aev / dt, ad)
+    j = (np.where(ev >= 0.0, ad, -ad) - ai) / dt
+    return np.where(j > js, js, np.where(j < -js, -js, j))
 
 
 def _rest_stop_np(v0: np.ndarray, jm: np.ndarray, b: np.ndarray) -> np.ndarray:
