@@ -14,7 +14,7 @@ extras = {
     # ONNX Runtime (CPU wheel; install onnxruntime-gpu yourself for CUDA / TensorRT EPs).
     "onnx": ["onnx>=1.17", "onnxruntime>=1.20"],
     # Native TensorRT: the PyPI wheels fetch libraries from NVIDIA's index.
-    "tensorrt": ["tensorrt>=10.0", "cuda-python>=12.0"],
+    "tensorrt": ["tensorrt>=10.0", "cuda-python>=12.0,<13", "onnx>=1.17"],
     # Training / export. torch is pinned: an unpinned spec pulls the CUDA build on CPU machines.
     "train": ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.2", "tqdm>=4.60"],
     # ROS 2 wire format without ROS: the BytesMachine speed-up relies on this exact version.

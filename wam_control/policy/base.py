@@ -178,8 +178,15 @@ def _load_auto(path: str, options: dict[str, Any]) -> PolicyBackend:
     for name in order:
         try:
             return _construct(name, path, dict(options), lenient=True)
-        except (ModelFileError, FileNotFoundError):
+        except ModelFileError:
             raise
+        except FileNotFoundError as exc:
+            # Only a missing model file stops "auto"; a file one backend wants beside it (TensorRT 11's
+            # model.fp16.onnx, torch's model.pt) is that backend's failure: try the next one.
+            if not os.path.isfile(path):
+                raise
+            errors.append(f"{name}: {exc}")
+            log.warning("auto backend: %s failed (%s); trying the next one", name, exc)
         except Exception as exc:  # a preferred backend failing must not stop the controller
             from wam_control.policy.contract import ContractError
 

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,7 +28,8 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 # Bump when build settings change in a way the other key fields do not capture.
-RECIPE_VERSION = 1
+# 2: fp32 builds clear BuilderFlag.TF32 (recipe 1 let TensorRT use TF32 in "fp32" engines).
+RECIPE_VERSION = 2
 
 T = TypeVar("T")
 
@@ -46,12 +48,38 @@ class EngineKey:
     # ((input name, min shape, opt shape, max shape), ...) sorted by name
     profile_shapes: tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...]
     workspace_bytes: int
+    # Jetson Orin modules share a device name and compute capability; SM count and memory tell them apart.
+    sm_count: int = 0
+    memory_gib: int = 0
     recipe_version: int = RECIPE_VERSION
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["profile_shapes"] = [[n, list(a), list(b), list(c)] for n, a, b, c in self.profile_shapes]
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> EngineKey:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(d) != names:
+            raise ValueError(f"engine key fields {sorted(d)} != {sorted(names)}")
+        profile = tuple((str(n), tuple(a), tuple(b), tuple(c)) for n, a, b, c in d["profile_shapes"])
+        return cls(**{**d, "profile_shapes": profile})
+
+    def covers(self, want: EngineKey) -> bool:
+        """True when an engine built for this key serves `want`: every field equal except the profile, whose
+        inputs are the same with the same min and opt shapes and max shapes at least as large (an engine
+        built ahead of time with `build-engine --max-batch N` serves the control loop's batch 1)."""
+        if dataclasses.replace(self, profile_shapes=want.profile_shapes) != want:
+            return False
+        mine = {n: (lo, opt, hi) for n, lo, opt, hi in self.profile_shapes}
+        if set(mine) != {n for n, *_ in want.profile_shapes}:
+            return False
+        for name, lo, opt, hi in want.profile_shapes:
+            m_lo, m_opt, m_hi = mine[name]
+            if m_lo != lo or m_opt != opt or len(m_hi) != len(hi) or any(a < b for a, b in zip(m_hi, hi)):
+                return False
+        return True
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()[:20]
@@ -101,6 +129,26 @@ class EngineCache:
     def paths(self, key: EngineKey) -> tuple[Path, Path, Path]:
         base = self.directory / f"{self.stem}-{key.digest()}"
         return base.with_suffix(".plan"), base.with_suffix(".json"), base.with_suffix(".lock")
+
+    def find_covering(self, want: EngineKey) -> EngineKey:
+        """The key to use for `want`: `want` itself when its plan is cached or nothing covers it, else the
+        cached key with the smallest max shapes that covers it (EngineKey.covers)."""
+        if self.paths(want)[1].is_file():
+            return want
+        best: tuple[int, EngineKey] | None = None
+        for meta_path in sorted(self.directory.glob(f"{self.stem}-*.json")):
+            try:
+                key = EngineKey.from_json(json.loads(meta_path.read_text())["key"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if key.covers(want) and self.paths(key)[1] == meta_path:
+                size = sum(math.prod(hi) for _n, _lo, _opt, hi in key.profile_shapes)
+                if best is None or size < best[0]:
+                    best = (size, key)
+        if best is not None:
+            log.info("engine cache: using %s (built with larger max shapes)", self.paths(best[1])[0].name)
+            return best[1]
+        return want
 
     def lookup(self, key: EngineKey) -> tuple[bytes | None, str]:
         """(plan bytes, "hit") if a verified plan for exactly this key exists, else (None, why not)."""

@@ -9,19 +9,39 @@ TensorRT deployment free of PyTorch.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import importlib.metadata
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from wam_control.policy.contract import ModelContract, read_contract
-from wam_control.policy.engine_cache import EngineCache, EngineKey, atomic_write, file_sha256
+from wam_control.policy.engine_cache import EngineCache, EngineError, EngineKey, atomic_write, file_sha256
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'wam_control[tensorrt]' (TensorRT wheels come from NVIDIA's package index; on Jetson use JetPack's python3-libnvinfer)"
+# cuda-python 13.x needs a CUDA 13 driver (R580+); JetPack 6 and other CUDA 12 hosts need 12.x.
+CUDA12_HINT = "on a CUDA 12 driver install pip install 'cuda-python>=12.0,<13'"
+
+
+class GpuInfo(NamedTuple):
+    """What an engine is tied to besides the TensorRT version."""
+
+    name: str
+    compute_capability: str
+    sm_count: int = 0
+    memory_gib: int = 0
+
+
+class Fp16ModelMissing(EngineError):
+    """TensorRT 11 was asked for FP16 but there is no FP16 ONNX beside the model (an engine problem, so
+    `auto` falls back to the next backend instead of stopping)."""
 
 
 def default_cache_dir() -> Path:
@@ -58,7 +78,7 @@ def cuda_check(result: Any) -> Any:
         result = (result,)
     err, rest = result[0], result[1:]
     if int(err) != 0:
-        raise RuntimeError(f"CUDA error {err}")
+        raise RuntimeError(f"CUDA error {getattr(err, 'name', '')} ({int(err)})".replace(" ()", ""))
     if not rest:
         return None
     return rest[0] if len(rest) == 1 else rest
@@ -68,10 +88,50 @@ def trt_major(trt: Any) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
-def gpu_identity(cudart: Any, device: int = 0) -> tuple[str, str]:
+def cuda_python_version() -> str:
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ""
+
+
+def cuda_driver_hint(cudart: Any) -> str:
+    """Why CUDA calls fail when cuda-python is newer than the driver (13.x bindings on a CUDA 12 driver)."""
+    try:
+        driver = int(cuda_check(cudart.cudaDriverGetVersion()))
+    except Exception:
+        return ""
+    bindings = cuda_python_version()
+    if not driver or not bindings:
+        return ""
+    driver_major, bindings_major = driver // 1000, int(bindings.split(".")[0])
+    if bindings_major > driver_major:
+        return (
+            f"cuda-python {bindings} needs a CUDA {bindings_major} driver, this driver supports CUDA "
+            f"{driver_major}.{driver % 1000 // 10}: {CUDA12_HINT}"
+        )
+    return ""
+
+
+def gpu_identity(cudart: Any, device: int = 0) -> GpuInfo:
     props = cuda_check(cudart.cudaGetDeviceProperties(device))
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00 "), f"{props.major}.{props.minor}"
+    return GpuInfo(
+        name.strip("\x00 "),
+        f"{props.major}.{props.minor}",
+        int(props.multiProcessorCount),
+        int(round(int(props.totalGlobalMem) / 2**30)),
+    )
+
+
+def timing_cache_path(directory: Path, trt_version: str, gpu: tuple) -> Path:
+    """Timing caches are specific to the TensorRT version and the device: key the file on both, in full."""
+    info = GpuInfo(*gpu)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", info.name).strip("-").lower() or "gpu"
+    ident = hashlib.sha256(repr(tuple(info)).encode()).hexdigest()[:8]
+    return Path(directory) / f"timing-{trt_version}-{slug}-cc{info.compute_capability}-{ident}.cache"
 
 
 def profile_shapes(contract: ModelContract, max_batch: int = 1) -> tuple:
@@ -92,7 +152,7 @@ def engine_onnx_for(model_path: str, contract: ModelContract, precision: str, ma
     candidate = root + ".fp16.onnx"
     if os.path.isfile(candidate):
         return candidate
-    raise FileNotFoundError(
+    raise Fp16ModelMissing(
         f"TensorRT {major}.x builds FP16 only from an FP16 ONNX; {candidate} not found "
         "(write it with `wam-control export --fp16`, or use --precision fp32)"
     )
@@ -101,20 +161,42 @@ def engine_onnx_for(model_path: str, contract: ModelContract, precision: str, ma
 def make_key(
     onnx_path: str,
     trt_version: str,
-    gpu: tuple[str, str],
+    gpu: tuple,
     precision: str,
     profile: tuple,
     workspace_bytes: int,
 ) -> EngineKey:
+    info = GpuInfo(*gpu)
     return EngineKey(
         onnx_sha256=file_sha256(onnx_path),
         tensorrt_version=str(trt_version),
-        gpu_name=gpu[0],
-        compute_capability=gpu[1],
+        gpu_name=info.name,
+        compute_capability=info.compute_capability,
         precision=precision,
         profile_shapes=profile,
         workspace_bytes=int(workspace_bytes),
+        sm_count=int(info.sm_count),
+        memory_gib=int(info.memory_gib),
     )
+
+
+def lint_for_tensorrt(onnx_path: str) -> None:
+    """Run the TensorRT compatibility lint before TensorRT sees the file (TrtCompatError on errors).
+
+    Needs the `onnx` package (part of the tensorrt extra); without it the parser is the only check."""
+    try:
+        from wam_control.policy.trt_lint import lint_onnx
+    except ImportError:  # pragma: no cover - trt_lint imports onnx lazily
+        return
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        log.warning("onnx not installed: skipping the TensorRT compatibility lint of %s", onnx_path)
+        return
+    report = lint_onnx(onnx_path)
+    for finding in report.warnings:
+        log.warning("%s", finding)
+    report.raise_for_errors()
 
 
 def _progress_monitor(trt: Any, stream: Any) -> Any:
@@ -170,21 +252,80 @@ def build_serialized(
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
     if precision == "fp16" and trt_major(trt) < 11:
         config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default: an "fp32" engine would run its matmuls/convs with 10-bit mantissas.
+        config.clear_flag(trt.BuilderFlag.TF32)
     opt = builder.create_optimization_profile()
     for name, lo, mid, hi in profile:
         opt.set_shape(name, lo, mid, hi)
     config.add_optimization_profile(opt)
-    if timing_cache_path is not None:
-        blob = timing_cache_path.read_bytes() if timing_cache_path.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(blob), False)
+    use_cache = timing_cache_path is not None and _attach_timing_cache(config, timing_cache_path)
     if progress:
         config.progress_monitor = _progress_monitor(trt, sys.stderr)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         return None
-    if timing_cache_path is not None:
-        atomic_write(timing_cache_path, bytes(config.get_timing_cache().serialize()))
+    if use_cache and timing_cache_path is not None:
+        _save_timing_cache(config, timing_cache_path)  # never loses the plan: failures are logged
     return bytes(plan)
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_timing_cache(path: Path) -> bytes:
+    """The cache bytes if the file and its checksum agree; b"" (start fresh) for a missing, truncated or
+    corrupt cache, which is moved aside so the next build does not trip over it again."""
+    if not path.is_file():
+        return b""
+    try:
+        blob = path.read_bytes()
+        want = _checksum_path(path).read_text().strip()
+    except OSError as exc:
+        log.warning("timing cache %s unreadable (%s); starting a fresh one", path, exc)
+        want, blob = "", b""
+    if blob and hashlib.sha256(blob).hexdigest() == want:
+        return blob
+    log.warning("timing cache %s fails its checksum (truncated or corrupt); starting a fresh one", path)
+    for p in (path, _checksum_path(path)):
+        with contextlib.suppress(OSError):
+            p.unlink()
+    return b""
+
+
+def _attach_timing_cache(config: Any, path: Path) -> bool:
+    """Give the builder the cached timings (or a fresh cache); False when TensorRT takes no cache at all."""
+    blob = _read_timing_cache(path)
+    for data in (blob, b"") if blob else (b"",):
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception as exc:
+            log.warning("TensorRT could not read timing cache %s (%s)", path, exc)
+            continue
+        if cache is not None and config.set_timing_cache(cache, False):
+            return True
+        log.warning(
+            "TensorRT refused the %s timing cache %s%s",
+            "stored" if data else "fresh",
+            path,
+            "; retrying with a fresh one" if data else "",
+        )
+    log.warning("building without a timing cache")
+    return False
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    try:
+        cache = config.get_timing_cache()
+        if cache is None:
+            log.warning("TensorRT returned no timing cache after the build; %s not updated", path)
+            return
+        blob = bytes(cache.serialize())
+        atomic_write(path, blob)
+        atomic_write(_checksum_path(path), hashlib.sha256(blob).hexdigest().encode())
+    except Exception as exc:
+        log.warning("could not save timing cache %s (%s); the engine is unaffected", path, exc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,19 +339,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.max_batch < 1:
+        print("wam-control build-engine: --max-batch must be >= 1", file=sys.stderr)
+        return 2
     try:
         contract = read_contract(args.model)
+        # Before TensorRT is imported or invoked: a clear list of what its parser would refuse.
+        lint_for_tensorrt(args.model)
         trt = import_tensorrt()
         cudart = import_cudart()
         cuda_check(cudart.cudaSetDevice(args.device))
         onnx_path = engine_onnx_for(args.model, contract, args.precision, trt_major(trt))
+        if onnx_path != args.model:
+            lint_for_tensorrt(onnx_path)
         gpu = gpu_identity(cudart, args.device)
         profile = profile_shapes(contract, args.max_batch)
         workspace = args.workspace_mib << 20
         key = make_key(onnx_path, trt.__version__, gpu, args.precision, profile, workspace)
         cache = EngineCache(args.cache_dir or default_cache_dir(), stem=Path(args.model).stem)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        timing = cache.directory / f"timing-{trt.__version__}-{gpu[1]}.cache"
+        timing = timing_cache_path(cache.directory, trt.__version__, gpu)
         t0 = time.perf_counter()
         _, how = cache.get_or_build(
             key,
@@ -226,12 +374,15 @@ def main(argv: list[str] | None = None) -> int:
             force_rebuild=args.rebuild,
         )
     except (ImportError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        # ValueError covers ContractError, ModelFileError and the lint's TrtCompatError;
+        # RuntimeError covers EngineError (build failed, no FP16 ONNX for TensorRT 11).
         print(f"wam-control build-engine: {exc}", file=sys.stderr)
         return 1
     plan_path = cache.paths(key)[0]
     print(
-        f"engine={plan_path} how={how} tensorrt={trt.__version__} gpu={gpu[0]!r} cc={gpu[1]} "
-        f"precision={args.precision} seconds={time.perf_counter() - t0:.1f}"
+        f"engine={plan_path} how={how} tensorrt={trt.__version__} gpu={gpu.name!r} cc={gpu.compute_capability} "
+        f"sms={gpu.sm_count} memory_gib={gpu.memory_gib} precision={args.precision} max_batch={args.max_batch} "
+        f"seconds={time.perf_counter() - t0:.1f}"
     )
     return 0
 
