@@ -184,6 +184,33 @@ def _plan_rows(n_steps: int) -> tuple[tuple[float, float, float], ...]:
 
 _PLAN_STEPS = (4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 20, 24)
 _PLANS = tuple(_plan_rows(k) for k in _PLAN_STEPS)
+_PLANS_NP = tuple(np.array(rows) for rows in _PLANS)
+# Necessary conditions for any jerk sequence |u| <= js of at most _PLAN_STEPS[-1] ticks to zero the
+# error (z0, z1, z2) (1 % slack for rounding): a cheap test that skips the plans when none can fit.
+_NP = float(_PLAN_STEPS[-1])
+_REACH_Z2 = 1.01 * _NP
+_REACH_Z1 = 1.01 * (1.5 * _NP * _NP + 0.5 * _NP)
+_REACH_Z0 = 1.01 * _NP * (_NP + 1.0) * (_NP + 2.0) / 6.0
+_REACH_Z0_Z2 = _NP * (_NP + 1.0) / 2.0
+
+
+def _plan_reach(z0: float, z1: float, z2: float, js: float) -> bool:
+    """False when no plan in _PLANS can be feasible (see _REACH_*)."""
+    a2 = z2 if z2 >= 0.0 else -z2
+    a1 = z1 if z1 >= 0.0 else -z1
+    a0 = z0 if z0 >= 0.0 else -z0
+    return (
+        a2 <= _REACH_Z2 * js and a1 <= _REACH_Z1 * js and a0 <= _NP * a1 + _REACH_Z0_Z2 * a2 + _REACH_Z0 * js
+    )
+
+
+def _plan_reach_np(z0: np.ndarray, z1: np.ndarray, z2: np.ndarray, js: np.ndarray) -> np.ndarray:
+    a2, a1, a0 = np.abs(z2), np.abs(z1), np.abs(z0)
+    return (
+        (a2 <= _REACH_Z2 * js)
+        & (a1 <= _REACH_Z1 * js)
+        & (a0 <= _NP * a1 + _REACH_Z0_Z2 * a2 + _REACH_Z0 * js)
+    )
 
 
 def _track_jerk(
@@ -208,21 +235,22 @@ def _track_jerk(
     z0 = (qi - (p - vt * dt)) / (dt2 * dt)
     z1 = (vi - (vt - at * dt)) / dt2
     z2 = (ai - at) / dt
-    for rows in _PLANS:
-        aa, vv = ai, vi
-        for g0, g1, g2 in rows:
-            u = g0 * z0 + g1 * z1 + g2 * z2
-            if u > js or u < -js:
-                break
-            aa = aa + u * dt
-            if aa > as_ or aa < -as_:
-                break
-            vv = vv + aa * dt
-            if vv > vs or vv < -vs:
-                break
-        else:
-            g0, g1, g2 = rows[0]
-            return g0 * z0 + g1 * z1 + g2 * z2
+    if _plan_reach(z0, z1, z2, js):
+        for rows in _PLANS:
+            aa, vv = ai, vi
+            for g0, g1, g2 in rows:
+                u = g0 * z0 + g1 * z1 + g2 * z2
+                if u > js or u < -js:
+                    break
+                aa = aa + u * dt
+                if aa > as_ or aa < -as_:
+                    break
+                vv = vv + aa * dt
+                if vv > vs or vv < -vs:
+                    break
+            else:
+                g0, g1, g2 = rows[0]
+                return g0 * z0 + g1 * z1 + g2 * z2
     return _approach_jerk(qi, vi, ai, p, vt, vs, as_, js, bn, lo, hi, dt, math.inf)
 
 
@@ -318,6 +346,8 @@ class SafetyFilter:
         self._p_prev = [0.0] * n
         self._vt_prev = [0.0] * n
         self._qm_prev = [0.0] * n
+        # Consecutive ticks each joint passed its target through (pass-through fast path from 2).
+        self._locked = [0] * n
         self._have_prev = False
         self._seeded = False
         self._ticks_since_seed = 0
@@ -546,12 +576,13 @@ class SafetyFilter:
             scale = self._scale * r
             have_prev = self._have_prev
             pp, vtp, qmp = self._p_prev, self._vt_prev, self._qm_prev
+            lk = self._locked
+            if not have_prev:
+                lk[:] = [0] * n
             lo_lim, hi_lim = self._lo, self._hi
             lo_park, hi_park = self._lo_park, self._hi_park
             widened = self._widened
             tol1 = 1.0 + _TOL
-            dt2 = dt * dt
-            dt3 = dt2 * dt
             for i in range(n):
                 qi, vi, ai = q[i], v[i], a[i]
                 vm_i, am_i, jm = vmax[i], amax[i], jmax[i]
@@ -590,21 +621,24 @@ class SafetyFilter:
                     direct = -js <= j <= js and -as_ <= a1 <= as_ and -vs <= v1 <= vs
                     if direct:
                         # ... and the target's motion can be followed on from there: the next two
-                        # steps along its extrapolation (the rest of the 3-tick plan) fit too.
-                        z0 = (qi - (pi - vt * dt)) / dt3
-                        u = 2.0 * z0 + (vi - (vt - at * dt)) / dt2
-                        a2 = a1 + u * dt
-                        v2 = v1 + a2 * dt
-                        a3 = a2 - z0 * dt
-                        v3 = v2 + a3 * dt
-                        direct = (
-                            -js <= u <= js
-                            and -js <= z0 <= js
-                            and -as_ <= a2 <= as_
-                            and -as_ <= a3 <= as_
-                            and -vs <= v2 <= vs
-                            and -vs <= v3 <= vs
-                        )
+                        # steps along its extrapolation (the rest of the 3-tick plan) fit too. Its
+                        # acceleration `at` is inside the limit already.
+                        v2 = vt + at * dt
+                        v3 = v2 + at * dt
+                        if lk[i] >= 2:
+                            # Locked on for two ticks: q, v are the stream's previous ones, so
+                            # v1 = vt and a1 = at exactly and the rest of the plan has zero jerk
+                            # (to rounding); only its velocities are left to check.
+                            direct = -vs <= v2 <= vs and -vs <= v3 <= vs
+                        else:
+                            a2 = (v2 - v1) / dt
+                            direct = (
+                                -vs <= v2 <= vs
+                                and -vs <= v3 <= vs
+                                and -as_ <= a2 <= as_
+                                and -js <= (a2 - a1) / dt <= js
+                                and -js <= (at - a2) / dt <= js
+                            )
                     if direct:
                         q1 = pi
                     else:
@@ -615,6 +649,7 @@ class SafetyFilter:
                 else:
                     # Target beyond the tracking window: head for the window's edge, which moves with
                     # the robot, never faster than the target itself can still be matched.
+                    direct = False
                     jc[i * nk + _K_TRACK] += 1
                     edge = m + track if pi > m else m - track
                     ve = (m - qmp[i]) / dt if have_prev else 0.0
@@ -658,6 +693,11 @@ class SafetyFilter:
                     a1 = ai + j * dt
                     v1 = vi + a1 * dt
                     q1 = qi + v1 * dt
+                    lk[i] = 0
+                elif direct:
+                    lk[i] += 1
+                else:
+                    lk[i] = 0
                 jl[i] = j
                 a[i] = a1
                 v[i] = v1
@@ -720,6 +760,7 @@ class BatchCore:
         self.j = np.zeros(shape)
         self.p_prev = np.zeros(shape)
         self.vt_prev = np.zeros(shape)
+        self.locked = np.zeros(shape, dtype=np.int64)
         self.qm_prev = np.zeros(shape)
         self.have_prev = np.zeros(shape[0], dtype=bool)
         self.ticks = np.zeros(shape[0])
@@ -738,6 +779,7 @@ class BatchCore:
         self.a[sel] = 0.0
         self.j[sel] = 0.0
         self.have_prev[sel] = False
+        self.locked[sel] = 0
         self.ticks[sel] = 0.0
 
     def ramp(self) -> np.ndarray:
@@ -774,36 +816,37 @@ class BatchCore:
             v1d = (pi - q) / dt
             a1d = (v1d - v) / dt
             jd = (a1d - a) / dt
-            dt2 = dt * dt
-            dt3 = dt2 * dt
-            z0 = (q - (pi - vt * dt)) / dt3
-            u = 2.0 * z0 + (v - (vt - at * dt)) / dt2
-            a2 = a1d + u * dt
-            v2 = v1d + a2 * dt
-            a3 = a2 - z0 * dt
-            v3 = v2 + a3 * dt
+            v2 = vt + at * dt
+            v3 = v2 + at * dt
+            a2 = (v2 - v1d) / dt
             direct = inwin & _inside(jd, js) & _inside(a1d, as_) & _inside(v1d, vs)
-            direct &= _inside(u, js) & _inside(z0, js) & _inside(a2, as_) & _inside(a3, as_)
             direct &= _inside(v2, vs) & _inside(v3, vs)
+            locked = hp & (self.locked >= 2)
+            direct &= locked | (_inside(a2, as_) & _inside((a2 - a1d) / dt, js) & _inside((at - a2) / dt, js))
+            dt2 = dt * dt
             # Planned endgame (shortest feasible plan), as `_track_jerk`.
             z0 = (q - (pi - vt * dt)) / (dt2 * dt)
             z1 = (v - (vt - at * dt)) / dt2
             z2 = (a - at) / dt
             found = np.zeros(q.shape, dtype=bool)
             j_plan = np.zeros(q.shape)
-            for rows in _PLANS:
-                ok_plan = ~found
-                aa, vv = a, v
-                for g0, g1, g2 in rows:
-                    uu = g0 * z0 + g1 * z1 + g2 * z2
-                    ok_plan = ok_plan & _inside(uu, js)
-                    aa = aa + uu * dt
-                    ok_plan &= _inside(aa, as_)
-                    vv = vv + aa * dt
-                    ok_plan &= _inside(vv, vs)
-                g0, g1, g2 = rows[0]
-                j_plan = np.where(ok_plan, g0 * z0 + g1 * z1 + g2 * z2, j_plan)
-                found |= ok_plan
+            idx = np.nonzero(inwin & ~direct & _plan_reach_np(z0, z1, z2, js))
+            if idx[0].size:
+                sz0, sz1, sz2 = z0[idx], z1[idx], z2[idx]
+                sa, sv, sjs, sas, svs = a[idx], v[idx], js[idx], as_[idx], vs[idx]
+                sfound = np.zeros(sz0.shape, dtype=bool)
+                sj = np.zeros(sz0.shape)
+                for g in _PLANS_NP:
+                    # The whole plan at once; accumulate adds in sequence, as the per-tick loop.
+                    uu = g[:, 0, None] * sz0 + g[:, 1, None] * sz1 + g[:, 2, None] * sz2
+                    aa = np.add.accumulate(np.concatenate([sa[None], uu * dt]), axis=0)[1:]
+                    vv = np.add.accumulate(np.concatenate([sv[None], aa * dt]), axis=0)[1:]
+                    ok_plan = _inside(uu, sjs) & _inside(aa, sas) & _inside(vv, svs)
+                    ok_plan = ~sfound & np.all(ok_plan, axis=0)
+                    sj = np.where(ok_plan, uu[0], sj)
+                    sfound |= ok_plan
+                found[idx] = sfound
+                j_plan[idx] = sj
             # Far field toward the target, or toward the tracking window's edge when it is outside.
             edge = np.where(pi > m, m + self.track, m - self.track)
             ve = np.where(hp, (m - self.qm_prev) / dt, 0.0)
@@ -846,6 +889,7 @@ class BatchCore:
             self.v[:] = np.where(take, v1, vb)
             self.q[:] = np.where(take, q1, qb)
             keep = usable[:, None]
+            self.locked[:] = np.where(take & direct, np.where(hp, self.locked, 0) + 1, 0)
             self.p_prev[:] = np.where(keep, pi, self.p_prev)
             self.vt_prev[:] = np.where(keep, vt, self.vt_prev)
             self.qm_prev[:] = np.where(keep, m, self.qm_prev)
