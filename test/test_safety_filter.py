@@ -263,3 +263,35 @@ def test_state_views_are_read_only() -> None:
         with pytest.raises(ValueError):
             arr[0] = 1.0
     assert f.jerk[0] != 0.0 and f.v[0] == pytest.approx((f.q[0] - 0.0) / DT)
+
+
+@pytest.mark.parametrize("beyond", [0.0, 1e-6, 0.3, 5.0])
+def test_target_at_or_beyond_a_limit_parks_just_inside_without_envelope_brakes(beyond) -> None:
+    """The last ticks of an approach that ends exactly on a limit cannot be certified (one tick of
+    motion is kept in hand), so the filter parks a few a_max dt^2 inside instead of retrying and
+    braking every tick."""
+    f = make()
+    f.reset(np.array([0.0, 0.0]))
+    qs = run(f, np.array([1.0 + beyond, -1.0 - beyond]), 1000)
+    within_limits(np.zeros(2), qs, limits())
+    assert f.stopped
+    gap = 10.0 * 10.0 * DT * DT
+    np.testing.assert_allclose(f.q, [1.0 - gap, -1.0 + gap], rtol=0, atol=1e-12)
+    counts = f.interventions()
+    assert not any("envelope" in k for k in counts), counts
+    assert (counts.get("j1.position", 0) > 0) == (beyond > 0)
+
+
+def test_pass_through_is_exact_and_stops_when_the_stream_turns_infeasible() -> None:
+    f = make()
+    f.reset(np.zeros(2))
+    # A slow ramp: passed through unchanged (after the first ticks that lock on).
+    ramp = [np.array([0.0002 * k * k / (k + 50.0), 0.0]) for k in range(200)]
+    out = [f.step(t, f.q.copy(), 0.0).copy() for t in ramp]
+    assert all(np.array_equal(o, t) for o, t in zip(out[20:], ramp[20:]))
+    # Then a jump: not feasible in one tick, so the command moves toward it within the limits.
+    jump = ramp[-1] + np.array([0.05, 0.0])
+    out += run(f, jump, 300)
+    assert not np.array_equal(out[200], jump)
+    within_limits(np.zeros(2), out, limits())
+    np.testing.assert_array_equal(out[-1], jump)

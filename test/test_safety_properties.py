@@ -12,8 +12,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from wam_control.bench.safety import smooth_streams, tightness
 from wam_control.config import load_config, preset_path
-from wam_control.runtime.safety import BatchCore, SafetyFilter, _brake_jerk, _certify, _stop_distance
+from wam_control.runtime.safety import (
+    _PLANS,
+    BatchCore,
+    SafetyFilter,
+    _brake_jerk,
+    _certify,
+    _plan_reach,
+    _stop_distance,
+)
 
 TOL = 1e-6
 PRESETS = {name: load_config(preset_path(name)) for name in ("fr3", "panda")}
@@ -246,3 +255,71 @@ def test_per_tick_filter_and_batched_core_agree_exactly(preset) -> None:
         brakes = core.envelope_brakes
     assert brakes > 0, "stream never exercised the envelope brake"
     assert any(k.endswith("envelope_position") for f in filters for k in f.interventions())
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    preset=st.sampled_from(sorted(PRESETS)),
+    hz=st.sampled_from([500.0, 1000.0]),
+    fraction=st.floats(0.02, 0.5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_smooth_feasible_streams_pass_through_unchanged(preset, hz, fraction, seed) -> None:
+    """A target stream inside the limits (here <= 50 % of every v / a / jerk limit, starting at rest)
+    comes out exactly as it went in once the ramp-in is over: no lag, no smoothing."""
+    cfg = dataclasses.replace(PRESETS[preset], control_hz=hz)
+    dt = cfg.control_period
+    ramp = int(round(cfg.safety.ramp_in_s / dt))
+    ticks = ramp + int(0.4 / dt)
+    rng = np.random.default_rng(seed)
+    targets = smooth_streams(cfg, rng, 1, ticks + 1, dt, fraction, start_s=cfg.safety.ramp_in_s)[:, 0]
+    f = SafetyFilter(cfg.limit_arrays(), cfg.safety, dt, cfg.joint_names)
+    f.reset(targets[0])
+    out = np.array([f.step(targets[k], f.q.copy(), 0.0).copy() for k in range(1, ticks + 1)])
+    np.testing.assert_array_equal(out[ramp:], targets[ramp + 1 :])
+    assert not any("envelope" in k for k in f.interventions())
+    check_robot_view(targets[0], out, cfg.limit_arrays(), dt)
+
+
+@pytest.mark.parametrize("preset", ["fr3", "panda"])
+def test_point_to_point_close_to_ruckig(preset) -> None:
+    """Far and near targets are reached close to time-optimally: arrival within 0.1 mrad against
+    Ruckig's time-optimal jerk-limited motion with the same limits (the bench's measure)."""
+    pytest.importorskip("ruckig")
+    worst, median = tightness(PRESETS[preset], seed=5, rows=12)
+    assert worst <= 1.5, worst
+    assert median <= 1.1, median
+
+
+@pytest.mark.parametrize("preset", ["fr3", "panda"])
+def test_far_step_reaches_full_speed_without_overshoot(preset) -> None:
+    cfg = PRESETS[preset]
+    la = cfg.limit_arrays()
+    dt = cfg.control_period
+    safety = dataclasses.replace(cfg.safety, ramp_in_s=0.0)
+    f = SafetyFilter(la, safety, dt, cfg.joint_names)
+    q0 = la.q_min + 0.1
+    q1 = la.q_max - 0.1
+    f.reset(q0)
+    out = np.array([f.step(q1, f.q.copy(), 0.0).copy() for _ in range(int(5.0 / dt))])
+    v = np.diff(out, axis=0) / dt
+    assert np.all(np.abs(v).max(axis=0) >= 0.98 * la.v_max)  # cruises at the limit, window or not
+    assert np.all(out <= q1 + 1e-12)  # never past the target
+    np.testing.assert_array_equal(out[-1], q1)
+    assert f.stopped
+    check_robot_view(q0, out, la, dt)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    z=st.tuples(*[st.floats(-1.0, 1.0)] * 3),
+    mag=st.tuples(st.floats(0.0, 6.0), st.floats(0.0, 4.0), st.floats(0.0, 2.0)),
+    js=st.sampled_from([100.0, 5000.0, 7500.0]),
+)
+def test_plan_reach_never_skips_a_feasible_plan(z, mag, js) -> None:
+    """_plan_reach is a necessary condition: where it says no, no plan keeps |jerk| <= js."""
+    z0, z1, z2 = (z[i] * js * 10.0 ** mag[i] for i in range(3))
+    if _plan_reach(z0, z1, z2, js):
+        return
+    for rows in _PLANS:
+        assert max(abs(g0 * z0 + g1 * z1 + g2 * z2) for g0, g1, g2 in rows) > js
