@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 
-# DDS traffic from tests stays on loopback unless the user configured Cyclone DDS themselves.
-os.environ.setdefault(
-    "CYCLONEDDS_URI",
-    "<CycloneDDS><Domain><General><Interfaces><NetworkInterface name='lo'/></Interfaces>"
-    "<AllowMulticast>false</AllowMulticast></General><Discovery><Peers><Peer address='127.0.0.1'/>"
-    "</Peers><ParticipantIndex>auto</ParticipantIndex><MaxAutoParticipantIndex>60</MaxAutoParticipantIndex>"
-    "</Discovery></Domain></CycloneDDS>",
-)
+from wam_control.transport.dds import pin_loopback
+
+# DDS traffic from tests stays on loopback unless the user configured Cyclone DDS themselves: Cyclone
+# through the project's own setting (which also lets it talk to Fast DDS), the rclpy nodes' Fast DDS
+# through ROS 2's discovery range. Every process the tests start inherits both.
+pin_loopback()
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))

@@ -11,28 +11,32 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _launch_arguments(path: Path) -> set[str]:
+    """Names declared with DeclareLaunchArgument("name", ...) or listed in an ARGUMENTS table of
+    (name, default, description) tuples that the file declares in a loop."""
     tree = ast.parse(path.read_text(), str(path))
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument":
             first = node.args[0]
-            assert isinstance(first, ast.Constant)
-            names.add(first.value)
+            if isinstance(first, ast.Constant):
+                names.add(first.value)
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ARGUMENTS" for t in node.targets):
+            names |= {row.elts[0].value for row in node.value.elts}  # type: ignore[attr-defined]
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
     return names
 
 
 def test_robot_launch_arguments() -> None:
+    """Every argument robot.launch.py declares is one launch_params understands, and vice versa."""
+    import inspect
+
+    from wam_control.transport.launch_params import controller_parameters
+
     args = _launch_arguments(REPO / "launch" / "robot.launch.py")
-    assert {
-        "config",
-        "model",
-        "backend",
-        "command_interface",
-        "namespace",
-        "use_sim_time",
-        "autostart",
-    } <= args
+    mapped = set(inspect.signature(controller_parameters).parameters) - {"cwd"}
+    assert args == mapped | {"namespace", "autostart"}
+    text = (REPO / "launch" / "robot.launch.py").read_text()
+    assert "controller_parameters(" in text and "parse_bool(\"autostart\"" in text
 
 
 def test_gazebo_launch_arguments() -> None:

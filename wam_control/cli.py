@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "expert": ("wam_control.bench.expert", "scripted expert success rate"),
     "closed-loop": ("wam_control.bench.closed_loop", "closed-loop success: async vs sync execution"),
     "surprise": ("wam_control.bench.surprise", "world-model surprise monitor: detection vs false alarms"),
+    "ros-node": ("wam_control.bench.ros_node", "rclpy node vs wam-control run against an rclpy robot"),
 }
 
 

@@ -1,6 +1,12 @@
 """Typed, validated deployment settings (see schema.py for every key)."""
 
-from wam_control.config.loader import ConfigError, config_from_dict, load_config, load_joint_limits_file
+from wam_control.config.loader import (
+    ConfigError,
+    config_from_dict,
+    load_config,
+    load_joint_limits_file,
+    read_config_data,
+)
 from wam_control.config.presets import preset_path
 from wam_control.config.schema import (
     ImaginationConfig,
@@ -31,4 +37,5 @@ __all__ = [
     "load_config",
     "load_joint_limits_file",
     "preset_path",
+    "read_config_data",
 ]

@@ -47,12 +47,16 @@ class ConfigError(ValueError):
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RobotConfig:
     """Read, validate and type a deployment YAML. `overrides` are top-level keys applied on top."""
     path = Path(path)
-    source = str(path)
-    data = _read_yaml(path)
-    data = _unwrap_ros_parameters(data, source)
+    data = read_config_data(path)
     if overrides:
         data = {**data, **overrides}
-    return config_from_dict(data, source=source, base_dir=path.parent)
+    return config_from_dict(data, source=str(path), base_dir=path.parent)
+
+
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The deployment YAML's keys, untyped (a ROS 2 parameter file unwrapped); `load_config` types them."""
+    path = Path(path)
+    return _unwrap_ros_parameters(_read_yaml(path), str(path))
 
 
 def config_from_dict(

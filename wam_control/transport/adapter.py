@@ -358,6 +358,18 @@ class ControlRunner:
     def loop_stats(self) -> Any:
         return self._loop.stats if self._loop is not None else None
 
+    def transport_values(self) -> dict[str, Any]:
+        """What both nodes report under `transport` in /diagnostics about the loop and its errors."""
+        out: dict[str, Any] = {"tick_errors": self.tick_errors, "aux_errors": self.aux_errors}
+        if self.last_error:
+            out["last_error"] = self.last_error
+        stats = self.loop_stats()
+        if stats is not None:
+            for key in ("late_p50_us", "late_p99_us", "misses", "overruns"):
+                if hasattr(stats, key):
+                    out[f"loop.{key}"] = getattr(stats, key)
+        return out
+
     def _tick(self, tick: int) -> None:
         try:
             cmd = self.controller.tick(tick)

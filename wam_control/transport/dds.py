@@ -13,8 +13,9 @@ ROS names map to DDS exactly as rmw does it: `/x` is DDS topic `rt/x`, `~/x` exp
 Callbacks run on Cyclone's receive thread: keep them to "store the latest value" (the controller's
 `on_*` methods do exactly that). A callback that raises is caught and counted, never propagated into
 Cyclone. Unless CYCLONEDDS_URI is set, the first DdsNode pins Cyclone to the loopback interface with
-unicast discovery (`pin_loopback`), so tests and the demo never leak traffic onto the machine's network;
-pass `loopback=False` (or set CYCLONEDDS_URI) to reach other machines.
+unicast discovery (`configure_cyclone`), so tests and the demo never leak traffic onto the machine's
+network; pass `loopback=False` (or set CYCLONEDDS_URI) to reach other machines. Either default also
+makes Cyclone interoperate with Fast DDS, ROS 2's default middleware (`FAST_DDS_COMPATIBILITY`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+FAST_DDS_COMPATIBILITY = (
+    "<Compatibility><IgnoreTypeInformation>1.15</IgnoreTypeInformation></Compatibility>"
+)
+"""Cyclone rejects the XTypes type information of Fast DDS (ROS 2's default middleware, vendor id 1.15)
+as invalid and then matches nothing with it: no data flows either way. Ignoring that vendor's type
+information makes matching fall back to type names, which is what ROS 2 relies on anyway."""
+
 LOOPBACK_URI = (
     "<CycloneDDS><Domain id='any'>"
     "<General><Interfaces><NetworkInterface name='lo'/></Interfaces>"
@@ -38,23 +46,51 @@ LOOPBACK_URI = (
     "<Discovery><ParticipantIndex>auto</ParticipantIndex>"
     "<MaxAutoParticipantIndex>60</MaxAutoParticipantIndex>"
     "<Peers><Peer address='127.0.0.1'/></Peers></Discovery>"
+    f"{FAST_DDS_COMPATIBILITY}"
     "</Domain></CycloneDDS>"
 )
-"""Loopback only, no multicast, unicast discovery of up to 60 participants on this host."""
+"""Loopback only, no multicast, unicast discovery of up to 60 participants on this host; talks to Fast DDS."""
+
+NETWORK_URI = f"<CycloneDDS><Domain id='any'>{FAST_DDS_COMPATIBILITY}</Domain></CycloneDDS>"
+"""Cyclone's defaults (all interfaces, multicast discovery), and talks to Fast DDS."""
 
 MAX_DOMAIN_ID = 232  # the largest domain id whose RTPS ports fit in 16 bits with the default port mapping
 
 
-def pin_loopback(env: MutableMapping[str, str] | None = None) -> bool:
-    """Set CYCLONEDDS_URI to `LOOPBACK_URI` unless the user has set it. Returns True if it set it.
+def configure_cyclone(loopback: bool = True, env: MutableMapping[str, str] | None = None) -> str:
+    """Set CYCLONEDDS_URI unless the user has: `LOOPBACK_URI`, or `NETWORK_URI` with `loopback=False`.
 
-    Must run before the first participant of the process is created (Cyclone reads it once).
+    Returns what is in force: "loopback", "network" or "user". A user configuration without the Fast DDS
+    compatibility setting is left alone, with a warning that says what to add. Must run before the
+    process's first participant is created (Cyclone reads the variable once).
     """
     env = os.environ if env is None else env
-    if env.get("CYCLONEDDS_URI"):
-        return False
-    env["CYCLONEDDS_URI"] = LOOPBACK_URI
-    return True
+    user = env.get("CYCLONEDDS_URI", "")
+    if user:
+        if "IgnoreTypeInformation" not in user and not _warned_user_uri:
+            _warn_user_uri()
+        return "user"
+    env["CYCLONEDDS_URI"] = LOOPBACK_URI if loopback else NETWORK_URI
+    return "loopback" if loopback else "network"
+
+
+_warned_user_uri = False
+
+
+def _warn_user_uri() -> None:
+    global _warned_user_uri
+    _warned_user_uri = True
+    log.warning(
+        "CYCLONEDDS_URI is set and has no <Compatibility><IgnoreTypeInformation>: ROS 2 nodes on Fast DDS "
+        "(ROS 2's default middleware) will exchange no data with this process. Add "
+        "%s inside its <Domain> (see README, 'Without ROS 2')",
+        FAST_DDS_COMPATIBILITY,
+    )
+
+
+def pin_loopback(env: MutableMapping[str, str] | None = None) -> bool:
+    """Set CYCLONEDDS_URI to `LOOPBACK_URI` unless the user has set it. Returns True if it set it."""
+    return configure_cyclone(True, env) == "loopback"
 
 
 def domain_id_from_env(env: MutableMapping[str, str] | None = None) -> int:
@@ -190,8 +226,7 @@ class DdsNode:
         domain_id: int | None = None,
         loopback: bool = True,
     ) -> None:
-        if loopback:
-            pin_loopback()
+        self.cyclone_config = configure_cyclone(loopback)
         from cyclonedds.domain import DomainParticipant
 
         self.name = name

@@ -124,17 +124,12 @@ class DdsControllerNode:
         out: dict[str, Any] = {
             "domain_id": self.node.domain_id,
             "command_publish_failures": self.command_pub.failed,
-            "tick_errors": self.runner.tick_errors,
+            **self.runner.transport_values(),
         }
         if self.command_pub.last_error:
             out["command_publish_last_error"] = self.command_pub.last_error
         if self.last_rearm:
             out["rearm.last"] = self.last_rearm
-        stats = self.runner.loop_stats()
-        if stats is not None:
-            for key in ("late_p50_us", "late_p99_us", "misses", "overruns"):
-                if hasattr(stats, key):
-                    out[f"loop.{key}"] = getattr(stats, key)
         return out
 
     def start(self) -> None:

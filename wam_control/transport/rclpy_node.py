@@ -1,0 +1,308 @@
+"""The controller as an rclpy lifecycle node. Imported only where rclpy is (see `ros_node.main`).
+
+A thin adapter over the same Controller, converters and QoS profiles as `wam-control run`
+(`adapter.py`); only subscriptions, publishers, parameters, the service and the lifecycle are rclpy's.
+
+Threads. The control loop runs in its own thread on monotonic deadlines (`ControlRunner`), never in an
+rclpy timer (timers follow the ROS clock and jitter with the executor). The node is spun by a
+*single-threaded* executor: every callback only stores the latest value, so one thread serves them
+all, and no executor thread pool competes with the control thread for the GIL (measured with the
+multi-threaded executor: ~11 commands/s instead of 500; docs/benchmarks/ros_node.md).
+
+Shutdown. rclpy's own signal handler would shut the context down while the control thread still
+publishes. `main` installs its own SIGINT/SIGTERM handlers instead: the spin loop ends, the node brakes
+to hold while its publishers are still enabled, the lifecycle's shutdown transition runs, and only then
+is the context shut down. Exit code 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State, TransitionCallbackReturn
+from rclpy.signals import SignalHandlerOptions
+from std_srvs.srv import Trigger
+
+from wam_control.transport import qos
+from wam_control.transport.adapter import ControllerIO, ControlRunner, build_runtime, camera_info_topic
+from wam_control.transport.launch_params import NODE_NAME
+from wam_control.transport.messages import rclpy_msg_types
+from wam_control.transport.ros_node import deep_merge, nest, schema_parameter_names
+
+SPIN_TIMEOUT_S = 0.1
+"""How often the spin loop looks at the stop flag (Python runs signal handlers between waits)."""
+
+
+class WamControllerNode(LifecycleNode):  # type: ignore[misc]
+    """`wam_controller`: parameters = the deployment YAML's keys (config/fr3.yaml is a ROS 2 parameter
+    file), plus `config_dir`, `config_file`, `autostart`, `diagnostics_period_s`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self._T = rclpy_msg_types()
+        self._declare("config_file", "", "deployment YAML read before this node's own parameters, which "
+                      "override its keys (for YAML files that are not ROS 2 parameter files)")  # fmt: skip
+        self._declare("config_dir", "", "folder that relative paths in the parameters are relative to "
+                      "(default: the package's config/)")  # fmt: skip
+        self._declare("autostart", False, "configure and activate right after start (ros2 run)")
+        self._declare("diagnostics_period_s", 1.0, "period of /diagnostics in seconds")
+        self.runtime: Any = None
+        self.controller: Any = None
+        self.io: Any = None
+        self.runner: Any = None
+        self._subs: list[Any] = []
+        self._pubs: list[Any] = []
+        self._srv: Any = None
+        self._command_pub: Any = None
+        self._chunk_pub: Any = None
+        self._diag_pub: Any = None
+        self._surprise_pub: Any = None
+        self._imagination_pub: Any = None
+        self._next_diag = 0.0
+
+    def _declare(self, name: str, default: Any, description: str, dynamic: bool = False) -> Any:
+        if self.has_parameter(name):  # configure after cleanup: declared the first time round
+            return self.get_parameter(name)
+        desc = ParameterDescriptor(description=description, read_only=True, dynamic_typing=dynamic)
+        return self.declare_parameter(name, default, desc)
+
+    # -- configuration ----------------------------------------------------------------------------
+
+    def _read_config(self) -> Any:
+        from wam_control.config import config_from_dict, read_config_data
+        from wam_control.config.presets import share_dir
+        from wam_control.config.schema import JointLimits
+
+        # Declared as "no value" with dynamic typing: only keys given (YAML, -p) get a value, the
+        # schema's defaults apply to the rest, and the loader does the type checking.
+        flat: dict[str, Any] = {}
+
+        def given(name: str, description: str) -> None:
+            value = self._declare(name, None, description, dynamic=True).value
+            if value is not None:
+                flat[name] = value
+
+        for name, description in schema_parameter_names():
+            given(name, description)
+        for joint in flat.get("joints", []):
+            for f in dataclasses.fields(JointLimits):
+                given(f"joint_limits.{joint}.{f.name}", f"ros2_control joint_limits: {f.name}")
+        for camera in flat.get("cameras", ["scene"]):
+            given(f"topics.camera_images.{camera}", "image topic")
+
+        fqn = self.get_fully_qualified_name()
+        config_file = str(self.get_parameter("config_file").value)
+        config_dir = str(self.get_parameter("config_dir").value)
+        if config_file:
+            data = deep_merge(read_config_data(config_file), nest(flat))
+            source, base = f"{config_file} + parameters of {fqn}", Path(config_file).parent
+        else:
+            data = nest(flat)
+            source, base = f"parameters of {fqn}", Path(config_dir) if config_dir else share_dir() / "config"
+        return config_from_dict(data, source=source, base_dir=base)
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            config = self._read_config()
+            self.runtime = build_runtime(config)
+            self.controller = self.runtime.controller
+            self._warm_up(config.timeouts.startup_s)
+        except Exception as exc:  # any reason: log it with the file/key it names, stay unconfigured
+            self.get_logger().error(f"configure failed: {exc}")
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.io = ControllerIO(self.controller, self._T, self.get_name(), now=self._ros_now,
+                               surprise=self.runtime.surprise, imagination=self.runtime.imagination)  # fmt: skip
+        self._create_entities(config)
+        self.runner = ControlRunner(
+            self.controller, self._publish_command, self._aux, name=f"{self.get_name()}-loop"
+        )
+        self.get_logger().info(
+            f"configured: {len(config.joint_names)} joints at {config.control_hz:g} Hz, "
+            f"{config.command_interface} on {self._command_pub.topic_name}, model {self.runtime.model_path}"
+        )
+        return TransitionCallbackReturn.SUCCESS
+
+    def _ros_now(self) -> float:
+        """Stamps follow the node's ROS clock: /clock time with use_sim_time, else wall time."""
+        return float(self.get_clock().now().nanoseconds) * 1e-9
+
+    def _warm_up(self, timeout_s: float) -> None:
+        worker = self.controller.worker
+        worker.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            worker.check(self.controller.clock.now())
+            if worker.health().get("state") == "ready":
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"inference worker not ready after {timeout_s:g} s: {worker.health()}")
+
+    def _create_entities(self, config: Any) -> None:
+        t, io, T = config.topics, self.io, self._T
+        self._subs = [
+            self.create_subscription(T.JointState, t.joint_states,
+                                     functools.partial(io.on_joint_state, topic=t.joint_states),
+                                     qos.to_rclpy(qos.JOINT_STATES)),
+            self.create_subscription(T.Bool, t.estop, functools.partial(io.on_estop, topic=t.estop),
+                                     qos.to_rclpy(qos.RELIABLE)),
+        ]  # fmt: skip
+        for camera, topic in t.camera_images.items():
+            self._subs.append(
+                self.create_subscription(
+                    T.Image, topic, functools.partial(io.on_image, camera), qos.to_rclpy(qos.SENSOR_DATA)
+                )
+            )
+            self._subs.append(
+                self.create_subscription(
+                    T.CameraInfo,
+                    camera_info_topic(topic),
+                    functools.partial(io.on_camera_info, camera),
+                    qos.to_rclpy(qos.SENSOR_DATA),
+                )
+            )
+        if config.command_interface == "forward_position":
+            self._command_pub = self.create_lifecycle_publisher(
+                T.Float64MultiArray, t.forward_command, qos.to_rclpy(qos.RELIABLE)
+            )
+        else:
+            self._command_pub = self.create_lifecycle_publisher(
+                T.JointTrajectory, t.trajectory_command, qos.to_rclpy(qos.RELIABLE)
+            )
+        self._chunk_pub = self.create_lifecycle_publisher(
+            T.JointTrajectory, t.predicted_chunk, qos.to_rclpy(qos.PREDICTED_CHUNK)
+        )
+        self._diag_pub = self.create_lifecycle_publisher(
+            T.DiagnosticArray, t.diagnostics, qos.to_rclpy(qos.DIAGNOSTICS)
+        )
+        self._pubs = [self._command_pub, self._chunk_pub, self._diag_pub]
+        if io.surprise is not None:
+            self._surprise_pub = self.create_lifecycle_publisher(T.Float64, t.surprise, qos.to_rclpy(qos.PREVIEW))
+            self._pubs.append(self._surprise_pub)
+        if io.imagination is not None:
+            self._imagination_pub = self.create_lifecycle_publisher(
+                T.Image, config.imagination.topic, qos.to_rclpy(qos.PREVIEW)
+            )
+            self._pubs.append(self._imagination_pub)
+            io.bind_imagination(self._imagination_pub.publish)
+        self._srv = self.create_service(Trigger, t.rearm_service, self._on_rearm)
+
+    # -- runtime ----------------------------------------------------------------------------------
+
+    def _publish_command(self, cmd: Any) -> None:
+        self._command_pub.publish(self.io.command_msg(cmd))
+
+    def _aux(self) -> None:
+        chunk = self.io.predicted_chunk_msg()
+        if chunk is not None:
+            self._chunk_pub.publish(chunk)
+        if self._surprise_pub is not None:
+            self._surprise_pub.publish(self.io.surprise_msg())
+        if self._imagination_pub is not None:
+            self.io.poll_imagination(self._imagination_pub.get_subscription_count())
+        now = time.monotonic()
+        if now >= self._next_diag:
+            self._next_diag = now + float(self.get_parameter("diagnostics_period_s").value)
+            self._diag_pub.publish(self.io.diagnostics_msg(self.runner.transport_values()))
+
+    def _on_rearm(self, request: Any, response: Any) -> Any:
+        if self.io is None:
+            response.success, response.message = False, "not configured"
+            return response
+        ok, message = self.io.rearm()
+        response.success = ok
+        response.message = message
+        return response
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self.runner.start()
+        self.get_logger().info("active: control loop running")
+        return result
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        stats = self.runner.stop()  # brakes to hold while the publishers are still enabled
+        self.io.imagination_off()  # its publisher is disabled next
+        self.get_logger().info(f"inactive: holding; loop {stats.line() if stats is not None else '-'}")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        self.get_logger().error("error transition: stopping and releasing everything")
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def brake_and_shut_down(self) -> None:
+        """Signal or end of spin: brake to hold while still publishing, then the lifecycle shutdown."""
+        if self.runner is not None and self.runner.running:
+            stats = self.runner.stop()
+            self.get_logger().info(f"stopping: braked to hold; loop {stats.line() if stats else '-'}")
+        label = self._state_machine.current_state[1]
+        if label in ("unconfigured", "inactive", "active"):
+            self.trigger_shutdown()
+        else:
+            self._release()
+
+    def _release(self) -> None:
+        if self.runner is not None and self.runner.running:
+            self.runner.stop()
+        if self.io is not None:
+            self.io.imagination_off()  # no frame may reach a destroyed publisher
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        for pub in self._pubs:
+            self.destroy_lifecycle_publisher(pub)
+        if self._srv is not None:
+            self.destroy_service(self._srv)
+        self._subs, self._pubs, self._srv = [], [], None
+        self._command_pub = self._chunk_pub = self._diag_pub = None
+        self._surprise_pub = self._imagination_pub = None
+        if self.runtime is not None:
+            self.runtime.close()
+        self.runtime = self.controller = self.io = self.runner = None
+
+
+def run(args: list[str] | None = None) -> int:
+    """`wam_controller` (ros2 run / the launch file): spin until SIGINT/SIGTERM, then stop in order."""
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    node = WamControllerNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        autostart = bool(node.get_parameter("autostart").value)
+        if autostart and node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
+    finally:
+        node.brake_and_shut_down()
+        executor.remove_node(node)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
