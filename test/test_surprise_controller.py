@@ -72,10 +72,13 @@ def test_controller_reports_slows_and_latches_on_surprise() -> None:
     assert st.level == ERROR and "surprise" in st.message
     assert st.values["surprise.trips"] == 1 and st.values["surprise.peak"] >= SurpriseConfig().stop_threshold
     assert log.holding[-1]  # braked to hold
-    # the latch reset the monitor: after re-arm the arm gets its full envelope back
-    assert mon.velocity_scale == 1.0
+    # While latched, the score that tripped it stays what ~/surprise and the diagnostics show
+    # (it used to read 0 right after every trip); the re-arm clears it and gives the full envelope back.
+    assert mon.score >= SurpriseConfig().stop_threshold and mon.tripped
+    assert st.values["surprise.score"] == mon.score
     ok, why = ctl.rearm()
     assert ok, why
+    assert mon.score == 0.0 and mon.velocity_scale == 1.0 and not mon.tripped
     replay.run(3000)
     assert ctl.filter.fault is None and ctl.status().level == OK
     assert mon.score < SurpriseConfig().slow_threshold  # predictions made after the change agree again

@@ -289,10 +289,15 @@ class Controller:
         self.stop()
         self.worker.close()
 
-    def _reset_motion(self) -> None:
+    def _reset_motion(self, keep_surprise_score: bool = False) -> None:
         self.scheduler.reset()
         if self.surprise is not None:
-            self.surprise.reset()
+            # After a fault the score that caused (or saw) it stays readable (~/surprise, diagnostics)
+            # until the next start or re-arm; only the predictions of the abandoned motion go.
+            if keep_surprise_score:
+                self.surprise.forget_predictions()
+            else:
+                self.surprise.reset()
         # Anything already in flight was planned for a motion that is being abandoned.
         self._epoch_first_id = self._next_id
 
@@ -335,7 +340,7 @@ class Controller:
             self._fault = self.filter.fault
             self._fault_tick = tick
             c["faults"] += 1
-            self._reset_motion()
+            self._reset_motion(keep_surprise_score=True)
 
         target = self._select_target(tick) if self._running and self._fault is None else None
 

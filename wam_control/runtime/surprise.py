@@ -168,15 +168,20 @@ class SurpriseMonitor:
         self._filter = safety_filter
 
     def reset(self) -> None:
-        """Forget pending predictions and the score (the motion they were made for was abandoned)."""
-        self._live[:] = False
-        self._last_obs_tick = -(2**62)
+        """Forget pending predictions and the score (a new motion starts: start or re-arm)."""
+        self.forget_predictions()
         self.score = 0.0
         self.latent_score = 0.0
         self.frame_score = 0.0
         self.raw = math.nan
         self.tripped = False
         self._set_scale(1.0)
+
+    def forget_predictions(self) -> None:
+        """Drop pending predictions (the motion they were made for was abandoned, e.g. by a fault) but
+        keep the score, the trip and the velocity scale: what the monitor acted on stays visible."""
+        self._live[:] = False
+        self._last_obs_tick = -(2**62)
 
     # ------------------------------------------------------------------ per inference result
 
