@@ -19,6 +19,12 @@ extras = {
     "train": ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.2", "tqdm>=4.60"],
     # ROS 2 wire format without ROS: the BytesMachine speed-up relies on this exact version.
     "dds": ["cyclonedds==11.0.1"],
+    # Split deployment, robot side: inference.backend triton (Triton's gRPC client).
+    "triton": ["tritonclient[grpc]>=2.40"],
+    # Split deployment, GPU-host side: `wam-control serve` (Triton Inference Server as a wheel, with its
+    # Python backend; manylinux_2_35, x86_64). Pinned: serve extends its model config (serving/server.py).
+    # Note: nvidia-pytriton 0.7 requires numpy<2.
+    "serve": ["nvidia-pytriton==0.7.*", "tritonclient[grpc]>=2.40", "onnxruntime>=1.20"],
     # Simulation, recording and plots.
     "sim": ["mujoco>=3.2", "rosbags>=0.10", "matplotlib>=3.7"],
     "dev": [

@@ -106,11 +106,42 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True)
+class TritonConfig:
+    """`inference.backend: triton`: the model runs on a Triton Inference Server (split deployment, see
+    README "Run the model on a GPU host"); the server's address is `inference.server`."""
+
+    model_name: str = ""
+    """Triton model name; empty means the model file's contract model_name (what `wam-control serve` uses)."""
+    model_version: str = ""
+    """Model version; empty lets the server choose."""
+    connect_timeout_s: float = 5.0
+    """Start-up checks (server live, model ready, metadata): each must answer within this time."""
+    request_timeout_s: float = 1.0
+    """A request without a reply after this long counts as a lost server: the worker restarts (brake to
+    hold). Keep it at or below `timeouts.inference_deadline_s`."""
+    tls: bool = False
+    """gRPC over TLS; the three PEM files below are optional (empty: the system's roots, no client cert)."""
+    root_certificates: str = ""
+    private_key: str = ""
+    certificate_chain: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("connect_timeout_s", "request_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"inference.triton.{name} must be a positive number of seconds, got {value}")
+
+
+@dataclass(frozen=True)
 class InferenceConfig:
     model: str = ""
-    """Path of the ONNX model (relative paths resolve against the config file's folder, then cwd)."""
+    """Path of the ONNX model (relative paths resolve against the config file's folder, then cwd). With
+    `backend: triton` the robot keeps this file for the contract; the server runs the model."""
     backend: str = "auto"
-    """auto | onnxruntime | tensorrt | torch."""
+    """auto | onnxruntime | tensorrt | torch | triton (remote: a Triton Inference Server at `server`)."""
+    server: str = "127.0.0.1:8001"
+    """backend triton: the Triton server's gRPC address, host:port."""
+    triton: TritonConfig = field(default_factory=TritonConfig)
     worker: WorkerMode = "thread"
     threads: int = 1
     """Intra-op threads of the backend: small and fixed for stable latency."""
@@ -121,6 +152,11 @@ class InferenceConfig:
     delay_window: int = 50
     warmup_chunks: int = 3
     """Chunks whose delay is excluded from the delay estimate (first calls are slow)."""
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"inference.server must be host:port (Triton's gRPC address), got {self.server!r}")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ that uses them.
 
 from wam_control.policy.base import (
     BACKENDS,
+    BackendUnavailable,
     PolicyBackend,
     PolicyInput,
     PolicyOutput,
@@ -25,6 +26,7 @@ from wam_control.policy.contract import (
 
 __all__ = [
     "BACKENDS",
+    "BackendUnavailable",
     "CONTRACT_VERSION",
     "INPUT_NAMES",
     "OUTPUT_NAMES",

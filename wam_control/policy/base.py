@@ -15,7 +15,12 @@ from wam_control.policy.contract import ModelContract
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend itself is gone (a remote server unreachable, lost or too slow), not just this call:
+    the inference worker handles it like a crashed backend (abandon, restart with backoff)."""
 
 
 @dataclass(slots=True)
@@ -26,6 +31,10 @@ class PolicyInput:
     state: np.ndarray  # float32 [D], radians, joints in contract order
     action_prefix: np.ndarray  # float32 [H_act, D]; only the first prefix_len rows are read
     prefix_len: int
+    request_id: int = 0
+    """The worker's request id (0: none); a remote backend sends it with the request."""
+    obs_tick: int = -1
+    """The control tick of the observation (-1: unknown); a remote backend sends it with the request."""
 
 
 @dataclass(slots=True)
@@ -100,7 +109,8 @@ def example_input(contract: ModelContract, seed: int = 0, prefix_len: int | None
 def load_backend(model_path: str | os.PathLike[str], backend: str = "auto", **options: Any) -> PolicyBackend:
     """Load a model file with the requested backend and warm it up (`warmup=N`, 0 to skip).
 
-    "auto" tries native TensorRT where it is installed and a GPU is visible, then ONNX Runtime (whose
+    "triton" calls a model served by Triton Inference Server (policy.triton_backend; options `server`,
+    `model_name`, ...); "auto" never picks it. "auto" tries native TensorRT where it is installed and a GPU is visible, then ONNX Runtime (whose
     own provider choice is TensorRT EP -> CUDA EP -> CPU), then PyTorch. A failure of a preferred
     backend is logged and the next one is tried; an explicitly named backend fails loudly.
 
@@ -138,12 +148,16 @@ def _backend_class(backend: str) -> Any:
         from wam_control.policy.tensorrt_backend import TensorRTBackend
 
         return TensorRTBackend
+    if backend == "triton":
+        from wam_control.policy.triton_backend import TritonBackend
+
+        return TritonBackend
     from wam_control.policy.torch_backend import TorchBackend
 
     return TorchBackend
 
 
-_THREADS_OPTION = {"onnxruntime": "intra_op_threads", "torch": "threads", "tensorrt": ""}
+_THREADS_OPTION = {"onnxruntime": "intra_op_threads", "torch": "threads", "tensorrt": "", "triton": ""}
 
 
 def _construct(backend: str, path: str, options: dict[str, Any], *, lenient: bool = False) -> PolicyBackend:

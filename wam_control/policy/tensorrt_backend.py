@@ -185,7 +185,7 @@ class _CudaRunner:
             hptr = int(cuda_check(cudart.cudaMallocHost(nbytes)))
             self._host_ptrs.append(hptr)
             buf = (ctypes.c_byte * nbytes).from_address(hptr)
-            self.host[name] = np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+            self.host[name] = np.frombuffer(memoryview(buf), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
             self.dev[name] = int(cuda_check(cudart.cudaMalloc(nbytes)))
             if not ctx.set_tensor_address(name, self.dev[name]):
                 raise RuntimeError(f"TensorRT refused the device address for {name}")

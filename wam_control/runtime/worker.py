@@ -15,7 +15,8 @@ dead worker (thread/process gone, pipe closed) and a hung one (a request in flig
 `deadline_s` on the injected clock), abandons the request (reported as an error result), restarts the
 worker after an exponential backoff, and counts everything for `health()`. A late result of an
 abandoned request is discarded. Starting or restarting never blocks the caller: backends are created
-and warmed up inside the worker, which reports ready when done.
+and warmed up inside the worker, which reports ready when done. A backend that raises `BackendUnavailable` (a remote model
+server gone or too slow) is treated as a crash of the worker, not as one bad result.
 
 Only the thread that owns the worker (the control thread) may call submit/poll/check/health.
 """
@@ -42,7 +43,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from wam_control.policy import ModelContract, PolicyBackend, PolicyInput, PolicyOutput
+from wam_control.policy import BackendUnavailable, ModelContract, PolicyBackend, PolicyInput, PolicyOutput
 from wam_control.runtime.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -397,7 +398,7 @@ class _ThreadInstance:
 
     def __init__(self, gen: int) -> None:
         self.gen = gen
-        self.inbox: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[int, int, int] | None] = queue.SimpleQueue()
         self.inputs: dict[str, np.ndarray] = {}
         self.thread: threading.Thread | None = None
 
@@ -460,8 +461,9 @@ class ThreadWorker(_Supervised):
                 msg = inst.inbox.get()
                 if msg is None:
                     break
-                request_id, prefix_len = msg
+                request_id, obs_tick, prefix_len = msg
                 inp.prefix_len = prefix_len
+                inp.request_id, inp.obs_tick = request_id, obs_tick
                 t0 = time.perf_counter()
                 out: PolicyOutput | None = None
                 try:
@@ -475,6 +477,10 @@ class ThreadWorker(_Supervised):
                             raw.latent_pred.copy(),
                             float(raw.frame_error),
                         )
+                except BackendUnavailable as exc:
+                    # The backend itself is gone (e.g. its server): a crash of this generation.
+                    events.put(("died", gen, f"backend unavailable: {exc}"))
+                    break
                 except Exception as exc:
                     err = _describe_exc(exc)
                 dt = time.perf_counter() - t0
@@ -491,7 +497,7 @@ class ThreadWorker(_Supervised):
         inst = self._inst
         assert inst is not None
         _copy_inputs(inst.inputs, request)
-        inst.inbox.put((request.request_id, int(request.prefix_len)))
+        inst.inbox.put((request.request_id, int(request.obs_tick), int(request.prefix_len)))
 
     def _stop_instance(self, graceful: bool) -> None:
         inst, self._inst = self._inst, None
@@ -597,8 +603,9 @@ def _process_main(conn: Connection, spec: dict[str, Any]) -> None:
                 break
             if msg is None:
                 break
-            _, request_id, prefix_len = msg
+            _, request_id, obs_tick, prefix_len = msg
             inp.prefix_len = prefix_len
+            inp.request_id, inp.obs_tick = request_id, obs_tick
             t0 = time.perf_counter()
             try:
                 raw = backend.infer(inp)
@@ -607,6 +614,9 @@ def _process_main(conn: Connection, spec: dict[str, Any]) -> None:
                     for name in _OUTPUTS:
                         np.copyto(outs[name], getattr(raw, name), casting="same_kind")
                     outs["frame_error"][0] = raw.frame_error
+            except BackendUnavailable as exc:
+                conn.send(("died", f"backend unavailable: {exc}"))
+                break
             except Exception as exc:
                 err = _describe_exc(exc)
             conn.send(("done", request_id, time.perf_counter() - t0, err))
@@ -757,7 +767,7 @@ class ProcessWorker(_Supervised):
     def _send(self, request: InferenceRequest) -> None:
         assert self._conn is not None
         _copy_inputs(self._in, request)
-        self._conn.send(("infer", request.request_id, int(request.prefix_len)))
+        self._conn.send(("infer", request.request_id, int(request.obs_tick), int(request.prefix_len)))
 
     def _alive(self) -> bool:
         if self._proc is None:
@@ -863,6 +873,13 @@ def make_worker(
     reports `releases_gil` once ready, and a warning is logged otherwise.
     """
     options = dict(backend_options or {})
+    if backend == "triton":
+        # A remote model: check the server once, here at start-up (blocking, before any loop runs), so
+        # that an unreachable server or a mismatching served model is an error naming host, port and
+        # model, not a worker that keeps restarting.
+        from wam_control.policy.triton_backend import check_server
+
+        check_server(model_path, **{k: v for k, v in options.items() if k not in ("threads", "frame_check", "warmup")})
     if mode == "thread":
         from wam_control.policy import load_backend
 
