@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("wam_control.sim.record", "record expert demonstrations from the sim as ROS 2 bags"),
     "sim": ("wam_control.sim.bridge", "run the MuJoCo arm speaking Gazebo's ROS 2 topics over DDS"),
     "check-config": ("wam_control.config.check", "load and validate a deployment YAML"),
+    "serve": ("wam_control.serving.server", "serve a model with Triton Inference Server (GPU host side)"),
+    "triton-repo": ("wam_control.serving.repo", "write a Triton model repository for a model (production server)"),
 }
 
 BENCHES: dict[str, tuple[str, str]] = {
@@ -35,6 +37,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "expert": ("wam_control.bench.expert", "scripted expert success rate"),
     "closed-loop": ("wam_control.bench.closed_loop", "closed-loop success: async vs sync execution"),
     "surprise": ("wam_control.bench.surprise", "world-model surprise monitor: detection vs false alarms"),
+    "serving": ("wam_control.bench.serving", "robots per Triton server: remote vs in-process latency"),
     "ros-node": ("wam_control.bench.ros_node", "rclpy node vs wam-control run against an rclpy robot"),
 }
 
