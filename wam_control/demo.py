@@ -55,7 +55,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--task", choices=("reach", "push"), default="reach")
     ap.add_argument("--config", default="fr3", help="deployment YAML or preset name (default fr3)")
     ap.add_argument("--model", help="ONNX model (default: inference.model of the config, the bundled model)")
-    ap.add_argument("--backend", default=None, help="auto|onnxruntime|tensorrt|torch (default: the config's)")
+    ap.add_argument(
+        "--backend",
+        default=None,
+        help="auto|onnxruntime|tensorrt|torch|triton (default: the config's; triton: a local Triton server "
+        "runs the model, split deployment on one machine)",
+    )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder for plots and bags")
     ap.add_argument(
         "--transport",
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     contract = read_contract(model_path)
     check_contract(contract, config)
     backend = args.backend or config.inference.backend
+    if backend == "triton" and args.transport == "inproc":
+        config = _local_triton(config, model_path)
     surprise, surprise_off = None, "off"
     if not args.no_surprise:
         try:
@@ -245,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"plots: {', '.join(str(p) for p in plots)}")
     if bags:
         _say(f"bags: {', '.join(str(p) for p in bags)}")
+    if backend == "triton" and args.transport == "inproc":
+        _say(_triton_split(config, model_path))
     _say(f"wall time {time.perf_counter() - t_start:.1f} s")
     (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
     return 0
@@ -256,9 +265,44 @@ def main(argv: list[str] | None = None) -> int:
 def _backend_options(backend: str, config: Any, surprise: Any = None) -> dict[str, Any]:
     # ONNX Runtime's thread count (the "auto" loader drops options a candidate does not take).
     opts = {"intra_op_threads": config.inference.threads} if backend in ("auto", "onnxruntime") else {}
+    if backend == "triton":
+        from wam_control.policy.triton_backend import triton_options
+
+        opts.update(triton_options(config))
     if surprise is not None:
         opts.update(surprise.backend_options())  # the monitor's frame check runs beside the model
     return opts
+
+
+def _triton_split(config: Any, model_path: Path) -> str:
+    """The server's own compute per request (Triton's statistics) beside the round trip reported above."""
+    from wam_control.policy.triton_backend import TritonBackend, triton_options
+
+    be = TritonBackend(model_path, **triton_options(config))
+    try:
+        st = be.server_statistics()
+    finally:
+        be.close()
+    n = max(1.0, st.get("inference_count", 0.0))
+    return (
+        f"triton: the compute times above are round trips; server compute {st.get('compute_infer_ns', 0.0) / n / 1e6:.2f} ms "
+        f"and queue {st.get('queue_ns', 0.0) / n / 1e6:.2f} ms per request, batch mean "
+        f"{n / max(1.0, st.get('execution_count', 0.0)):.2f} over {int(n)} requests"
+    )
+
+
+def _local_triton(config: Any, model_path: Path) -> Any:
+    """Start `wam-control serve` for the model on a free loopback port (stopped at exit); the config
+    pointing inference.server at it."""
+    import atexit
+    import dataclasses
+
+    from wam_control.serving.server import LocalServer
+
+    server = LocalServer(model_path).start()
+    atexit.register(server.close)
+    _say(f"  split deployment on this machine: Triton server (wam-control serve) on {server.url}")
+    return dataclasses.replace(config, inference=dataclasses.replace(config.inference, server=server.url))
 
 
 def _run_realtime(

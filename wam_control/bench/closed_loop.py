@@ -86,6 +86,13 @@ def run(
     return out, model.compute_s, lat
 
 
+def _remote_split(backend: Any) -> float:
+    """Mean server-side compute per request (ms) from Triton's statistics; the rest of the round trip is
+    transport, serialisation and queueing."""
+    st = getattr(backend, "inner", backend).server_statistics()  # under the frame check wrapper
+    return st.get("compute_infer_ns", 0.0) / max(1.0, st.get("inference_count", 0.0)) / 1e6
+
+
 def _fmt(v: float, nd: int = 3) -> str:
     return "nan" if not math.isfinite(v) else f"{v:.{nd}f}"
 
@@ -105,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", choices=("reach", "push"), default="reach")
     ap.add_argument("--config", default="fr3", help="deployment YAML or preset name")
     ap.add_argument("--model", help="ONNX model (default: inference.model of the config, the bundled model)")
-    ap.add_argument("--backend", default="auto")
+    ap.add_argument(
+        "--backend",
+        default="auto",
+        help="auto|onnxruntime|tensorrt|torch|triton (triton: a local Triton server runs the model, "
+        "`wam-control serve`; the round trip is reported beside the server's compute time)",
+    )
     ap.add_argument(
         "--policy",
         choices=("model", "oracle"),
@@ -155,7 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     opts = {"intra_op_threads": config.inference.threads} if args.backend in ("auto", "onnxruntime") else {}
     if surprise is not None:
         opts.update(surprise.backend_options())  # the frame check runs beside the model
-    backend = load_backend(model_path, args.backend, **opts) if args.policy == "model" else None
+    server = None
+    if args.backend == "triton" and args.policy == "model":
+        from wam_control.serving.server import LocalServer
+
+        server = LocalServer(model_path).start()
+        opts.update(server=server.url)
+    try:
+        backend = load_backend(model_path, args.backend, **opts) if args.policy == "model" else None
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     print(
         f"closed-loop {args.task}: {args.episodes} episodes x {list(modes)}, seeds {args.seed}..{args.seed + args.episodes - 1}, "
         f"model {model_path.name} ({contract.horizon} x {contract.action_dt * 1e3:g} ms), "
@@ -171,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
             compute_ms=args.compute_ms, modes=modes, task=args.task, horizon_s=args.horizon_s,
             progress=not args.quiet, surprise=surprise,
         )  # fmt: skip
+        remote = _remote_split(backend) if server is not None else None
     finally:
         if backend is not None:
             backend.close()
+        if server is not None:
+            server.close()
     wall = time.perf_counter() - t0
     comp = np.asarray(compute_s) * 1e3
     print(
@@ -216,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             ("sync_mean_time_s", _fmt(sums["sync"]["mean_time_s"])),
         ]
     keys.append(("compute_p50_ms", f"{np.percentile(comp, 50):.3f}"))
+    if remote is not None:  # compute_p50_ms above is the round trip; the server's own compute beside it
+        print(f"triton: round trip p50 {np.percentile(comp, 50):.2f} ms, server compute {remote:.2f} ms per request")
+        keys.append(("server_compute_ms", f"{remote:.3f}"))
     print(" ".join(f"{k}={v}" for k, v in keys))
     return 0
 
