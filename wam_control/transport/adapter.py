@@ -474,6 +474,10 @@ def build_runtime(
     options: dict[str, Any] = {"threads": config.inference.threads}
     if config.inference.device != "auto":
         options["device"] = config.inference.device
+    if (backend or config.inference.backend) == "triton":  # remote model: the server's address etc.
+        from wam_control.policy.triton_backend import triton_options
+
+        options.update(triton_options(config))
     if monitor is not None and config.surprise.frame_check:
         from wam_control.runtime.surprise import frame_check_decoder
 
