@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from wam_control.transport.dds import pin_loopback
+from wam_control.transport.dds import configure_fast_dds, pin_loopback
 
 # DDS traffic from tests stays on loopback unless the user configured Cyclone DDS themselves: Cyclone
 # through the project's own setting (which also lets it talk to Fast DDS), the rclpy nodes' Fast DDS
 # through ROS 2's discovery range. Every process the tests start inherits both.
 pin_loopback()
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+configure_fast_dds()  # Fast DDS without type propagation next to Cyclone (transport/fastdds_profile.xml)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FR3_JOINTS = tuple(f"fr3_joint{i}" for i in range(1, 8))

@@ -190,10 +190,13 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeou
 
 def child_env(domain: int) -> dict[str, str]:
     """Both controllers on the robot's domain, DDS on loopback (unless the user configured otherwise)."""
+    from wam_control.transport.dds import configure_fast_dds
+
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain)
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env["PYTHONUNBUFFERED"] = "1"
+    configure_fast_dds(env)
     return env
 
 

@@ -261,6 +261,9 @@ class RclpyNodeShim:
         import rclpy
         from rclpy.node import Node
 
+        from wam_control.transport.dds import configure_fast_dds
+
+        configure_fast_dds()
         if not rclpy.ok():
             rclpy.init()
         self.node = Node(name)

@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, MutableMapping
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from wam_control.transport.qos import QosProfile, to_dds
@@ -86,6 +87,20 @@ def _warn_user_uri() -> None:
         "%s inside its <Domain> (see README, 'Without ROS 2')",
         FAST_DDS_COMPATIBILITY,
     )
+
+
+FAST_DDS_PROFILE = Path(__file__).with_name("fastdds_profile.xml")
+"""Fast DDS participant profile without XTypes type propagation (why: in the file)."""
+
+
+def configure_fast_dds(env: MutableMapping[str, str] | None = None) -> bool:
+    """Point FASTDDS_DEFAULT_PROFILES_FILE at `FAST_DDS_PROFILE` unless the user has set it; True if it
+    did. For this process's rclpy participants: must run before rclpy creates them."""
+    env = os.environ if env is None else env
+    if env.get("FASTDDS_DEFAULT_PROFILES_FILE"):
+        return False
+    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FAST_DDS_PROFILE)
+    return True
 
 
 def pin_loopback(env: MutableMapping[str, str] | None = None) -> bool:

@@ -35,6 +35,7 @@ from std_srvs.srv import Trigger
 
 from wam_control.transport import qos
 from wam_control.transport.adapter import ControllerIO, ControlRunner, build_runtime, camera_info_topic
+from wam_control.transport.dds import configure_fast_dds
 from wam_control.transport.launch_params import NODE_NAME
 from wam_control.transport.messages import rclpy_msg_types
 from wam_control.transport.ros_node import deep_merge, nest, schema_parameter_names
@@ -283,6 +284,7 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
 
 def run(args: list[str] | None = None) -> int:
     """`wam_controller` (ros2 run / the launch file): spin until SIGINT/SIGTERM, then stop in order."""
+    configure_fast_dds()  # before the participant exists (see fastdds_profile.xml)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
 

@@ -26,6 +26,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 from wam_control.transport import qos
+from wam_control.transport.dds import configure_fast_dds
 
 TRANSITIONS = {
     "configure": Transition.TRANSITION_CONFIGURE,
@@ -110,6 +111,7 @@ class RclpyPeer:
     """A node in its own rclpy context, spun on a background thread."""
 
     def __init__(self, name: str, domain_id: int | None = None, namespace: str = "") -> None:
+        configure_fast_dds()
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
