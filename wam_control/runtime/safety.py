@@ -15,6 +15,28 @@ always either T-certified or on the brake trajectory of a certified state, and t
 every limit on the way down: the limits hold on every tick, including during braking, ramp-in and
 after re-arm. (test_safety_properties.py checks T => safe brake trajectory over random states.)
 
+Tracking law (safety does not depend on it: any jerk is certified or replaced by the brake law). It
+aims at two things: change nothing that is already feasible, and reach what is not close to
+time-optimally. Per joint, with the ramped / velocity-scaled limits vs, as, js and the target's own
+velocity and acceleration (backward differences, dropped when beyond vs / as):
+1. Pass-through. The command is the target itself, bit for bit, when the step to it is inside the
+   limits and the target's constant-acceleration extrapolation can be followed for two more ticks
+   (the rest of the unique 3-tick plan onto it). Once locked on, the command's v and a are the
+   stream's own, so this is just the stream's backward differences inside the limits.
+2. Planned endgame. Otherwise the shortest of the minimum-norm jerk sequences of N = 4..24 ticks
+   (gains precomputed in units of dt, `_PLANS`) that lands exactly on the target's extrapolated
+   motion with |j|, |a|, |v| inside the limits on every tick; its first jerk is applied and the plan
+   redone next tick, so N shrinks to the 3-tick pass-through. `_plan_reach` skips the search when no
+   jerk-bounded sequence that short can exist.
+3. Far field. Velocity setpoint: the target's velocity plus the speed from which it can still be
+   matched in the distance left (jerk-limited trapezoid stop at brake_deceleration_fraction * as;
+   no linear region, so no exponential tail), capped by vs and the same curve toward each position
+   limit; acceleration setpoint sqrt((js dt)^2 + 2 js |ev|) - js dt (a^2 / 2js + a dt <= |ev|: lands on
+   the setpoint without passing it, the velocity certification's own curve), jerk within js.
+A target beyond the tracking window makes the window's edge the goal, moving with the robot's
+measured velocity, never faster than can still stop at the real target. A target at or beyond a
+position limit is aimed _PARK_GAP_TICKS2 a_max dt^2 inside it.
+
 Two implementations of the same arithmetic: `SafetyFilter` in plain Python floats over the joints
 (a 7-joint tick costs far less than the ~40 numpy ufunc calls the vectorised form needs), and
 `BatchCore`, the same law over (batch, joint) arrays, used by the benchmark to run many adversarial
@@ -45,7 +67,7 @@ _PARK_GAP_TICKS2 = 10.0
 JOINT_KINDS = (
     "position",  # target outside the position limits (clamped)
     "velocity",  # target stream moved faster than the velocity limit (no feed-forward)
-    "tracking_error",  # |q_cmd - q_measured| too large: hold, or target pulled toward measurement
+    "tracking_error",  # |q_cmd - q_measured| too large: hold; or target beyond it: aim at its edge
     "envelope_acceleration",  # tracking step rejected by the certified envelope: braking instead
     "envelope_velocity",
     "envelope_position",
