@@ -27,6 +27,16 @@ extras = {
     "serve": ["nvidia-pytriton==0.7.*", "tritonclient[grpc]>=2.40", "onnxruntime>=1.20"],
     # Simulation, recording and plots.
     "sim": ["mujoco>=3.2", "rosbags>=0.10", "matplotlib>=3.7"],
+    # ROS 2 Kilted's rclpy, lifecycle, Fast DDS and message packages from PyPI (cp311 wheels), for a
+    # machine without a ROS 2 install: the tests and `wam_controller` outside a workspace. Not in `all`:
+    # inside a ROS 2 workspace rclpy comes from the distribution and must not be shadowed.
+    "ros": [
+        f"ros-{name}; python_version == '3.11'"
+        for name in (
+            "rclpy", "rcl-lifecycle", "rmw-fastrtps-cpp", "sensor-msgs", "trajectory-msgs", "std-msgs",
+            "std-srvs", "diagnostic-msgs", "lifecycle-msgs", "rosgraph-msgs",
+        )  # fmt: skip
+    ],
     "dev": [
         "pytest>=8",
         "pytest-timeout>=2.3",
@@ -37,7 +47,10 @@ extras = {
         "types-PyYAML",
     ],
 }
-extras["all"] = sorted({dep for deps in extras.values() for dep in deps if "tensorrt" not in dep and "cuda" not in dep})
+extras["all"] = sorted(
+    {dep for name, deps in extras.items() if name not in ("tensorrt", "ros") for dep in deps
+     if "tensorrt" not in dep and "cuda" not in dep}
+)  # fmt: skip
 
 setup(
     name=package_name,

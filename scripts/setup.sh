@@ -28,11 +28,12 @@ fi
 stamp=".venv/.wam_control-installed"
 want="$(cat setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] installing wam_control[all] into .venv (first run takes a few minutes)"
+  # [ros]: ROS 2 Kilted from PyPI (rclpy, Fast DDS, messages) so the rclpy node is tested for real.
+  echo "[setup] installing wam_control[all,ros] into .venv (first run takes a few minutes)"
   log=.venv/pip-install.log
   # torch is pinned to the CPU build in the [train] extra; see setup.py.
-  if ! .venv/bin/python -m pip install -e ".[all]" >"$log" 2>&1 \
-      || ! .venv/bin/python -c "import wam_control, numpy, onnxruntime, mujoco, cyclonedds, torch"; then
+  if ! .venv/bin/python -m pip install -e ".[all,ros]" >"$log" 2>&1 \
+      || ! .venv/bin/python -c "import sys, wam_control, numpy, onnxruntime, mujoco, cyclonedds, torch; sys.version_info[:2] != (3, 11) or __import__('rclpy.lifecycle')"; then
     tail -n 40 "$log"
     echo "[setup] install failed (full log: $log)"
     exit 1
