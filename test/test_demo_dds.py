@@ -1,6 +1,7 @@
-"""`wam-control demo --transport dds` end to end: the sim bridge in this process and `wam-control run`
-as a separate process, over Cyclone DDS on loopback (CYCLONEDDS_URI pinned by conftest), one short
-real-time episode with the small random test model."""
+"""`wam-control demo --transport dds|ros` end to end: the sim bridge in this process and the controller
+as a separate process (`wam-control run` over Cyclone DDS, or the rclpy lifecycle node on Fast DDS
+driven through its lifecycle services as robot.launch.py does), on loopback, one short real-time
+episode with the small random test model."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ def _gl_backend_or_skip() -> str:
     return backend
 
 
+@pytest.mark.parametrize("transport", ["dds", "ros"])
 def test_dds_demo_runs_the_controller_in_its_own_process(
-    test_model_path: Path, fr3_config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+    transport: str, test_model_path: Path, fr3_config_path: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     _gl_backend_or_skip()
+    if transport == "ros":
+        pytest.importorskip("rclpy", reason="rclpy (ROS 2): scripts/setup.sh installs it from PyPI")
     from wam_control.demo import main
 
     # The random test model has no surprise calibration, which `wam-control run` rightly refuses.
@@ -35,11 +40,15 @@ def test_dds_demo_runs_the_controller_in_its_own_process(
     config.write_text(text.replace("surprise:\n      enabled: true", "surprise:\n      enabled: false"))
     out = tmp_path / "demo"
     domain = 150 + os.getpid() % 70  # private: parallel runs on this host never cross-talk
-    argv = ["--transport", "dds", "--episodes", "1", "--horizon-s", "1.0", "--model", str(test_model_path)]
+    argv = ["--transport", transport, "--episodes", "1", "--horizon-s", "1.0", "--model", str(test_model_path)]
     rc = main([*argv, "--config", str(config), "--out", str(out), "--domain-id", str(domain)])
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert "wam-control run --config" in text and f"domain {domain}" in text
+    assert f"domain {domain}" in text
+    if transport == "dds":
+        assert "wam-control run --config" in text
+    else:
+        assert "rclpy lifecycle node" in text and "--params-file" in text
     final = [ln for ln in text.splitlines() if ln.startswith("success_rate=")]
     assert len(final) == 1
     values = dict(kv.split("=") for kv in final[0].split())
@@ -51,8 +60,12 @@ def test_dds_demo_runs_the_controller_in_its_own_process(
     assert "/diagnostics, the last message" in text and "onnxruntime" in text
     # The controller process was stopped cleanly (SIGTERM: brake to hold, exit 0) and logged why.
     assert "exit code 0" in text
-    log = (out / "dds" / "controller_seed100000.log").read_text()
-    assert "stopped:" in log and "commands published" in log
+    log = (out / transport / "controller_seed100000.log").read_text()
+    if transport == "dds":
+        assert "stopped:" in log and "commands published" in log
+    else:  # configured and activated through the lifecycle services; SIGTERM braked it, no traceback
+        assert "configured:" in log and "active: control loop running" in log
+        assert "braked to hold" in log and "Traceback" not in log
     assert (out / "summary.txt").read_text().splitlines()[-1] == final[0]
 
 

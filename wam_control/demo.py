@@ -14,6 +14,9 @@ sim, so the loop never waits for a render. Only message serialization is left ou
 `--transport dds` runs the product path instead: the sim bridge (Gazebo's topics, real time) in this
 process and `wam-control run --config ...` as a separate process per episode, over Cyclone DDS on
 loopback in a private domain; success comes from the sim, controller health from its /diagnostics.
+`--transport ros` is the same with the rclpy lifecycle node `wam_controller` as the controller (ROS 2's
+default middleware, Fast DDS, talking to the Cyclone sim), started with the parameters robot.launch.py
+gives it and configured/activated through its lifecycle services from this process, as launch does.
 
 `--clock lockstep` runs the same episodes on a simulated clock instead (deterministic, needs no spare
 CPU): the real model is called through the replay `ScriptedWorker`, and its measured latency is
@@ -64,10 +67,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder for plots and bags")
     ap.add_argument(
         "--transport",
-        choices=("inproc", "dds"),
+        choices=("inproc", "dds", "ros"),
         default="inproc",
         help="inproc: sim and controller in one process (plots, bags); dds: the product path, the sim "
-        "bridge here and `wam-control run` in its own process, over Cyclone DDS on loopback",
+        "bridge here and `wam-control run` in its own process, over Cyclone DDS on loopback; ros: the "
+        "same with the rclpy lifecycle node wam_controller (needs rclpy), driven as robot.launch.py does",
     )
     ap.add_argument("--clock", choices=("realtime", "lockstep"), default="realtime")
     ap.add_argument(
@@ -99,13 +103,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
-    if args.transport == "dds":
+    if args.transport in ("dds", "ros"):
         # The controller is a separate process that runs the configuration as deployed: what this
         # process can observe is the sim, the topics and /diagnostics.
         for flag, used in (("--clock lockstep", args.clock == "lockstep"), ("--record", args.record),
                            ("--no-surprise", args.no_surprise)):  # fmt: skip
             if used:
                 ap.error(f"{flag} works with --transport inproc only")
+        if args.transport == "ros":
+            try:
+                import rclpy  # noqa: F401
+            except ImportError:
+                ap.error("--transport ros needs rclpy: pip install 'wam_control[ros]' or source ROS 2")
     return args
 
 
@@ -213,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
             else surprise_off
         )
     )
-    if args.transport == "dds":
+    if args.transport in ("dds", "ros"):
         dds_results = _run_dds(args, config, contract, model_path)
         args.out.mkdir(parents=True, exist_ok=True)
         lines = _dds_summary_lines(args, config, dds_results)
         _say("")
         for line in lines:
             _say(line)
-        _say(f"controller logs: {args.out / 'dds'}/; wall time {time.perf_counter() - t_start:.1f} s")
+        _say(f"controller logs: {args.out / args.transport}/; wall time {time.perf_counter() - t_start:.1f} s")
         (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
         return 0
     if args.clock == "realtime":
@@ -659,7 +668,14 @@ def _check_dds_topics(config: Any, cameras: tuple[str, ...]) -> None:
         raise ValueError(f"{config.source}: " + "; ".join(wrong))
 
 
-def _controller_command(args: argparse.Namespace, config: Any, model_path: Path, domain: int) -> list[str]:
+def _controller_command(args: argparse.Namespace, config: Any, model_path: Path, domain: int,
+                        logs: Path) -> list[str]:  # fmt: skip
+    if args.transport == "ros":
+        from wam_control.transport.launch_params import controller_parameters, ros_arguments
+
+        params = controller_parameters(config=str(config.source), model=str(model_path.resolve()),
+                                       backend=args.backend or "")  # fmt: skip
+        return [sys.executable, "-m", "wam_control.transport.ros_node", *ros_arguments(params, params_dir=logs)]
     cmd = [
         sys.executable, "-m", "wam_control.transport.dds_node", "--config", str(config.source),
         "--model", str(model_path.resolve()), "--domain-id", str(domain), "--log-level", "INFO",
@@ -688,19 +704,36 @@ def _run_dds(args: argparse.Namespace, config: Any, contract: Any, model_path: P
     bridge = SimBridge(arm, node, M.dds_msg_types(), clock_mode="realtime")
     diag = _DiagnosticsWatch()
     node.subscription(config.topics.diagnostics, d.DiagnosticArray_, diag.on_msg, qos.DIAGNOSTICS)
-    cmd = _controller_command(args, config, model_path, domain)
-    logs = args.out / "dds"
+    logs = args.out / args.transport
     logs.mkdir(parents=True, exist_ok=True)
+    cmd = _controller_command(args, config, model_path, domain, logs)
+    env = dict(os.environ)
+    if args.transport == "ros":
+        from wam_control.transport.dds import configure_fast_dds
+
+        env["ROS_DOMAIN_ID"] = str(domain)
+        env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # Fast DDS on loopback too
+        configure_fast_dds(env)
+        os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE")})
+        launcher: Any = _Launcher(domain)
     from wam_control.transport.dds import LOOPBACK_URI
 
     uri = os.environ.get("CYCLONEDDS_URI", "")
     where = "loopback" if uri == LOOPBACK_URI else "CYCLONEDDS_URI from the environment"
-    _say(
-        f"  two processes over Cyclone DDS ({where}, domain {domain}): this one runs the sim bridge in real "
-        f"time (Gazebo's topics); the controller, one process per episode, is\n"
-        f"    wam-control run --config {config.source} --model {model_path} --domain-id {domain}\n"
-        f"  (its logs: {logs}/)"
-    )
+    if args.transport == "ros":
+        _say(
+            f"  two processes, two DDS vendors (domain {domain}): this one runs the sim bridge in real time "
+            f"over Cyclone DDS ({where}); the controller, one process per episode, is the rclpy lifecycle node "
+            f"on Fast DDS, started as robot.launch.py starts it and configured/activated through its "
+            f"lifecycle services:\n    {' '.join(cmd[3:])}\n  (its logs: {logs}/)"
+        )
+    else:
+        _say(
+            f"  two processes over Cyclone DDS ({where}, domain {domain}): this one runs the sim bridge in "
+            f"real time (Gazebo's topics); the controller, one process per episode, is\n"
+            f"    wam-control run --config {config.source} --model {model_path} --domain-id {domain}\n"
+            f"  (its logs: {logs}/)"
+        )
     horizon = args.horizon_s or arm.task.horizon_s
     progress = _Progress(args.episodes)
     results: list[DdsEpisode] = []
@@ -710,7 +743,9 @@ def _run_dds(args: argparse.Namespace, config: Any, contract: Any, model_path: P
             bridge.reset(seed)
             log_path = logs / f"controller_seed{seed}.log"
             with open(log_path, "wb") as log_file:
-                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ))
+                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                if args.transport == "ros":
+                    launcher.drive(args.startup_timeout_s)  # configure + activate, while the sim serves
                 try:
                     ep = _dds_episode(bridge, proc, diag, horizon, args.startup_timeout_s, progress, log_path)
                 finally:
@@ -726,9 +761,38 @@ def _run_dds(args: argparse.Namespace, config: Any, contract: Any, model_path: P
             progress.done_dds(ep)
             results.append(ep)
     finally:
+        if args.transport == "ros":
+            launcher.close()
         node.close()
         arm.close()
     return results
+
+
+class _Launcher:
+    """What robot.launch.py's lifecycle events do (configure, then activate once inactive), from a
+    background thread so the sim keeps stepping in real time meanwhile. A failure shows up as no
+    command in the episode loop, with the controller's log."""
+
+    def __init__(self, domain: int) -> None:
+        from wam_control.transport.ros_peer import RclpyPeer
+
+        self.peer = RclpyPeer("wam_demo_launcher", domain_id=domain)
+        self.life = self.peer.lifecycle("/wam_controller")
+
+    def drive(self, timeout_s: float) -> None:
+        import threading
+
+        def run() -> None:
+            try:
+                if self.life.wait_for_service(timeout_s) and self.life.change("configure"):
+                    self.life.change("activate")
+            except TimeoutError:
+                pass  # the episode loop reports the missing command with the node's log
+
+        threading.Thread(target=run, name="launcher", daemon=True).start()
+
+    def close(self) -> None:
+        self.peer.close()
 
 
 def _serve_until(bridge: Any, proc: Any, timeout_s: float) -> None:
@@ -838,8 +902,9 @@ def _dds_summary_lines(args: argparse.Namespace, config: Any, results: list[DdsE
     rtf = float(np.median([r.sim_rtf for r in results]))
     startup = float(np.median([r.startup_s for r in results]))
     lines = [
-        f"summary ({args.task}, {n} episodes, real time, dds: sim bridge in this process, "
-        f"controller `wam-control run` in its own process):",
+        f"summary ({args.task}, {n} episodes, real time, {args.transport}: sim bridge in this process, "
+        f"controller {'the rclpy node wam_controller' if args.transport == 'ros' else '`wam-control run`'} "
+        "in its own process):",
         f"  success rate        {len(ok)}/{n} = {len(ok) / n:.2f}"
         + (f"; mean time to success {mean_t:.2f} s (from the first command)" if ok else ""),
         f"  commands received   {rate:.0f} Hz median per episode (control_hz {config.control_hz:g}); "

@@ -18,16 +18,19 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from wam_control.config.schema import CommandInterface
+from wam_control.policy.base import BACKENDS
 
 NODE_NAME = "wam_controller"
 
 # launch argument -> the deployment YAML key it overrides, and the values it may take (None: any).
 OVERRIDES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "model": ("inference.model", None),
-    "backend": ("inference.backend", ("auto", "onnxruntime", "tensorrt", "torch")),
+    "backend": ("inference.backend", BACKENDS),
     "worker": ("inference.worker", ("thread", "process")),
-    "command_interface": ("command_interface", ("joint_trajectory", "forward_position")),
+    "command_interface": ("command_interface", get_args(CommandInterface)),
 }
 
 _TRUE = ("true", "1", "yes", "on")
