@@ -1,26 +1,31 @@
-"""launch_testing: robot.launch.py starts the lifecycle node, autostarts it, and commands flow.
+"""launch_testing: `robot.launch.py` with the arguments a user gives it (none) reaches `active`, and
+commands flow.
 
-Runs on a ROS 2 machine (`colcon test --packages-select wam_control` or `launch_test`); here, without
-ROS 2, the module is skipped at collection.
+Runs on a ROS 2 machine (`colcon test --packages-select wam_control` or `launch_test`). Here ROS 2's
+launch, launch_ros and launch_testing are not installable (not on PyPI), so the module is skipped at
+collection, naming launch_testing. What it checks is covered here without launch: the parameters this
+launch file produces (launch_params, test_launch_params.py) start the node to `active` across processes
+(test_ros_node.py), and robot.launch.py was run by hand with launch/launch_ros (see the issue note).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import time
 import unittest
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not installed")
-pytest.importorskip("launch_testing", reason="launch_testing (ROS 2) is not installed")
+pytest.importorskip("launch_testing", reason="launch_testing (ROS 2 launch) is not on PyPI: runs on a ROS 2 machine")
 
 import launch_testing
 import launch_testing.actions
 import launch_testing.asserts
+import rclpy
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch_testing_ros import WaitForTopics
+from lifecycle_msgs.srv import GetState
 from trajectory_msgs.msg import JointTrajectory
 
 import launch
@@ -31,38 +36,12 @@ POSE = [0.0, -0.3, 0.0, -2.0, 0.0, 1.8, 0.8]
 COMMAND_TOPIC = "/joint_trajectory_controller/joint_trajectory"
 
 
-def _model() -> str:
-    from wam_control.model.export import make_test_model
-
-    path = Path(tempfile.gettempdir()) / "wam_control_launch_test" / "wam_test.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    make_test_model(path, joint_names=JOINTS, camera_names=("scene",), image_hw=(96, 96), horizon=16,
-                    action_dt=0.05, max_prefix=8, seed=0)  # fmt: skip
-    # config/fr3.yaml enables the surprise monitor, which needs nominal statistics beside the model:
-    # neutral ones (mean 0, std 1) with the preset's thresholds never slow the random test model down.
-    import numpy as np
-
-    from wam_control.policy import read_contract
-    from wam_control.runtime.calibration import SurpriseCalibration, default_calibration_path
-
-    contract = read_contract(path)
-    k = len(contract.latent_offsets)
-    SurpriseCalibration(
-        offsets=tuple(contract.latent_offsets), mean=np.zeros(k), std=np.ones(k), p95=np.full(k, 2.0),
-        p99=np.full(k, 3.0), episodes=1, weights_sha256=contract.weights_sha256,
-    ).save(default_calibration_path(path))  # fmt: skip
-    return str(path)
-
-
 @pytest.mark.launch_test
 def generate_test_description():
+    # No launch arguments: the packaged config/fr3.yaml and its bundled model, as `ros2 launch
+    # wam_control robot.launch.py` runs them.
     robot = launch.actions.IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(REPO / "launch" / "robot.launch.py")),
-        launch_arguments={
-            "config": str(REPO / "config" / "fr3.yaml"),
-            "model": _model(),
-            "autostart": "true",
-        }.items(),
+        PythonLaunchDescriptionSource(str(REPO / "launch" / "robot.launch.py"))
     )
     state = f"{{name: [{', '.join(JOINTS)}], position: [{', '.join(map(str, POSE))}]}}"
     joint_states = launch.actions.ExecuteProcess(
@@ -73,7 +52,24 @@ def generate_test_description():
     return launch.LaunchDescription([robot, joint_states, launch_testing.actions.ReadyToTest()]), {}
 
 
-class TestCommandsFlow(unittest.TestCase):
+class TestActiveAndCommandsFlow(unittest.TestCase):
+    def test_node_reaches_active(self) -> None:
+        rclpy.init()
+        node = rclpy.create_node("launch_test_lifecycle_probe")
+        try:
+            client = node.create_client(GetState, "/wam_controller/get_state")
+            self.assertTrue(client.wait_for_service(timeout_sec=60.0))
+            label, deadline = "", time.monotonic() + 60.0
+            while label != "active" and time.monotonic() < deadline:
+                future = client.call_async(GetState.Request())
+                rclpy.spin_until_future_complete(node, future, timeout_sec=5.0)
+                label = future.result().current_state.label if future.result() else ""
+                time.sleep(0.2)
+            self.assertEqual(label, "active")
+        finally:
+            node.destroy_node()
+            rclpy.shutdown()
+
     def test_commands_arrive(self, proc_output) -> None:
         with WaitForTopics([(COMMAND_TOPIC, JointTrajectory)], timeout=60.0) as wait:
             self.assertIn(COMMAND_TOPIC, wait.topics_received())
@@ -85,9 +81,7 @@ class TestCommandsFlow(unittest.TestCase):
         self.assertEqual(list(msg.joint_names), JOINTS)
         self.assertEqual((msg.header.stamp.sec, msg.header.stamp.nanosec), (0, 0))
         self.assertEqual(len(msg.points), 1)
-        for q, q0 in zip(
-            msg.points[0].positions, POSE
-        ):  # holding at the measured pose (ramp-in, no motion yet)
+        for q, q0 in zip(msg.points[0].positions, POSE):  # holding near the measured pose
             self.assertAlmostEqual(q, q0, delta=0.25)
 
 
