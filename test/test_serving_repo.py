@@ -18,10 +18,10 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] ([triton] extra) defines ModelConfig")
 
-from wam_control.policy import ContractError, read_contract  # noqa: E402
-from wam_control.policy.contract import expected_io  # noqa: E402
-from wam_control.policy.triton_backend import CONTRACT_PARAMETER, contract_from_parameter  # noqa: E402
-from wam_control.serving.repo import check_config, main, read_config, write_repository  # noqa: E402
+from wam_control.policy import ContractError, read_contract
+from wam_control.policy.contract import expected_io
+from wam_control.policy.triton_backend import CONTRACT_PARAMETER, contract_from_parameter
+from wam_control.serving.repo import check_config, main, read_config, write_repository
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "wam_reach_wrist.onnx"
 
@@ -87,7 +87,9 @@ def _tritonserver(repo: Path) -> str:
 
 
 @pytest.mark.parametrize("platform", ["onnxruntime", "tensorrt"])
-def test_real_tritonserver_accepts_the_config_up_to_the_missing_backend(tmp_path: Path, platform: str) -> None:
+def test_real_tritonserver_accepts_the_config_up_to_the_missing_backend(
+    tmp_path: Path, platform: str
+) -> None:
     write_repository(MODEL, tmp_path, platform=platform)
     log = _tritonserver(tmp_path)
     assert "loading: wam-reach-wrist:1" in log, log[-2000:]

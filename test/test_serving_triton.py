@@ -60,8 +60,10 @@ def own_server() -> Iterator[LocalServer]:
     assert not srv.alive()
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)  # nothing of the server (tritonserver, its backend stub) is left
-    with socket.socket() as s:  # and its port is free again
+    with socket.socket() as s:  # and nobody listens on its port any more (TIME_WAIT is allowed)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", srv.port))
+        s.listen(1)
 
 
 def _request(contract, rid: int, tick: int, seed: int = 0) -> InferenceRequest:
@@ -268,3 +270,20 @@ def test_frozen_server_is_too_slow_worker_fault_then_recovers(own_server: LocalS
         assert res is not None and res.error is None and res.obs_tick == 20, res
     finally:
         w.close()
+
+
+def test_build_runtime_reads_the_server_from_the_config(server: LocalServer) -> None:
+    from wam_control.transport.adapter import build_runtime
+
+    def cfg(address: str):  # type: ignore[no-untyped-def]
+        inference = {"model": str(MODEL), "backend": "triton", "server": address}
+        return load_config(preset_path("fr3"), overrides={"inference": inference})
+
+    runtime = build_runtime(cfg(server.url))
+    try:
+        assert runtime.controller.worker is not None
+    finally:
+        runtime.close()
+    port = free_port()
+    with pytest.raises(TritonUnavailable, match=f"127.0.0.1:{port}"):
+        build_runtime(cfg(f"127.0.0.1:{port}"))

@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
     keys.append(("compute_p50_ms", f"{np.percentile(comp, 50):.3f}"))
     if remote is not None:  # compute_p50_ms above is the round trip; the server's own compute beside it
-        print(f"triton: round trip p50 {np.percentile(comp, 50):.2f} ms, server compute {remote:.2f} ms per request")
+        print(
+            f"triton: round trip p50 {np.percentile(comp, 50):.2f} ms, server compute {remote:.2f} ms per request"
+        )
         keys.append(("server_compute_ms", f"{remote:.3f}"))
     print(" ".join(f"{k}={v}" for k, v in keys))
     return 0

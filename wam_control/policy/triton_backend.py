@@ -362,6 +362,11 @@ class TritonBackend:
             break
         if error is not None:
             status = str(error.status() or "")
+            if "DEADLINE_EXCEEDED" in status:  # gRPC's own deadline (the same request_timeout_s) came first
+                raise TritonUnavailable(
+                    f"{self._where}: no reply to request {wire_id} (tick {inp.obs_tick}) within "
+                    f"{self.request_timeout_s:g} s (deadline exceeded)"
+                )
             if (
                 any(code in status for code in _UNAVAILABLE_CODES)
                 or "failed to connect" in str(error).lower()

@@ -359,6 +359,14 @@ class LocalServer:
         self._signal(signal.SIGKILL)  # the group: the server's own children too
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5.0)
+        end = time.monotonic() + 5.0
+        while time.monotonic() < end:  # until the group's last member (tritonserver, stub) is gone
+            try:
+                os.killpg(self.proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            self._signal(signal.SIGKILL)
+            time.sleep(0.05)
 
     def close(self) -> None:
         self.stop()
