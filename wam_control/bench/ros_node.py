@@ -245,41 +245,43 @@ def main(argv: list[str] | None = None) -> int:
         robot = Robot(peer, config, topic)
         diag = peer.record(config.topics.diagnostics, DiagnosticArray, qos.DIAGNOSTICS, maxlen=10)
         robot.start()
-        for path in ("ros", "dds"):
-            if args.only and args.only != path:
-                continue
-            robot.commands.clear()
-            robot.commands.count = 0
-            diag.clear()
-            log = open(out / f"{path}.log", "wb")  # noqa: SIM115 (closed below, after the process)
-            if path == "ros":
-                cmd = [sys.executable, "-m", "wam_control.transport.ros_node",  # = the wam_controller script
-                       *ros_arguments(controller_parameters(str(cfg_file)), params_dir=out)]  # fmt: skip
-            else:
-                cmd = [sys.executable, "-m", "wam_control.transport.dds_node", "--config", str(cfg_file),
-                       "--domain-id", str(domain)]  # fmt: skip
-            print(f"[{path}] {' '.join(cmd)}", flush=True)
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            try:
+        try:
+            for path in ("ros", "dds"):
+                if args.only and args.only != path:
+                    continue
+                robot.commands.clear()
+                robot.commands.count = 0
+                diag.clear()
+                log = open(out / f"{path}.log", "wb")  # noqa: SIM115 (closed below, after the process)
                 if path == "ros":
-                    life = peer.lifecycle("/wam_controller")
-                    if not life.wait_for_service(args.startup_timeout_s):
-                        raise RuntimeError("wam_controller's lifecycle services did not appear")
-                    if not (life.change("configure") and life.change("activate")):
-                        raise RuntimeError(f"configure/activate failed; see {out / 'ros.log'}")
-                m = measure(robot, diag, proc, period, args.warmup_s, args.seconds, args.startup_timeout_s)
-            finally:
-                rc = stop_process(proc)
-                log.close()
-            m.exit_code = rc
-            results[path] = m
-            print(
-                f"[{path}] {m.commands} commands: {m.command_rate_hz:.1f} Hz, interval p50 "
-                f"{m.interval_p50_ms:.2f} ms p99 {m.interval_p99_ms:.2f} ms, obs->chunk p50 "
-                f"{m.obs_to_chunk_p50_ms:.1f} ms, starvations {m.starvations}, exit code {rc}",
-                flush=True,
-            )
-        robot.stop()
+                    cmd = [sys.executable, "-m", "wam_control.transport.ros_node",  # = the wam_controller script
+                           *ros_arguments(controller_parameters(str(cfg_file)), params_dir=out)]  # fmt: skip
+                else:
+                    cmd = [sys.executable, "-m", "wam_control.transport.dds_node", "--config", str(cfg_file),
+                           "--domain-id", str(domain)]  # fmt: skip
+                print(f"[{path}] {' '.join(cmd)}", flush=True)
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                try:
+                    if path == "ros":
+                        life = peer.lifecycle("/wam_controller")
+                        if not life.wait_for_service(args.startup_timeout_s):
+                            raise RuntimeError("wam_controller's lifecycle services did not appear")
+                        if not (life.change("configure") and life.change("activate")):
+                            raise RuntimeError(f"configure/activate failed; see {out / 'ros.log'}")
+                    m = measure(robot, diag, proc, period, args.warmup_s, args.seconds, args.startup_timeout_s)
+                finally:
+                    rc = stop_process(proc)
+                    log.close()
+                m.exit_code = rc
+                results[path] = m
+                print(
+                    f"[{path}] {m.commands} commands: {m.command_rate_hz:.1f} Hz, interval p50 "
+                    f"{m.interval_p50_ms:.2f} ms p99 {m.interval_p99_ms:.2f} ms, obs->chunk p50 "
+                    f"{m.obs_to_chunk_p50_ms:.1f} ms, starvations {m.starvations}, exit code {rc}",
+                    flush=True,
+                )
+        finally:
+            robot.stop()  # before the peer goes: its thread publishes
 
     fields = []
     for path, m in results.items():
