@@ -214,6 +214,13 @@ _REACH_Z2 = 1.01 * _NP
 _REACH_Z1 = 1.01 * (1.5 * _NP * _NP + 0.5 * _NP)
 _REACH_Z0 = 1.01 * _NP * (_NP + 1.0) * (_NP + 2.0) / 6.0
 _REACH_Z0_Z2 = _NP * (_NP + 1.0) / 2.0
+# ... and the least jerk energy any such sequence needs, sum u^2 = z' Q z for the longest plan (a
+# shorter plan followed by zero jerk is one of its sequences, so it bounds them all), is at most
+# _NP js^2 when every |u| <= js.
+_Q = (lambda g: g.T @ g)(np.array(_PLANS[-1]))
+_Q00, _Q01, _Q02 = float(_Q[0, 0]), 2.0 * float(_Q[0, 1]), 2.0 * float(_Q[0, 2])
+_Q11, _Q12, _Q22 = float(_Q[1, 1]), 2.0 * float(_Q[1, 2]), float(_Q[2, 2])
+_REACH_ENERGY = 1.01 * _NP
 
 
 def _plan_reach(z0: float, z1: float, z2: float, js: float) -> bool:
@@ -222,7 +229,11 @@ def _plan_reach(z0: float, z1: float, z2: float, js: float) -> bool:
     a1 = z1 if z1 >= 0.0 else -z1
     a0 = z0 if z0 >= 0.0 else -z0
     return (
-        a2 <= _REACH_Z2 * js and a1 <= _REACH_Z1 * js and a0 <= _NP * a1 + _REACH_Z0_Z2 * a2 + _REACH_Z0 * js
+        a2 <= _REACH_Z2 * js
+        and a1 <= _REACH_Z1 * js
+        and a0 <= _NP * a1 + _REACH_Z0_Z2 * a2 + _REACH_Z0 * js
+        and z0 * (_Q00 * z0 + _Q01 * z1 + _Q02 * z2) + z1 * (_Q11 * z1 + _Q12 * z2) + _Q22 * z2 * z2
+        <= _REACH_ENERGY * js * js
     )
 
 
@@ -232,6 +243,10 @@ def _plan_reach_np(z0: np.ndarray, z1: np.ndarray, z2: np.ndarray, js: np.ndarra
         (a2 <= _REACH_Z2 * js)
         & (a1 <= _REACH_Z1 * js)
         & (a0 <= _NP * a1 + _REACH_Z0_Z2 * a2 + _REACH_Z0 * js)
+        & (
+            z0 * (_Q00 * z0 + _Q01 * z1 + _Q02 * z2) + z1 * (_Q11 * z1 + _Q12 * z2) + _Q22 * z2 * z2
+            <= _REACH_ENERGY * js * js
+        )
     )
 
 
@@ -257,7 +272,10 @@ def _track_jerk(
     z0 = (qi - (p - vt * dt)) / (dt2 * dt)
     z1 = (vi - (vt - at * dt)) / dt2
     z2 = (ai - at) / dt
-    if _plan_reach(z0, z1, z2, js):
+    # A plan's velocity error closes by at most (as + |at|) dt per tick: skip when it cannot.
+    aat = at if at >= 0.0 else -at
+    avz = z1 if z1 >= 0.0 else -z1
+    if avz * dt <= _REACH_Z2 * (as_ + aat) and _plan_reach(z0, z1, z2, js):
         for rows in _PLANS:
             aa, vv = ai, vi
             for g0, g1, g2 in rows:
@@ -852,7 +870,8 @@ class BatchCore:
             z2 = (a - at) / dt
             found = np.zeros(q.shape, dtype=bool)
             j_plan = np.zeros(q.shape)
-            idx = np.nonzero(inwin & ~direct & _plan_reach_np(z0, z1, z2, js))
+            cand = np.abs(z1) * dt <= _REACH_Z2 * (as_ + np.abs(at))
+            idx = np.nonzero(inwin & ~direct & cand & _plan_reach_np(z0, z1, z2, js))
             if idx[0].size:
                 sz0, sz1, sz2 = z0[idx], z1[idx], z2[idx]
                 sa, sv, sjs, sas, svs = a[idx], v[idx], js[idx], as_[idx], vs[idx]
