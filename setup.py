@@ -19,6 +19,8 @@ extras = {
     "train": ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.2", "tqdm>=4.60"],
     # ROS 2 wire format without ROS: the BytesMachine speed-up relies on this exact version.
     "dds": ["cyclonedds==11.0.1"],
+    # Language prompts for models with an instruction_tokens input (contract v2): <model>.tokenizer.json.
+    "prompt": ["tokenizers>=0.20"],
     # Split deployment, robot side: inference.backend triton (Triton's gRPC client).
     "triton": ["tritonclient[grpc]>=2.40"],
     # Split deployment, GPU-host side: `wam-control serve` (Triton Inference Server as a wheel, with its

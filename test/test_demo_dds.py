@@ -35,9 +35,9 @@ def test_dds_demo_runs_the_controller_in_its_own_process(
 
     # The random test model has no surprise calibration, which `wam-control run` rightly refuses.
     text = fr3_config_path.read_text()
-    assert "surprise:\n      enabled: true" in text
+    assert "surprise:\n      enabled: auto" in text
     config = tmp_path / "fr3_no_surprise.yaml"
-    config.write_text(text.replace("surprise:\n      enabled: true", "surprise:\n      enabled: false"))
+    config.write_text(text.replace("surprise:\n      enabled: auto", "surprise:\n      enabled: false"))
     out = tmp_path / "demo"
     domain = 150 + os.getpid() % 70  # private: parallel runs on this host never cross-talk
     argv = ["--transport", transport, "--episodes", "1", "--horizon-s", "1.0", "--model", str(test_model_path)]

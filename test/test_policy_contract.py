@@ -78,8 +78,8 @@ def test_malformed_metadata_values() -> None:
         ModelContract.from_metadata({**meta, "action_dt": "fast"})
     with pytest.raises(ContractError, match="latent_steps"):
         ModelContract.from_metadata({**meta, "latent_steps": "true"})
-    with pytest.raises(ContractError, match="contract_version 2 is not supported"):
-        ModelContract.from_metadata({**meta, "contract_version": "2"})
+    with pytest.raises(ContractError, match="contract_version 3 is not supported"):
+        ModelContract.from_metadata({**meta, "contract_version": "3"})
 
 
 def test_value_validation() -> None:

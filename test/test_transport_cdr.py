@@ -95,6 +95,11 @@ def test_float64(value: float) -> None:
     assert back == value or (np.isnan(back) and np.isnan(value))
 
 
+@pytest.mark.parametrize("value", ["", "pick up the red cube", UNICODE])
+def test_string(value: str) -> None:
+    _check(lambda T: M.string_msg(T, value), "std_msgs/msg/String")
+
+
 def test_empty() -> None:
     _check(lambda T: T.Empty(structure_needs_at_least_one_member=0), "std_msgs/msg/Empty")
 

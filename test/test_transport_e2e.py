@@ -119,7 +119,7 @@ def e2e_config(tmp_path: Path, fr3_config_path: Path) -> Path:
     text = fr3_config_path.read_text().replace("control_hz: 500.0", f"control_hz: {HZ}")
     assert f"control_hz: {HZ}" in text
     # A random-init model has no surprise calibration; ~/surprise is covered by test_transport_surprise.
-    on = "surprise:\n      enabled: true"
+    on = "surprise:\n      enabled: auto"
     assert on in text
     text = text.replace(on, "surprise:\n      enabled: false")
     path = tmp_path / "fr3_e2e.yaml"

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("wam_control.sim.record", "record expert demonstrations from the sim as ROS 2 bags"),
     "sim": ("wam_control.sim.bridge", "run the MuJoCo arm speaking Gazebo's ROS 2 topics over DDS"),
     "check-config": ("wam_control.config.check", "load and validate a deployment YAML"),
+    "check-model": ("wam_control.policy.check_model", "a model's contract, its optional parts, what the runtime does"),
     "serve": ("wam_control.serving.server", "serve a model with Triton Inference Server (GPU host side)"),
     "triton-repo": ("wam_control.serving.repo", "write a Triton model repository for a model (production server)"),
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -237,6 +238,18 @@ def _coerce(hint: Any, raw: Any, key: str, source: str) -> Any:
         if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) for x in raw):
             raise ConfigError(source, key, f"expected a list of strings, got {raw!r}")
         return tuple(raw)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in get_args(hint):
+            try:
+                return _coerce(option, raw, key, source)
+            except ConfigError as exc:
+                errors.append(str(exc).rpartition(": ")[2])
+        raise ConfigError(source, key, " or ".join(errors))
+    if origin is dict and dataclasses.is_dataclass(get_args(hint)[1]):
+        if not isinstance(raw, dict):
+            raise ConfigError(source, key, f"expected a mapping, got {_kind(raw)}")
+        return {str(k): _build(get_args(hint)[1], v or {}, f"{key}.{k}", source) for k, v in raw.items()}
     if origin is dict:
         if not isinstance(raw, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
@@ -321,6 +334,24 @@ def _validate(config: RobotConfig, limits_source: str) -> None:
                 limits_source,
                 f"joint_limits.{joint}",
                 f"missing limits for configured joint '{joint}' (have: {', '.join(config.joint_limits) or 'none'})",
+            )
+        _validate_joint(config.joint_limits[joint], f"joint_limits.{joint}", limits_source)
+    for name, dof in config.extra_dofs.items():
+        joint = dof.joint or name
+        if joint in config.joints:
+            raise ConfigError(src, f"extra_dofs.{name}.joint", f"{joint!r} is an arm joint (in joints)")
+        if dof.command_interface == "none":
+            continue
+        if not dof.command_topic:
+            raise ConfigError(
+                src, f"extra_dofs.{name}.command_topic", "missing: the topic of this DOF's controller"
+            )
+        if joint not in config.joint_limits:
+            raise ConfigError(
+                limits_source,
+                f"joint_limits.{joint}",
+                f"missing limits for extra DOF '{name}' (joint '{joint}'): it goes through the safety "
+                "filter like an arm joint",
             )
         _validate_joint(config.joint_limits[joint], f"joint_limits.{joint}", limits_source)
 

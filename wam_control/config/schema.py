@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 CommandInterface = Literal["joint_trajectory", "forward_position"]
+ExtraCommandInterface = Literal["joint_trajectory", "forward_position", "none"]
 WorkerMode = Literal["thread", "process"]
 GcMode = Literal["freeze", "disable", "off"]
 
@@ -59,7 +60,8 @@ class SafetyConfig:
     """Envelope settings of the safety-limits filter beyond the per-joint limits (DESIGN.md §5)."""
 
     position_margin: float = 0.05
-    """Distance kept from each position limit (rad)."""
+    """Distance kept from each position limit (rad), at most 10 % of a joint's range (so a narrow joint,
+    e.g. a gripper finger in metres, keeps a usable range)."""
     max_tracking_error: float = 0.25
     """Largest allowed |q_cmd - q_measured| (rad); the command is pulled back toward the measurement."""
     brake_deceleration_fraction: float = 0.8
@@ -87,6 +89,8 @@ class TopicsConfig:
     diagnostics: str = "/diagnostics"
     predicted_chunk: str = "~/predicted_chunk"
     surprise: str = "~/surprise"
+    instruction: str = "~/instruction"
+    """std_msgs/String: the language prompt for models that take one (reliable, transient local)."""
     clock: str = "/clock"
     camera_images: dict[str, str] = field(default_factory=lambda: {"scene": "/camera/image_raw"})
     """Camera name (as in the model contract) -> image topic; camera_info is the sibling topic."""
@@ -176,7 +180,9 @@ class SurpriseConfig:
     """The world-model surprise monitor (docs/surprise.md): compares the model's predicted future latents
     with the latents it later observes, slows the arm down and, further out, brakes and latches."""
 
-    enabled: bool = True
+    enabled: bool | Literal["auto"] = "auto"
+    """auto: on when the model has a world-model head (latent outputs), off (said at start-up and in
+    diagnostics) when it has none; true: required (a model without the head is refused); false: off."""
     calibration: str = ""
     """Nominal statistics file; empty means `<model>.surprise.json` beside the model."""
     slow_threshold: float = 4.0
@@ -239,6 +245,25 @@ class ImaginationConfig:
 
 
 @dataclass(frozen=True)
+class ExtraDofConfig:
+    """One DOF of the model beyond the arm joints (contract v2 `action_names` / `state_names`), e.g. a
+    gripper: where its measured value comes from and where its command goes. Its limits are the
+    `joint_limits` entry of `joint` (ros2_control schema, like the arm's), and it goes through the
+    safety filter like an arm joint."""
+
+    joint: str = ""
+    """Its joint in /joint_states (and its key in joint_limits); empty: the model's name for it."""
+    command_interface: ExtraCommandInterface = "forward_position"
+    """forward_position: std_msgs/Float64MultiArray (one value per command joint); joint_trajectory:
+    trajectory_msgs/JointTrajectory, one point per tick; none: a state-only DOF (never commanded)."""
+    command_topic: str = ""
+    """The DOF's controller topic, e.g. /gripper_controller/commands (required unless none)."""
+    command_joints: tuple[str, ...] = ()
+    """Joint names in the JointTrajectory / number of values in the Float64MultiArray; empty: [joint]
+    (a parallel gripper's mimic finger gets the same value when listed twice, e.g. both finger joints)."""
+
+
+@dataclass(frozen=True)
 class LimitArrays:
     """Per-joint limits as arrays in joint order, ready for vectorised filtering.
 
@@ -275,6 +300,11 @@ class RobotConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     surprise: SurpriseConfig = field(default_factory=lambda: SurpriseConfig(enabled=False))
     imagination: ImaginationConfig = field(default_factory=ImaginationConfig)
+    extra_dofs: dict[str, ExtraDofConfig] = field(default_factory=dict)
+    """Model DOFs beyond the arm joints (a gripper), keyed by the model's name for them."""
+    instruction: str = ""
+    """Language prompt for models that take one (contract v2 instruction_tokens); the ~/instruction
+    topic (std_msgs/String) replaces it while running."""
     source: str = "<memory>"
     """The file this configuration was read from (for error messages)."""
 
@@ -290,6 +320,10 @@ class RobotConfig:
     def dof(self) -> int:
         return len(self.joints)
 
+    def extra_joint(self, name: str) -> str:
+        """The /joint_states (and joint_limits) name of extra DOF `name`."""
+        return self.extra_dofs[name].joint or name
+
     @property
     def control_period(self) -> float:
         return 1.0 / self.control_hz
@@ -298,11 +332,13 @@ class RobotConfig:
         def column(fn) -> np.ndarray:  # type: ignore[no-untyped-def]
             return np.array([fn(self.joint_limits[j]) for j in self.joints], dtype=np.float64)
 
-        margin = self.safety.position_margin
+        def margin(jl: JointLimits) -> float:
+            return min(self.safety.position_margin, 0.1 * (jl.max_position - jl.min_position))
+
         scale = self.safety.velocity_scale
         return LimitArrays(
-            q_min=column(lambda jl: jl.min_position + margin if jl.has_position_limits else -math.inf),
-            q_max=column(lambda jl: jl.max_position - margin if jl.has_position_limits else math.inf),
+            q_min=column(lambda jl: jl.min_position + margin(jl) if jl.has_position_limits else -math.inf),
+            q_max=column(lambda jl: jl.max_position - margin(jl) if jl.has_position_limits else math.inf),
             v_max=column(lambda jl: jl.max_velocity * scale if jl.has_velocity_limits else math.inf),
             a_max=column(lambda jl: jl.max_acceleration if jl.has_acceleration_limits else math.inf),
             d_max=column(lambda jl: jl.deceleration if jl.has_acceleration_limits else math.inf),

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from wam_control.policy.contract import CONTRACT_VERSION, ModelContract
+from wam_control.policy.contract import ModelContract
 
 CHECKPOINT_FORMAT = "wam_control.wam-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -307,7 +307,7 @@ def contract_for(
 ) -> ModelContract:
     cfg = model.config
     return ModelContract(
-        contract_version=CONTRACT_VERSION,
+        contract_version=1,  # the bundled architecture has every part: a version 1 file (unchanged)
         model_name=cfg.model_name,
         joint_names=tuple(cfg.joint_names),
         camera_names=tuple(cfg.camera_names),

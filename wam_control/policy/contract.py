@@ -17,10 +17,19 @@ from typing import Any
 
 import numpy as np
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
+"""The newest contract version this wam_control reads (it reads every version in SUPPORTED_VERSIONS)."""
+SUPPORTED_VERSIONS = (1, 2)
 
+# Version 1 (the bundled models): every tensor below. Version 2: `images`, `state` -> `actions` are
+# required; the prefix inputs, the world-model outputs and `instruction_tokens` are optional parts.
 INPUT_NAMES = ("images", "state", "action_prefix", "prefix_len")
 OUTPUT_NAMES = ("actions", "latent", "latent_pred")
+PREFIX_INPUTS = ("action_prefix", "prefix_len")
+WORLD_MODEL_OUTPUTS = ("latent", "latent_pred")
+INSTRUCTION_INPUT = "instruction_tokens"
+ACTION_TYPES = ("absolute", "delta")
+TOKENIZER_SUFFIX = ".tokenizer.json"
 
 # metadata key -> (python type(s) the JSON value must have, human description)
 _META_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -38,7 +47,45 @@ _META_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "latent_dim": ((int,), "integer C"),
     "weights_sha256": ((str,), "hex sha256"),
     "training_data": ((dict,), "JSON object"),
+    "max_instruction_tokens": ((int,), "integer L (instruction_tokens length)"),
+    "action_names": ((list,), "list of action dimension names (arm joints first)"),
+    "state_names": ((list,), "list of state dimension names (arm joints first)"),
+    "action_type": ((str,), '"absolute" or "delta"'),
 }
+
+# Version 2: the required minimum, and the optional parts (each all-or-nothing: its metadata keys and
+# its tensors come together).
+V2_REQUIRED = (
+    "contract_version",
+    "model_name",
+    "joint_names",
+    "camera_names",
+    "image_height",
+    "image_width",
+    "action_dt",
+    "horizon",
+)
+V1_FIELDS = (*V2_REQUIRED, "latent_steps", "latent_offsets", "max_prefix", "latent_dim", "weights_sha256",
+             "training_data")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OptionalPart:
+    name: str
+    meta: tuple[str, ...]
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        tensors = [f"input {n}" for n in self.inputs] + [f"output {n}" for n in self.outputs]
+        return f"the {self.name} part ({', '.join([*tensors, *('metadata ' + k for k in self.meta)])})"
+
+
+PARTS = (
+    OptionalPart("prefix", ("max_prefix",), inputs=PREFIX_INPUTS),
+    OptionalPart("world-model", ("latent_dim", "latent_steps", "latent_offsets"), outputs=WORLD_MODEL_OUTPUTS),
+    OptionalPart("instruction", ("max_instruction_tokens",), inputs=(INSTRUCTION_INPUT,)),
+)
 
 
 class ContractError(ValueError):
@@ -55,6 +102,9 @@ class ModelFileError(ValueError):
 
 @dataclass(frozen=True)
 class ModelContract:
+    """What a model file declares. Fields of an optional part that the model lacks keep their empty
+    defaults (`has_prefix` / `has_world_model` False, `max_instruction_tokens` 0)."""
+
     contract_version: int
     model_name: str
     joint_names: tuple[str, ...]
@@ -63,12 +113,25 @@ class ModelContract:
     image_width: int
     action_dt: float
     horizon: int
-    latent_steps: int
-    latent_offsets: tuple[int, ...]
-    max_prefix: int
-    latent_dim: int
-    weights_sha256: str
+    latent_steps: int = 0
+    latent_offsets: tuple[int, ...] = ()
+    max_prefix: int = 0
+    latent_dim: int = 0
+    weights_sha256: str = ""
     training_data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    has_prefix: bool = True
+    """The model takes `action_prefix` + `prefix_len` (always in version 1)."""
+    has_world_model: bool = True
+    """The model outputs `latent` + `latent_pred` (always in version 1)."""
+    max_instruction_tokens: int = 0
+    """L of `instruction_tokens` [B, L]; 0: the model takes no language prompt."""
+    action_names: tuple[str, ...] = ()
+    """Names of the action dimensions when they go beyond the arm joints (arm joints first, in
+    `joint_names` order, then e.g. a gripper); empty: exactly `joint_names`."""
+    state_names: tuple[str, ...] = ()
+    """The same for `state`."""
+    action_type: str = "absolute"
+    """absolute: joint targets; delta: relative to the observed state of the chunk's observation."""
 
     def __post_init__(self) -> None:
         _validate_values(self)
@@ -81,23 +144,76 @@ class ModelContract:
     def num_cameras(self) -> int:
         return len(self.camera_names)
 
-    def input_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+    @property
+    def actions(self) -> tuple[str, ...]:
+        """Names of the action dimensions (arm joints, then any extra DOFs)."""
+        return self.action_names or self.joint_names
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        """Names of the state dimensions (arm joints, then any extra DOFs)."""
+        return self.state_names or self.joint_names
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.actions)
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.states)
+
+    @property
+    def extra_actions(self) -> tuple[str, ...]:
+        return self.actions[self.num_joints :]
+
+    @property
+    def extra_states(self) -> tuple[str, ...]:
+        return self.states[self.num_joints :]
+
+    @property
+    def has_instruction(self) -> bool:
+        return self.max_instruction_tokens > 0
+
+    @property
+    def delta_actions(self) -> bool:
+        return self.action_type == "delta"
+
+    def parts(self) -> dict[str, bool]:
+        """Which optional parts the model has (names as in `PARTS`, plus extra DOFs and delta actions)."""
         return {
-            "images": (batch, self.num_cameras, self.image_height, self.image_width, 3),
-            "state": (batch, self.num_joints),
-            "action_prefix": (batch, self.horizon, self.num_joints),
-            "prefix_len": (batch,),
+            "prefix": self.has_prefix,
+            "world-model": self.has_world_model,
+            "instruction": self.has_instruction,
+            "extra-dofs": bool(self.extra_actions or self.extra_states),
+            "delta-actions": self.delta_actions,
+            "weights-hash": bool(self.weights_sha256),
         }
 
+    def input_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        shapes = {
+            "images": (batch, self.num_cameras, self.image_height, self.image_width, 3),
+            "state": (batch, self.state_dim),
+            "action_prefix": (batch, self.horizon, self.action_dim),
+            "prefix_len": (batch,),
+        }
+        if self.has_instruction:
+            shapes[INSTRUCTION_INPUT] = (batch, self.max_instruction_tokens)
+        return shapes
+
     def output_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """Output shapes; without a world-model head `latent`/`latent_pred` are empty (C = K = 0): the
+        runtime's buffers keep one layout for every model."""
         return {
-            "actions": (batch, self.horizon, self.num_joints),
+            "actions": (batch, self.horizon, self.action_dim),
             "latent": (batch, self.latent_dim),
             "latent_pred": (batch, self.latent_steps, self.latent_dim),
         }
 
     def to_metadata(self) -> dict[str, str]:
-        """The `metadata_props` entries (JSON strings) that describe this contract."""
+        """The `metadata_props` entries (JSON strings) that describe this contract.
+
+        Version 1 writes its fixed key set; version 2 writes the required keys and those of the optional
+        parts the model has."""
         values: dict[str, Any] = {
             "contract_version": self.contract_version,
             "model_name": self.model_name,
@@ -107,57 +223,113 @@ class ModelContract:
             "image_width": self.image_width,
             "action_dt": self.action_dt,
             "horizon": self.horizon,
-            "latent_steps": self.latent_steps,
-            "latent_offsets": list(self.latent_offsets),
-            "max_prefix": self.max_prefix,
-            "latent_dim": self.latent_dim,
-            "weights_sha256": self.weights_sha256,
-            "training_data": self.training_data,
         }
+        v1 = self.contract_version == 1
+        if v1 or self.has_world_model:
+            values.update(
+                latent_steps=self.latent_steps, latent_offsets=list(self.latent_offsets), latent_dim=self.latent_dim
+            )
+        if v1 or self.has_prefix:
+            values["max_prefix"] = self.max_prefix
+        if v1 or self.weights_sha256:
+            values["weights_sha256"] = self.weights_sha256
+        if v1 or self.training_data:
+            values["training_data"] = self.training_data
+        if not v1:
+            if self.has_instruction:
+                values["max_instruction_tokens"] = self.max_instruction_tokens
+            if self.action_names:
+                values["action_names"] = list(self.action_names)
+            if self.state_names:
+                values["state_names"] = list(self.state_names)
+            if self.action_type != "absolute":
+                values["action_type"] = self.action_type
         return {k: json.dumps(v, sort_keys=True) for k, v in values.items()}
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, str], source: str = "model") -> ModelContract:
-        """Parse `metadata_props`; raises ContractError naming the first missing or malformed key."""
-        values: dict[str, Any] = {}
-        for key, (types, what) in _META_FIELDS.items():
-            if key not in meta:
-                raise ContractError(key, f"{source}: metadata {key} missing (expected {what})")
-            try:
-                value = json.loads(meta[key])
-            except (TypeError, ValueError) as exc:
-                raise ContractError(key, f"{source}: metadata {key} is not valid JSON: {exc}") from None
-            # bool is an int subclass in Python; a JSON true is never a valid count.
-            if not isinstance(value, types) or isinstance(value, bool):
-                raise ContractError(
-                    key, f"{source}: metadata {key} = {meta[key]!r} has the wrong type (expected {what})"
-                )
-            values[key] = value
-        for key in ("joint_names", "camera_names"):
-            if not all(isinstance(v, str) for v in values[key]):
-                raise ContractError(key, f"{source}: metadata {key} must be a list of strings")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values["latent_offsets"]):
-            raise ContractError("latent_offsets", f"{source}: metadata latent_offsets must be integers")
-        values["joint_names"] = tuple(values["joint_names"])
-        values["camera_names"] = tuple(values["camera_names"])
-        values["latent_offsets"] = tuple(values["latent_offsets"])
-        values["action_dt"] = float(values["action_dt"])
-        if values["contract_version"] != CONTRACT_VERSION:
+        """Parse `metadata_props`; raises ContractError naming the first missing or malformed key.
+
+        The graph's tensors are checked against the result by `validate_io` (a part's tensors without its
+        metadata, or the other way round, is refused there)."""
+        version = _meta_value(meta, "contract_version", source)
+        if version not in SUPPORTED_VERSIONS:
             raise ContractError(
                 "contract_version",
-                f"{source}: contract_version {values['contract_version']} is not supported "
-                f"(this wam_control reads version {CONTRACT_VERSION})",
+                f"{source}: contract_version {version} is not supported "
+                f"(this wam_control reads versions {', '.join(map(str, SUPPORTED_VERSIONS))})",
             )
+        if version == 1:
+            present = list(V1_FIELDS)
+            for key in V1_FIELDS:
+                if key not in meta:
+                    types, what = _META_FIELDS[key]
+                    raise ContractError(key, f"{source}: metadata {key} missing (expected {what})")
+            v2_only = sorted(k for k in meta if k in _META_FIELDS and k not in V1_FIELDS)
+            if v2_only:
+                raise ContractError(
+                    v2_only[0],
+                    f"{source}: metadata {v2_only[0]} is a contract version 2 field; set contract_version 2",
+                )
+        else:
+            for key in V2_REQUIRED:
+                if key not in meta:
+                    types, what = _META_FIELDS[key]
+                    raise ContractError(
+                        key, f"{source}: metadata {key} missing (required in contract version 2; expected {what})"
+                    )
+            for part in PARTS:
+                have = [k for k in part.meta if k in meta]
+                if have and len(have) != len(part.meta):
+                    missing = next(k for k in part.meta if k not in meta)
+                    raise ContractError(
+                        missing,
+                        f"{source}: metadata {missing} missing: {part.describe()} is all-or-nothing, and "
+                        f"this file has {', '.join(have)}",
+                    )
+            present = [k for k in _META_FIELDS if k in meta]
+        values: dict[str, Any] = {key: _meta_value(meta, key, source) for key in present}
+        for key in ("joint_names", "camera_names", "action_names", "state_names"):
+            if key in values and not all(isinstance(v, str) for v in values[key]):
+                raise ContractError(key, f"{source}: metadata {key} must be a list of strings")
+        if "latent_offsets" in values and not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values["latent_offsets"]
+        ):
+            raise ContractError("latent_offsets", f"{source}: metadata latent_offsets must be integers")
+        for key in ("joint_names", "camera_names", "latent_offsets", "action_names", "state_names"):
+            if key in values:
+                values[key] = tuple(values[key])
+        values["action_dt"] = float(values["action_dt"])
+        values["has_prefix"] = "max_prefix" in values
+        values["has_world_model"] = "latent_dim" in values
         try:
             return cls(**values)
         except ContractError as exc:
             raise ContractError(exc.field, f"{source}: {exc}") from None
 
 
+def _meta_value(meta: Mapping[str, str], key: str, source: str) -> Any:
+    types, what = _META_FIELDS[key]
+    if key not in meta:
+        raise ContractError(key, f"{source}: metadata {key} missing (expected {what})")
+    try:
+        value = json.loads(meta[key])
+    except (TypeError, ValueError) as exc:
+        raise ContractError(key, f"{source}: metadata {key} is not valid JSON: {exc}") from None
+    # bool is an int subclass in Python; a JSON true is never a valid count.
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise ContractError(key, f"{source}: metadata {key} = {meta[key]!r} has the wrong type (expected {what})")
+    return value
+
+
 def _validate_values(c: ModelContract) -> None:
     def bad(name: str, msg: str) -> ContractError:
         return ContractError(name, f"{name} {msg}")
 
+    if c.contract_version not in SUPPORTED_VERSIONS:
+        raise bad("contract_version", f"must be one of {list(SUPPORTED_VERSIONS)}, got {c.contract_version}")
+    if c.contract_version == 1 and not (c.has_prefix and c.has_world_model):
+        raise bad("contract_version", "1 has the prefix inputs and the world-model outputs; use version 2")
     if not c.joint_names:
         raise bad("joint_names", "is empty")
     if len(set(c.joint_names)) != len(c.joint_names):
@@ -166,21 +338,53 @@ def _validate_values(c: ModelContract) -> None:
         raise bad("camera_names", "is empty")
     if len(set(c.camera_names)) != len(c.camera_names):
         raise bad("camera_names", f"has duplicates: {list(c.camera_names)}")
-    for name in ("image_height", "image_width", "horizon", "latent_steps", "latent_dim"):
+    for name in ("image_height", "image_width", "horizon"):
         if getattr(c, name) < 1:
             raise bad(name, f"must be >= 1, got {getattr(c, name)}")
     if not (math.isfinite(c.action_dt) and c.action_dt > 0):
         raise bad("action_dt", f"must be a positive number of seconds, got {c.action_dt}")
-    if not 0 <= c.max_prefix < c.horizon:
-        raise bad("max_prefix", f"must be in [0, horizon-1={c.horizon - 1}], got {c.max_prefix}")
-    if len(c.latent_offsets) != c.latent_steps:
-        raise bad(
-            "latent_offsets", f"has {len(c.latent_offsets)} entries but latent_steps is {c.latent_steps}"
-        )
-    if any(o < 1 for o in c.latent_offsets) or list(c.latent_offsets) != sorted(set(c.latent_offsets)):
-        raise bad(
-            "latent_offsets", f"must be strictly increasing positive steps, got {list(c.latent_offsets)}"
-        )
+    if c.has_prefix:
+        if not 0 <= c.max_prefix < c.horizon:
+            raise bad("max_prefix", f"must be in [0, horizon-1={c.horizon - 1}], got {c.max_prefix}")
+    elif c.max_prefix != 0:
+        raise bad("max_prefix", "is set but the model has no prefix inputs (action_prefix, prefix_len)")
+    if c.has_world_model:
+        for name in ("latent_steps", "latent_dim"):
+            if getattr(c, name) < 1:
+                raise bad(name, f"must be >= 1, got {getattr(c, name)}")
+        if len(c.latent_offsets) != c.latent_steps:
+            raise bad(
+                "latent_offsets", f"has {len(c.latent_offsets)} entries but latent_steps is {c.latent_steps}"
+            )
+        if any(o < 1 for o in c.latent_offsets) or list(c.latent_offsets) != sorted(set(c.latent_offsets)):
+            raise bad(
+                "latent_offsets", f"must be strictly increasing positive steps, got {list(c.latent_offsets)}"
+            )
+    elif c.latent_steps or c.latent_dim or c.latent_offsets:
+        raise bad("latent_dim", "and latent_steps/latent_offsets are set but the model has no world-model head")
+    if c.max_instruction_tokens < 0:
+        raise bad("max_instruction_tokens", f"must be >= 1, got {c.max_instruction_tokens}")
+    for name in ("action_names", "state_names"):
+        names = getattr(c, name)
+        if not names:
+            continue
+        if tuple(names[: c.num_joints]) != c.joint_names:
+            raise bad(
+                name,
+                f"must start with the arm joints in joint_names order {list(c.joint_names)} (extra DOFs "
+                f"such as a gripper come after them), got {list(names)}",
+            )
+        if len(set(names)) != len(names):
+            raise bad(name, f"has duplicates: {list(names)}")
+    if c.action_type not in ACTION_TYPES:
+        raise bad("action_type", f"must be one of {list(ACTION_TYPES)}, got {c.action_type!r}")
+
+
+def tokenizer_path(model_path: str | os.PathLike[str]) -> str:
+    """`<model>.tokenizer.json` beside the model (`m.onnx` -> `m.tokenizer.json`)."""
+    p = os.fspath(model_path)
+    stem = p[: -len(".onnx")] if p.endswith(".onnx") else p
+    return stem + TOKENIZER_SUFFIX
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,18 +395,21 @@ Dim = int | str | None
 
 
 def expected_io(contract: ModelContract) -> tuple[dict[str, tuple[str, tuple]], dict[str, tuple[str, tuple]]]:
-    """name -> (numpy dtype name, shape without batch) for inputs and outputs."""
-    inputs = {
-        "images": ("uint8", (contract.num_cameras, contract.image_height, contract.image_width, 3)),
-        "state": ("float32", (contract.num_joints,)),
-        "action_prefix": ("float32", (contract.horizon, contract.num_joints)),
-        "prefix_len": ("int64", ()),
+    """name -> (numpy dtype name, shape without batch) for the inputs and outputs this contract has."""
+    c = contract
+    inputs: dict[str, tuple[str, tuple]] = {
+        "images": ("uint8", (c.num_cameras, c.image_height, c.image_width, 3)),
+        "state": ("float32", (c.state_dim,)),
     }
-    outputs = {
-        "actions": ("float32", (contract.horizon, contract.num_joints)),
-        "latent": ("float32", (contract.latent_dim,)),
-        "latent_pred": ("float32", (contract.latent_steps, contract.latent_dim)),
-    }
+    if c.has_prefix:
+        inputs["action_prefix"] = ("float32", (c.horizon, c.action_dim))
+        inputs["prefix_len"] = ("int64", ())
+    if c.has_instruction:
+        inputs[INSTRUCTION_INPUT] = ("int64", (c.max_instruction_tokens,))
+    outputs: dict[str, tuple[str, tuple]] = {"actions": ("float32", (c.horizon, c.action_dim))}
+    if c.has_world_model:
+        outputs["latent"] = ("float32", (c.latent_dim,))
+        outputs["latent_pred"] = ("float32", (c.latent_steps, c.latent_dim))
     return inputs, outputs
 
 
@@ -214,13 +421,31 @@ def validate_io(
 ) -> None:
     """Check the graph's declared I/O against the contract's metadata.
 
-    The batch dimension may be dynamic or 1; every other dimension must be static and equal.
+    The batch dimension may be dynamic or 1; every other dimension must be static and equal. A tensor
+    of an optional part without that part's metadata is refused naming the metadata key it lacks.
     """
     want_in, want_out = expected_io(contract)
+    for part in PARTS:
+        tensors = [n for n in part.inputs if n in inputs] + [n for n in part.outputs if n in outputs]
+        has_meta = {
+            "prefix": contract.has_prefix,
+            "world-model": contract.has_world_model,
+            "instruction": contract.has_instruction,
+        }[part.name]
+        if tensors and not has_meta:
+            raise ContractError(
+                part.meta[0],
+                f"{source}: has {tensors[0]} but metadata {part.meta[0]} is missing: {part.describe()} is "
+                "all-or-nothing",
+            )
     for kind, want, have in (("input", want_in, inputs), ("output", want_out, outputs)):
         for name, (dtype, shape) in want.items():
             if name not in have:
-                raise ContractError(name, f"{source}: missing {kind} {name} (has {sorted(have)})")
+                part_of = next((p for p in PARTS if name in p.inputs or name in p.outputs), None)
+                why = f"; metadata {', '.join(part_of.meta)} says the model has {part_of.describe()}" if (
+                    part_of and contract.contract_version >= 2
+                ) else ""
+                raise ContractError(name, f"{source}: missing {kind} {name} (has {sorted(have)}){why}")
             got_dtype, got_shape = have[name]
             if got_dtype != dtype:
                 raise ContractError(name, f"{source}: {kind} {name} has dtype {got_dtype}, expected {dtype}")
@@ -272,21 +497,51 @@ def _check_file(path: str | os.PathLike[str]) -> str:
     return p
 
 
-def weights_sha256_of(model: Any) -> str:
+def weights_sha256_of(model: Any, base_dir: str = "") -> str:
     """sha256 over the initializers of an onnx.ModelProto (name, dtype, dims, raw bytes; name order).
 
     Hashing the weights as stored in the file (not the file) lets the metadata carry its own checksum.
+    Weights kept in external data (`<model>.onnx.data`) are read from `base_dir` (the model's folder)
+    and hashed the same way, so the hash covers them and does not depend on where they are stored.
     """
     from onnx import numpy_helper
 
     h = hashlib.sha256()
     for init in sorted(model.graph.initializer, key=lambda t: t.name):
-        arr = numpy_helper.to_array(init)
+        arr = numpy_helper.to_array(init, base_dir=base_dir)
         h.update(init.name.encode())
         h.update(str(arr.dtype).encode())
         h.update(repr(tuple(arr.shape)).encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
+
+
+def external_data_files(model: Any, model_path: str) -> list[str]:
+    """Paths of the external-data files an onnx.ModelProto (loaded without them) refers to."""
+    import onnx
+
+    folder = os.path.dirname(os.path.abspath(model_path))
+    files: list[str] = []
+    for init in model.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in init.external_data if e.key == "location"), "")
+        full = os.path.join(folder, location)
+        if full not in files:
+            files.append(full)
+    return files
+
+
+def _check_tokenizer(contract: ModelContract, path: str) -> None:
+    if contract.has_instruction:
+        tok = tokenizer_path(path)
+        if not os.path.isfile(tok):
+            raise ContractError(
+                "tokenizer",
+                f"{path}: the model takes instruction_tokens but its tokenizer {tok} does not exist: "
+                f"{PARTS[2].describe()} ships a tokenizer file beside the model (the `tokenizers` "
+                "library's tokenizer.json)",
+            )
 
 
 def read_contract(model_path: str | os.PathLike[str], *, verify_weights: bool = False) -> ModelContract:
@@ -312,8 +567,12 @@ def read_contract(model_path: str | os.PathLike[str], *, verify_weights: bool = 
         ) from None
     if not model.graph.node:
         raise ModelFileError(f"model file {path} is not a readable ONNX model (no graph nodes; corrupt?)")
-    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
-        raise ModelFileError(f"model file {path} keeps weights in external data; the contract needs one file")
+    for location in external_data_files(model, path):
+        if not os.path.isfile(location):
+            raise ModelFileError(
+                f"model file {path} keeps weights in external data {location}, which does not exist "
+                "(copy the .onnx.data file beside the model)"
+            )
     meta = {p.key: p.value for p in model.metadata_props}
     contract = ModelContract.from_metadata(meta, source=path)
     initializer_names = {i.name for i in model.graph.initializer}
@@ -331,8 +590,9 @@ def read_contract(model_path: str | os.PathLike[str], *, verify_weights: bool = 
         return out
 
     validate_io(contract, io(model.graph.input), io(model.graph.output), source=path)
-    if verify_weights:
-        actual = weights_sha256_of(model)
+    _check_tokenizer(contract, path)
+    if verify_weights and contract.weights_sha256:
+        actual = weights_sha256_of(model, base_dir=os.path.dirname(os.path.abspath(path)))
         if actual != contract.weights_sha256:
             raise ContractError(
                 "weights_sha256",
@@ -362,6 +622,8 @@ def contract_from_session(sess: Any, source: str) -> ModelContract:
         return {v.name: (_ORT_DTYPES.get(v.type, v.type), tuple(v.shape)) for v in values}
 
     validate_io(contract, io(sess.get_inputs()), io(sess.get_outputs()), source=source)
+    if os.path.isfile(source):
+        _check_tokenizer(contract, source)
     return contract
 
 
@@ -426,3 +688,22 @@ def check_contract(
                 f"model action_dt {contract.action_dt} s is {ticks:g} ticks at control_hz {control_hz}; "
                 "it must be a whole number of ticks >= 1",
             )
+    extra_dofs = getattr(config, "extra_dofs", None) if config is not None else None
+    if extra_dofs is not None:
+        for what, names in (("action_names", contract.extra_actions), ("state_names", contract.extra_states)):
+            missing = [n for n in names if n not in extra_dofs]
+            if missing:
+                raise ContractError(
+                    what,
+                    f"model {what} has extra DOF(s) {missing} beyond the arm joints that the config does not "
+                    f"map: add extra_dofs.{missing[0]} (its joint in /joint_states and, for an action, its "
+                    "command output) to the deployment YAML",
+                )
+        for name in contract.extra_actions:
+            dof = extra_dofs[name]
+            if getattr(dof, "command_interface", "") == "none":
+                raise ContractError(
+                    "action_names",
+                    f"model action {name!r} needs a command output but extra_dofs.{name}.command_interface "
+                    "is none",
+                )

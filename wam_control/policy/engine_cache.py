@@ -93,6 +93,28 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def onnx_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of an ONNX file and of the external-data files it refers to (`<model>.onnx.data`), so an
+    engine built from a large model is rebuilt when only its weights file changes."""
+    p = os.fspath(path)
+    externals: list[str] = []
+    try:
+        import onnx
+
+        from wam_control.policy.contract import external_data_files
+
+        externals = external_data_files(onnx.load(p, load_external_data=False), p)
+    except ImportError:
+        externals = [p + ".data"] if os.path.isfile(p + ".data") else []
+    if not externals:
+        return file_sha256(p)
+    h = hashlib.sha256(file_sha256(p).encode())
+    for ext in externals:
+        h.update(os.path.basename(ext).encode())
+        h.update(file_sha256(ext).encode())
+    return h.hexdigest()
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """temp file in the same directory, fsync, os.replace: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,11 @@ class OnnxRuntimeBackend:
         self.contract = contract_from_session(self.session, self.model_path)
         self._checker = InputChecker(self.contract)
         self._plen = np.zeros(1, dtype=np.int64)  # preallocated batch buffer for the scalar input
-        self._output_names = ["actions", "latent", "latent_pred"]
+        c = self.contract
+        # Optional parts of contract v2: only the tensors the model has are fed / fetched.
+        self._output_names = ["actions", "latent", "latent_pred"] if c.has_world_model else ["actions"]
+        self._no_latent = np.zeros(0, np.float32)
+        self._no_latent_pred = np.zeros((0, 0), np.float32)
         self._calls = 0
 
     @property
@@ -147,14 +151,19 @@ class OnnxRuntimeBackend:
         self._checker.check(inp)
         self._plen[0] = inp.prefix_len
         # [None] adds the batch dimension as a view: the caller's contiguous arrays are fed uncopied.
-        feeds = {
-            "images": inp.images[None],
-            "state": inp.state[None],
-            "action_prefix": inp.action_prefix[None],
-            "prefix_len": self._plen,
-        }
-        actions, latent, latent_pred = self.session.run(self._output_names, feeds)
+        feeds = {"images": inp.images[None], "state": inp.state[None]}
+        c = self.contract
+        if c.has_prefix:
+            feeds["action_prefix"] = inp.action_prefix[None]
+            feeds["prefix_len"] = self._plen
+        if c.has_instruction:
+            assert inp.instruction_tokens is not None  # InputChecker
+            feeds["instruction_tokens"] = inp.instruction_tokens[None]
+        outs = self.session.run(self._output_names, feeds)
         self._calls += 1
+        if not c.has_world_model:
+            return PolicyOutput(actions=outs[0][0], latent=self._no_latent, latent_pred=self._no_latent_pred)
+        actions, latent, latent_pred = outs
         return PolicyOutput(actions=actions[0], latent=latent[0], latent_pred=latent_pred[0])
 
     def close(self) -> None:

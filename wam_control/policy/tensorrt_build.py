@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from wam_control.policy.contract import ModelContract, read_contract
-from wam_control.policy.engine_cache import EngineCache, EngineError, EngineKey, atomic_write, file_sha256
+from wam_control.policy.engine_cache import EngineCache, EngineError, EngineKey, atomic_write, onnx_sha256
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def make_key(
 ) -> EngineKey:
     info = GpuInfo(*gpu)
     return EngineKey(
-        onnx_sha256=file_sha256(onnx_path),
+        onnx_sha256=onnx_sha256(onnx_path),
         tensorrt_version=str(trt_version),
         gpu_name=info.name,
         compute_capability=info.compute_capability,

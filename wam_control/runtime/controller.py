@@ -16,6 +16,7 @@ is dropped and counted; the current chunk keeps running meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -119,26 +120,46 @@ class Controller:
         surprise_monitor: SurpriseMonitor | None = None,
         result_hook: Callable[[InferenceResult], None] | None = None,
     ) -> None:
-        check_contract(
-            contract,
-            joint_names=config.joint_names,
-            camera_names=config.cameras,
-            control_hz=config.control_hz,
-        )
+        # Joint names, camera names, the tick grid and, for extra DOFs (contract v2 action_names /
+        # state_names, e.g. a gripper), their mapping in config.extra_dofs.
+        check_contract(contract, config)
         self.config = config
         self.contract = contract
         self.worker = worker
         self.clock = clock
         self.dt = config.control_period
-        self.dof = config.dof
+        # The command vector: the arm joints, then the model's extra action DOFs (their joints in
+        # /joint_states). Scheduler and safety filter run on all of it; each extra DOF has its own limits.
+        self.command_joints: tuple[str, ...] = tuple(config.joint_names) + tuple(
+            config.extra_joint(n) for n in contract.extra_actions
+        )
+        state_joints = tuple(config.joint_names) + tuple(config.extra_joint(n) for n in contract.extra_states)
+        tracked = list(config.joint_names)
+        for j in (*self.command_joints, *state_joints):
+            if j not in tracked:
+                tracked.append(j)
+        self.tracked_joints: tuple[str, ...] = tuple(tracked)
+        """Every joint read from /joint_states (arm joints first)."""
+        self.dof = len(self.command_joints)
         self.horizon = contract.horizon
         self.latch_on_worker_failure = latch_on_worker_failure
-        limits = config.limit_arrays()
+        # Index maps from the tracked joints to the command and model-state vectors (None: identity).
+        self._cmd_idx = None if self.command_joints == self.tracked_joints else np.array(
+            [tracked.index(j) for j in self.command_joints]
+        )
+        self._state_idx = None if state_joints == self.tracked_joints else np.array(
+            [tracked.index(j) for j in state_joints]
+        )
+        cmd_config = (
+            dataclasses.replace(config, joints=self.command_joints) if contract.extra_actions else config
+        )
+        limits = cmd_config.limit_arrays()
+        self.limits = limits
         if buffers is None:
             from wam_control.runtime.buffers import ObservationBuffers
 
             buffers = ObservationBuffers(
-                config.joint_names,
+                self.tracked_joints,
                 config.cameras,
                 (contract.image_height, contract.image_width),
                 clock,
@@ -148,12 +169,17 @@ class Controller:
         if safety_filter is None:
             from wam_control.runtime.safety import SafetyFilter
 
-            self.filter: _Filter = SafetyFilter(limits, config.safety, self.dt, config.joint_names)
+            self.filter: _Filter = SafetyFilter(limits, config.safety, self.dt, self.command_joints)
         else:
             self.filter = safety_filter
         # Optional WAM consumers of every usable result (surprise monitor, imagination preview).
         self.surprise = surprise_monitor
         if surprise_monitor is not None:
+            if not contract.has_world_model:
+                raise ValueError(
+                    f"model {contract.model_name} has no world-model head (latent, latent_pred outputs): "
+                    "the surprise monitor has nothing to compare"
+                )
             surprise_monitor.attach(self.filter)
         self.result_hook = result_hook
         self.scheduler = ChunkScheduler(
@@ -168,11 +194,27 @@ class Controller:
         from wam_control.runtime.buffers import ObservationSnapshot
 
         self._snap = ObservationSnapshot(
-            len(config.cameras), (contract.image_height, contract.image_width), self.dof
+            len(config.cameras), (contract.image_height, contract.image_width), len(self.tracked_joints)
         )
         self._prefix = np.zeros((contract.horizon, self.dof), np.float32)
-        self._request = InferenceRequest(0, 0, self._snap.images, self._snap.state, self._prefix, 0)
+        # The model's state vector (a view of the snapshot when it is the same joints in the same order).
+        self._state = self._snap.state if self._state_idx is None else np.zeros(contract.state_dim, np.float32)
+        self._obs_cmd = np.zeros(self.dof, np.float32)
+        """The measured command-vector state of the observation being submitted (delta actions)."""
+        # Delta actions are relative to the observed state of their request: kept per request id.
+        self._delta_ref: dict[int, np.ndarray] = {}
+        self._instruction = _Instruction(contract.max_instruction_tokens) if contract.has_instruction else None
+        self._request = InferenceRequest(
+            0,
+            0,
+            self._snap.images,
+            self._state,
+            self._prefix,
+            0,
+            self._instruction.tokens if self._instruction is not None else None,
+        )
         self._q_meas = np.zeros(self.dof)
+        self._q_tracked = self._q_meas if self._cmd_idx is None else np.zeros(len(self.tracked_joints))
         self._cmd: JointCommand | None = None
         self._lock = threading.RLock()
         self._safety: SafetyConfig = config.safety
@@ -213,6 +255,7 @@ class Controller:
             "faults": 0,
             "rearms": 0,
             "estops": 0,
+            "waiting_instruction_ticks": 0,
         }
         self._rate_t = clock.now()
         self._rate_ticks = 0
@@ -255,7 +298,7 @@ class Controller:
                 return False, "e-stop is still engaged: release it first"
             if self.filter.fault is None and self._fault is None:
                 return True, "nothing to re-arm: no fault latched"
-            q, age = self.buffers.joint_positions(self._q_meas)
+            q, age = self._measured()
             if q is None or age > self._safety.max_state_age_s:
                 return False, f"no fresh joint state (age {age:.3f} s): cannot re-arm"
             if not self.filter.rearm(q):
@@ -266,6 +309,21 @@ class Controller:
             self._reset_motion()
             self.counters["rearms"] += 1
             return True, "re-armed"
+
+    def set_instruction(self, text: str, token_ids: np.ndarray) -> None:
+        """A new language prompt, already tokenized (int64 [max_instruction_tokens], padded) by the
+        caller, off the control path. It takes effect with the next request; any thread."""
+        if self._instruction is None:
+            raise ValueError(f"model {self.contract.model_name} takes no language prompt (no instruction_tokens input)")
+        self._instruction.set(text, token_ids)
+
+    def _measured(self) -> tuple[np.ndarray | None, float]:
+        """Measured positions of the command vector (arm joints, then extra DOFs) and their age."""
+        q, age = self.buffers.joint_positions(self._q_tracked)
+        if q is not None and self._cmd_idx is not None:
+            np.take(q, self._cmd_idx, out=self._q_meas)
+            return self._q_meas, age
+        return q, age
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -313,7 +371,7 @@ class Controller:
         self._last_tick = tick
         if not self._started:
             return None
-        q, age = self.buffers.joint_positions(self._q_meas)
+        q, age = self._measured()
         if not self._seeded:
             if q is None or age > self._safety.max_state_age_s:
                 return None
@@ -398,6 +456,7 @@ class Controller:
     def _on_result(self, res: InferenceResult, tick: int) -> None:
         c = self.counters
         c["results"] += 1
+        delta_ref = self._delta_ref.pop(res.request_id, None) if self.contract.delta_actions else None
         if res.request_id == self._inflight_id:
             self._inflight_id = 0
         if res.request_id < self._epoch_first_id or self._fault is not None or not self._running:
@@ -416,6 +475,15 @@ class Controller:
             self._last_result_error = f"actions shape {shape}, expected {[self.horizon, self.dof]}"
             self._bad_result()
             return
+        if self.contract.delta_actions:
+            # action_type delta: relative to the state observed for this chunk's request; the scheduler
+            # and the safety filter only ever see absolute targets.
+            if delta_ref is None:
+                c["model_errors"] += 1
+                self._last_result_error = f"delta chunk of request {res.request_id} without its observed state"
+                self._bad_result()
+                return
+            actions = actions + delta_ref
         if not np.isfinite(actions).all():
             c["rejected_nonfinite"] += 1
             self._last_result_error = "actions contain NaN/Inf"
@@ -453,13 +521,29 @@ class Controller:
         if not self.buffers.snapshot(snap):
             self.counters["obs_not_ready_ticks"] += 1
             return
+        if self._instruction is not None and not self._instruction.apply():
+            # The model needs a prompt and has none: no request, so nothing moves (status says why).
+            self.counters["waiting_instruction_ticks"] += 1
+            return
+        if self._state_idx is not None:
+            np.take(snap.state, self._state_idx, out=self._state)
+        if self._cmd_idx is None:
+            np.copyto(self._obs_cmd, snap.state)
+        else:
+            np.take(snap.state, self._cmd_idx, out=self._obs_cmd)
         req = self._request
         req.request_id = self._next_id
         req.obs_tick = tick
-        req.prefix_len = self.scheduler.fill_prefix(tick, self._prefix, snap.state)
+        req.prefix_len = self.scheduler.fill_prefix(tick, self._prefix, self._obs_cmd)
+        if self.contract.delta_actions:
+            self._prefix -= self._obs_cmd  # the model's prefix is in its own (delta) terms
         # Commanded to stand still now (start, after a stop or re-arm): see _starts_at_arrival.
         at_rest = self.filter.holding and not self.filter.v.any()
         if self.worker.submit(req):
+            if self.contract.delta_actions:
+                self._delta_ref[self._next_id] = self._obs_cmd.copy()
+                while len(self._delta_ref) > 8:  # results of abandoned requests never come back
+                    del self._delta_ref[min(self._delta_ref)]
             self._inflight_id = self._next_id
             if at_rest:
                 self._rest_request_id = self._next_id
@@ -503,11 +587,33 @@ class Controller:
                 )
                 self._rate_t, self._rate_ticks, self._rate_chunks = now, self.counters["ticks"], chunks
             values["ticks_per_s"], values["inferences_per_s"] = self._rates
+            values.update(self.model_values())
             level, message = self._summary(sched, health)
         if message != self._last_logged:
             log.log(logging.WARNING if level else logging.INFO, "controller: %s", message)
             self._last_logged = message
         return ControllerStatus(level, message, values)
+
+    def model_values(self) -> dict[str, str]:
+        """What the runtime does with each optional part of the model's contract (diagnostics)."""
+        c = self.contract
+        out = {
+            "model.name": c.model_name,
+            "model.contract_version": str(c.contract_version),
+            "model.prefix": f"prefix (max_prefix {c.max_prefix})" if c.has_prefix
+            else "none: no prefix input, chunk seams blended by the scheduler",
+            "model.world_model": "on" if c.has_world_model
+            else "none: no world-model head, surprise monitor and imagination preview off",
+            "model.surprise": "on" if self.surprise is not None else "off",
+            "model.action_type": c.action_type,
+        }
+        if c.extra_actions or c.extra_states:
+            out["model.extra_dofs"] = ", ".join(
+                f"{n}->{self.config.extra_joint(n)}" for n in dict.fromkeys((*c.extra_actions, *c.extra_states))
+            )
+        if self._instruction is not None:
+            out["model.instruction"] = self._instruction.text if self._instruction.text is not None else ""
+        return out
 
     def _summary(
         self, sched: dict[str, float | int], health: dict[str, float | int | str]
@@ -521,6 +627,11 @@ class Controller:
         if not self._running:
             return OK, "stopped: holding position"
         warnings = []
+        if self._instruction is not None and self._instruction.text is None:
+            warnings.append(
+                f"waiting for an instruction: model {self.contract.model_name} needs a language prompt "
+                "(instruction: in the config, or std_msgs/String on ~/instruction); not moving"
+            )
         state = health.get("state", "")
         if state != "ready":
             warnings.append(f"inference worker {state}")
@@ -529,7 +640,7 @@ class Controller:
                 f"starving: no action for this tick (delay {sched['delay_ticks_last']} ticks, "
                 f"chunk {self.scheduler.chunk_ticks:g} ticks); braking to hold"
             )
-        if self.scheduler.prefix_needed_last > self.contract.max_prefix:
+        if self.contract.has_prefix and self.scheduler.prefix_needed_last > self.contract.max_prefix:
             warnings.append(
                 f"inference delay {sched['delay_ticks_estimate']} ticks needs a "
                 f"{self.scheduler.prefix_needed_last}-step prefix but the model was trained with max_prefix "
@@ -549,3 +660,36 @@ class Controller:
         if warnings:
             return WARN, "; ".join(warnings)
         return OK, "running"
+
+
+class _Instruction:
+    """The language prompt of a model with `instruction_tokens`: set from any thread (already tokenized,
+    off the control path), copied into the request buffer by the control thread at the next request."""
+
+    def __init__(self, length: int) -> None:
+        self.tokens = np.zeros(length, np.int64)
+        """The request's buffer (the worker copies it at submit)."""
+        self.text: str | None = None
+        """The prompt in force: the one the latest request carried (None: none yet)."""
+        self.changes = 0
+        self._pending: tuple[str, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def set(self, text: str, token_ids: np.ndarray) -> None:
+        ids = np.asarray(token_ids)
+        if ids.shape != self.tokens.shape or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"instruction tokens must be integers of shape {list(self.tokens.shape)}, got "
+                             f"{ids.dtype} {list(ids.shape)}")  # fmt: skip
+        with self._lock:
+            self._pending = (str(text), ids.astype(np.int64))
+
+    def apply(self) -> bool:
+        """Take a pending prompt into the request buffer; whether a prompt is in force."""
+        if self._pending is not None:
+            with self._lock:
+                pending, self._pending = self._pending, None
+            if pending is not None:
+                np.copyto(self.tokens, pending[1])
+                self.text = pending[0]
+                self.changes += 1
+        return self.text is not None

@@ -85,6 +85,7 @@ class ScriptedWorker:
             request.state.copy(),
             request.action_prefix.copy(),
             int(request.prefix_len),
+            None if request.instruction_tokens is None else request.instruction_tokens.copy(),
         )
         self.requests.append(copy)
         n = self._n["submitted"]
@@ -310,7 +311,10 @@ class Replay:
         self.image_every = image_every
         self.joints_enabled = True
         self.images_enabled = True
-        self.joint_names: list[str] = list(controller.config.joint_names)
+        self.joint_names: list[str] = list(controller.tracked_joints)
+        """Joints sent in each joint state: the command joints follow the plant (arm joints, then extra
+        DOFs such as a gripper); any other (a state-only extra DOF) reads `extra_state` (default 0)."""
+        self.extra_state: dict[str, float] = {}
         self.stamp_offset = 0.0
         self.hooks: dict[int, list[Callable[[Replay], None]]] = {}
         self.recorded = sorted(recorded, key=lambda e: e[0]) if recorded else None
@@ -337,8 +341,8 @@ class Replay:
             return
         stamp = now - self.t0 + self.stamp_offset
         if self.joints_enabled and tick % self.joint_every == 0:
-            idx = {n: i for i, n in enumerate(c.config.joint_names)}
-            q = [self.plant.q[idx[n]] if n in idx else 0.0 for n in self.joint_names]
+            idx = {n: i for i, n in enumerate(c.command_joints)}
+            q = [self.plant.q[idx[n]] if n in idx else self.extra_state.get(n, 0.0) for n in self.joint_names]
             c.on_joint_state(self.joint_names, q, None, stamp)
         if self.images_enabled and tick % self.image_every == 0:
             self._image[...] = tick % 251
@@ -414,8 +418,13 @@ def make_contract(
     )
 
 
-def home_pose(config: RobotConfig) -> np.ndarray:
-    """Middle of each joint's position range (0 where a joint has no limits)."""
+def home_pose(config: RobotConfig, joints: Sequence[str] | None = None) -> np.ndarray:
+    """Middle of each joint's position range (0 where a joint has no limits); `joints` defaults to the
+    arm joints (give the controller's `command_joints` to include extra DOFs)."""
+    if joints is not None:
+        import dataclasses
+
+        config = dataclasses.replace(config, joints=tuple(joints))
     lim = config.limit_arrays()
     mid = (lim.q_min + lim.q_max) / 2.0
     return np.where(np.isfinite(mid), mid, 0.0)

@@ -49,7 +49,8 @@ from wam_control.runtime.clock import Clock
 log = logging.getLogger(__name__)
 
 WorkerMode = Literal["thread", "process"]
-_INPUTS = ("images", "state", "action_prefix")
+_INPUTS = ("images", "state", "action_prefix", "instruction_tokens")
+_IN_DTYPES = {"images": "u1", "state": "<f4", "action_prefix": "<f4", "instruction_tokens": "<i8"}
 _OUTPUTS = ("actions", "latent", "latent_pred")
 
 
@@ -63,6 +64,8 @@ class InferenceRequest:
     state: np.ndarray  # float32 [D]
     action_prefix: np.ndarray  # float32 [H_act, D]; rows >= prefix_len are ignored by the model
     prefix_len: int
+    instruction_tokens: np.ndarray | None = None
+    """int64 [L]: the prompt's token ids, for a model that takes them (copied like the other inputs)."""
 
 
 @dataclass
@@ -448,14 +451,18 @@ class ThreadWorker(_Supervised):
             c = backend.contract
             shapes = _output_shapes(c)
             # Allocated here, before "ready", so the control thread never allocates them.
-            inst.inputs = {
-                k: np.zeros(s, np.uint8 if k == "images" else np.float32) for k, s in _input_shapes(c).items()
-            }
+            inst.inputs = {k: np.zeros(s, np.dtype(_IN_DTYPES[k])) for k, s in _input_shapes(c).items()}
         except BaseException as exc:  # any start-up failure is a crash of this generation
             events.put(("died", gen, f"backend start failed: {_describe_exc(exc)}"))
             return
         events.put(("ready", gen, backend.describe(), bool(getattr(backend, "releases_gil", False))))
-        inp = PolicyInput(inst.inputs["images"], inst.inputs["state"], inst.inputs["action_prefix"], 0)
+        inp = PolicyInput(
+            inst.inputs["images"],
+            inst.inputs["state"],
+            inst.inputs["action_prefix"],
+            0,
+            instruction_tokens=inst.inputs.get("instruction_tokens"),
+        )
         try:
             while True:
                 msg = inst.inbox.get()
@@ -542,7 +549,7 @@ class ThreadWorker(_Supervised):
 
 
 def _copy_inputs(dst: Mapping[str, np.ndarray], request: InferenceRequest) -> None:
-    for name in _INPUTS:
+    for name in dst:
         src = getattr(request, name)
         buf = dst[name]
         if not isinstance(src, np.ndarray) or src.shape != buf.shape:
@@ -594,7 +601,9 @@ def _process_main(conn: Connection, spec: dict[str, Any]) -> None:
     except BaseException as exc:
         conn.send(("died", f"backend start failed: {_describe_exc(exc)}"))
         return
-    inp = PolicyInput(ins["images"], ins["state"], ins["action_prefix"], 0)
+    inp = PolicyInput(
+        ins["images"], ins["state"], ins["action_prefix"], 0, instruction_tokens=ins.get("instruction_tokens")
+    )
     try:
         while True:
             try:
@@ -671,7 +680,7 @@ class ProcessWorker(_Supervised):
 
     def _prepare(self) -> None:
         in_shapes = _input_shapes(self.contract)
-        in_layout, in_size = _layout(in_shapes, {"images": "u1", "state": "<f4", "action_prefix": "<f4"})
+        in_layout, in_size = _layout(in_shapes, _IN_DTYPES)
         out_layout, out_size = _layout(
             {**_output_shapes(self.contract), "frame_error": (1,)},
             {**dict.fromkeys(_OUTPUTS, "<f4"), "frame_error": "<f8"},

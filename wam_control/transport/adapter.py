@@ -102,6 +102,13 @@ class ControllerIO:
         self.node_name = node_name
         self.monitor = M.InputMonitor(logger=logging.getLogger(f"wam_control.{node_name}"))
         self.joint_names = tuple(self.config.joint_names)
+        # Joints read from /joint_states: the arm joints and any extra DOF's joint (a gripper).
+        self.state_joints = tuple(getattr(controller, "tracked_joints", self.joint_names))
+        self.tokenizer: Any = None
+        """InstructionTokenizer of a model that takes a language prompt (set by the node)."""
+        self.instruction = ""
+        """The last prompt received (tokenized once per change; the controller applies it)."""
+        self.extra_outputs = extra_command_outputs(controller)
         self.cameras = {
             name: _Camera(name, topic) for name, topic in self.config.topics.camera_images.items()
         }
@@ -123,7 +130,7 @@ class ControllerIO:
 
     def on_joint_state(self, msg: Any, topic: str = "/joint_states") -> None:
         try:
-            js = M.joint_state_from_msg(msg, required=self.joint_names)
+            js = M.joint_state_from_msg(msg, required=self.state_joints)
         except M.MessageError as exc:
             return self._reject(topic, str(exc))
         problem = self.monitor.check_stamp(topic, js.stamp_s)
@@ -152,6 +159,24 @@ class ControllerIO:
             self.cameras[camera].info = M.camera_info_from_msg(msg)
         except M.MessageError as exc:
             return self._reject(topic, str(exc))
+        self.monitor.accept(topic)
+
+    def on_instruction(self, msg: Any, topic: str = "~/instruction") -> None:
+        """A new task prompt (std_msgs/String). Runs on the subscription thread: the prompt is tokenized
+        here, once per change (the latched and the volatile subscription may both deliver it), never on
+        the control path; the controller applies it to its next request."""
+        try:
+            text = M.string_from_msg(msg).strip()
+        except M.MessageError as exc:
+            return self._reject(topic, str(exc))
+        if self.tokenizer is None:
+            return self._reject(topic, "the model takes no language prompt (no instruction_tokens input)")
+        if not text:
+            return self._reject(topic, "empty instruction")
+        if text != self.instruction:
+            self.controller.set_instruction(text, self.tokenizer.encode(text))
+            self.instruction = text
+            log.info("instruction: %r (takes effect with the next request)", text)
         self.monitor.accept(topic)
 
     def on_estop(self, msg: Any, topic: str = "~/estop") -> None:
@@ -183,11 +208,12 @@ class ControllerIO:
         """The command message for one tick (JointTrajectory or Float64MultiArray, per the config)."""
         self.command_count += 1
         T = self.T
+        n = len(self.joint_names)  # the arm joints lead the command vector; extra DOFs have their own topics
         if self.config.command_interface == "forward_position":
-            return M.float64_multi_array_msg(T, cmd.positions, label=None)
-        q = np.asarray(cmd.positions, dtype=np.float64)
-        v = np.asarray(cmd.velocities, dtype=np.float64)
-        a = np.asarray(cmd.accelerations, dtype=np.float64)
+            return M.float64_multi_array_msg(T, cmd.positions[:n], label=None)
+        q = np.asarray(cmd.positions[:n], dtype=np.float64)
+        v = np.asarray(cmd.velocities[:n], dtype=np.float64)
+        a = np.asarray(cmd.accelerations[:n], dtype=np.float64)
         first = T.JointTrajectoryPoint(
             positions=T.floats(q),
             velocities=T.floats(v),
@@ -213,12 +239,36 @@ class ControllerIO:
             header=M.header_msg(T, 0.0), joint_names=list(self.joint_names), points=points
         )
 
+    def extra_command_msgs(self, cmd: Any) -> list[tuple[Any, Any]]:
+        """(output, message) for each extra DOF with a command output (a gripper's controller): the same
+        filtered setpoint as the arm's, as a Float64MultiArray (one value per command joint) or a
+        one-point JointTrajectory. Empty for a model without extra action DOFs."""
+        out = []
+        T = self.T
+        for o in self.extra_outputs:
+            q = float(cmd.positions[o.index])
+            if o.interface == "forward_position":
+                msg = M.float64_multi_array_msg(T, np.full(len(o.joints), q), label=None)
+            else:
+                k = len(o.joints)
+                point = T.JointTrajectoryPoint(
+                    positions=T.floats(np.full(k, q)),
+                    velocities=T.floats(np.full(k, float(cmd.velocities[o.index]))),
+                    accelerations=T.floats(np.full(k, float(cmd.accelerations[o.index]))),
+                    effort=T.floats(np.zeros(0)),
+                    time_from_start=M.duration_msg(T, self._dt),
+                )
+                msg = T.JointTrajectory(header=M.header_msg(T, 0.0), joint_names=list(o.joints), points=[point])
+            out.append((o, msg))
+        return out
+
     def predicted_chunk_msg(self) -> Any | None:
         """The controller's raw chunk as a JointTrajectory stamped now, or None if unchanged/absent."""
         chunk = self.controller.predicted_chunk()
         if chunk is None:
             return None
         version, t_from_now, positions = chunk
+        positions = np.asarray(positions)[:, : len(self.joint_names)]  # the arm's chunk (RViz draws the arm)
         if version == self._chunk_version:
             return None
         self._chunk_version = version
@@ -315,6 +365,34 @@ class ControllerIO:
 
     def diagnostics_msg(self, extra: dict[str, Any] | None = None) -> Any:
         return M.diagnostic_array_msg(self.T, self.ros_time(), self.diagnostics_values(extra))
+
+
+@dataclass(frozen=True)
+class ExtraOutput:
+    """Where one extra action DOF (contract v2 action_names beyond the arm, e.g. a gripper) is sent."""
+
+    name: str
+    """The model's name for it."""
+    index: int
+    """Its index in the command vector."""
+    interface: str
+    """forward_position (Float64MultiArray) or joint_trajectory (JointTrajectory)."""
+    topic: str
+    joints: tuple[str, ...]
+
+
+def extra_command_outputs(controller: Any) -> list[ExtraOutput]:
+    contract = getattr(controller, "contract", None)
+    if contract is None or not getattr(contract, "extra_actions", ()):
+        return []
+    cfg = controller.config
+    out = []
+    for i, name in enumerate(contract.extra_actions):
+        dof = cfg.extra_dofs[name]
+        joint = cfg.extra_joint(name)
+        out.append(ExtraOutput(name, contract.num_joints + i, dof.command_interface, dof.command_topic,
+                               tuple(dof.command_joints) or (joint,)))  # fmt: skip
+    return out
 
 
 def camera_info_topic(image_topic: str) -> str:
@@ -442,6 +520,8 @@ class Runtime:
     """SurpriseMonitor (already attached to the controller), or None when surprise.enabled is false."""
     imagination: Any = None
     """ImaginationPreview (the controller's result hook), or None when imagination.enabled is false."""
+    tokenizer: Any = None
+    """InstructionTokenizer for a model that takes a language prompt (the nodes hand it to ControllerIO)."""
 
     def close(self) -> None:
         if self.imagination is not None:
@@ -468,6 +548,18 @@ def build_runtime(
         raise ValueError(f"{config.source}: inference.model: no model given (use --model or inference.model)")
     contract = read_contract(path)
     check_contract(contract, config)
+    from wam_control.policy.check_model import model_plan, refusals
+
+    problems = refusals(contract, config)
+    if problems:
+        raise ValueError(f"{config.source} with model {path}: " + "; ".join(problems))
+    for part, line in model_plan(contract, config):
+        log.info("model %s: %s: %s", contract.model_name, part, line)
+    tokenizer = None
+    if contract.has_instruction:
+        from wam_control.policy.instruction import InstructionTokenizer
+
+        tokenizer = InstructionTokenizer(path, contract)
     monitor = _build_surprise(config, contract, path)
     preview = _build_imagination(config, contract, path)
     clock = MonotonicClock()
@@ -499,12 +591,15 @@ def build_runtime(
         surprise_monitor=monitor,
         result_hook=preview.hook if preview is not None else None,
     )
-    return Runtime(controller, path, monitor, preview)
+    if tokenizer is not None and config.instruction:
+        # Tokenized here, once, at start-up; ~/instruction replaces it while running.
+        controller.set_instruction(config.instruction, tokenizer.encode(config.instruction))
+    return Runtime(controller, path, monitor, preview, tokenizer)
 
 
 def _build_surprise(config: RobotConfig, contract: Any, model_path: str) -> Any:
-    if not config.surprise.enabled:
-        return None
+    if not config.surprise.enabled or not contract.has_world_model:
+        return None  # (enabled: true with such a model was refused by check_model.refusals)
     from wam_control.runtime.calibration import CalibrationError, default_calibration_path
     from wam_control.runtime.surprise import build_monitor
 

@@ -51,6 +51,11 @@ class Float64_(IdlStruct, typename="std_msgs::msg::dds_::Float64_"):
 
 
 @dataclass
+class String_(IdlStruct, typename="std_msgs::msg::dds_::String_"):
+    data: str = ""
+
+
+@dataclass
 class Empty_(IdlStruct, typename="std_msgs::msg::dds_::Empty_"):
     # ROS 2's IDL generator adds this member because an IDL struct may not be empty.
     structure_needs_at_least_one_member: t.uint8 = 0
@@ -169,6 +174,7 @@ TYPES: dict[str, type[Any]] = {
     "std_msgs/msg/Header": Header_,
     "std_msgs/msg/Bool": Bool_,
     "std_msgs/msg/Float64": Float64_,
+    "std_msgs/msg/String": String_,
     "std_msgs/msg/Empty": Empty_,
     "std_msgs/msg/MultiArrayDimension": MultiArrayDimension_,
     "std_msgs/msg/MultiArrayLayout": MultiArrayLayout_,

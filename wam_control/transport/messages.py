@@ -62,6 +62,7 @@ class MsgTypes:
     Header: Any
     Bool: Any
     Float64: Any
+    String: Any
     Empty: Any
     MultiArrayDimension: Any
     MultiArrayLayout: Any
@@ -113,6 +114,7 @@ def dds_msg_types() -> MsgTypes:
         Header=d.Header_,
         Bool=d.Bool_,
         Float64=d.Float64_,
+        String=d.String_,
         Empty=d.Empty_,
         MultiArrayDimension=d.MultiArrayDimension_,
         MultiArrayLayout=d.MultiArrayLayout_,
@@ -147,6 +149,7 @@ def rclpy_msg_types() -> MsgTypes:
         Header,
         MultiArrayDimension,
         MultiArrayLayout,
+        String,
     )
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -156,6 +159,7 @@ def rclpy_msg_types() -> MsgTypes:
         Header=Header,
         Bool=Bool,
         Float64=Float64,
+        String=String,
         Empty=Empty,
         MultiArrayDimension=MultiArrayDimension,
         MultiArrayLayout=MultiArrayLayout,
@@ -188,6 +192,7 @@ def rosbags_msg_types(typestore: Any) -> MsgTypes:
         Header=cls("std_msgs/msg/Header"),
         Bool=cls("std_msgs/msg/Bool"),
         Float64=cls("std_msgs/msg/Float64"),
+        String=cls("std_msgs/msg/String"),
         Empty=cls("std_msgs/msg/Empty"),
         MultiArrayDimension=cls("std_msgs/msg/MultiArrayDimension"),
         MultiArrayLayout=cls("std_msgs/msg/MultiArrayLayout"),
@@ -491,6 +496,19 @@ def float64_from_msg(msg: Any) -> float:
 
 def float64_msg(T: MsgTypes, value: float) -> Any:
     return T.Float64(data=float(value))
+
+
+def string_from_msg(msg: Any) -> str:
+    data = msg.data
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", errors="replace")
+    if not isinstance(data, str):
+        raise MessageError(f"std_msgs/String data must be a string, got {type(data).__name__}")
+    return data
+
+
+def string_msg(T: MsgTypes, value: str) -> Any:
+    return T.String(data=str(value))
 
 
 def clock_from_msg(msg: Any) -> float:

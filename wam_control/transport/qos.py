@@ -1,8 +1,11 @@
 """QoS profiles of DESIGN.md §6, defined once and mapped to Cyclone DDS and to rclpy.
 
 Both transports use these so that the DDS path and the rclpy node offer and request exactly the same
-policies. Subscriptions are always volatile: a transient-local reader would not match the volatile
-publishers that ROS 2 tools create by default.
+policies. Subscriptions are volatile (a transient-local reader would not match the volatile publishers
+that ROS 2 tools create by default), except INSTRUCTION: the task prompt is latched (reliable, transient
+local, keep last 1), so a prompt published before the controller started still reaches it. The
+controller subscribes to ~/instruction twice, with INSTRUCTION and with RELIABLE, so that a volatile
+publisher (`ros2 topic pub` by default) matches too; the prompt is tokenized only when it changes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ class QosProfile:
     depth: int
     max_blocking_s: float = 0.005
     """A reliable writer may block this long when readers lag; short so the control loop never stalls."""
+    transient_local: bool = False
+    """Durability: transient local (late joiners get the last sample) instead of volatile."""
 
 
 JOINT_STATES = QosProfile("joint_states", reliable=True, depth=10)
@@ -35,8 +40,12 @@ PREVIEW = QosProfile("preview", reliable=True, depth=1)
 matches; best-effort readers (Foxglove, sensor-data subscribers) match a reliable writer too. Keep last 1:
 only the newest value is worth anything, and a slow viewer never makes the writer queue frames."""
 
+INSTRUCTION = QosProfile("instruction", reliable=True, depth=1, transient_local=True)
+"""~/instruction (std_msgs/String, the task prompt): reliable, transient local, keep last 1 (DESIGN.md §6)."""
+
 PROFILES: dict[str, QosProfile] = {
-    p.name: p for p in (JOINT_STATES, SENSOR_DATA, RELIABLE, DIAGNOSTICS, PREDICTED_CHUNK, CLOCK, PREVIEW)
+    p.name: p
+    for p in (JOINT_STATES, SENSOR_DATA, RELIABLE, DIAGNOSTICS, PREDICTED_CHUNK, CLOCK, PREVIEW, INSTRUCTION)
 }
 
 
@@ -63,7 +72,7 @@ def to_dds(value: QosProfile | str) -> Any:
     return Qos(
         reliability,
         Policy.History.KeepLast(p.depth),
-        Policy.Durability.Volatile,
+        Policy.Durability.TransientLocal if p.transient_local else Policy.Durability.Volatile,
         Policy.DataRepresentation(use_cdrv0_representation=True),
     )
 
@@ -77,5 +86,5 @@ def to_rclpy(value: QosProfile | str) -> Any:
         history=HistoryPolicy.KEEP_LAST,
         depth=p.depth,
         reliability=ReliabilityPolicy.RELIABLE if p.reliable else ReliabilityPolicy.BEST_EFFORT,
-        durability=DurabilityPolicy.VOLATILE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if p.transient_local else DurabilityPolicy.VOLATILE,
     )
