@@ -9,7 +9,9 @@ Latency is scripted in ticks, from 0 to 40% of the chunk horizon. Strategies:
 - ours: this scheduler; the model is given the committed prefix and continues it; the seam is
   corrected (C2, jerk-bounded) only where it is still not smooth.
 An ablation (ours_no_prefix: the same scheduler with a model that ignores the prefix) shows which part
-of the gain comes from the prefix and which from the seam correction.
+of the gain comes from the prefix and which from the seam correction. no_prefix_model is what the
+runtime does with a contract v2 model that has no prefix inputs at all (max_prefix 0: no prefix is
+computed or sent; every seam is joined by the C2 blend).
 
 Measured on the scheduler's target stream (before the safety filter, which would otherwise hide the
 seams by clipping them): per seam, the largest |second difference| of the target between this switch
@@ -44,7 +46,7 @@ from wam_control.runtime.replay import (
 from wam_control.runtime.scheduler import ChunkScheduler, SchedulerParams
 from wam_control.runtime.worker import InferenceRequest
 
-STRATEGIES = ("naive", "fixed_blend", "ours", "ours_no_prefix")
+STRATEGIES = ("naive", "fixed_blend", "ours", "ours_no_prefix", "no_prefix_model")
 
 
 @dataclass
@@ -64,7 +66,7 @@ class SeamRun:
 def simulate(
     cfg: RobotConfig, strategy: str, latency_ticks: int, ticks: int, noise_rad: float, seed: int
 ) -> SeamRun:
-    contract = make_contract(cfg)
+    contract = make_contract(cfg, prefix=strategy != "no_prefix_model")
     dt = cfg.control_period
     mode = {"naive": "naive", "fixed_blend": "fixed_blend"}.get(strategy, "prefix")
     params = SchedulerParams(mode=mode)  # type: ignore[arg-type]
@@ -465,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
     jb = float(np.percentile(pool("fixed_blend", "seam_jumps"), 95))
     jo = float(np.percentile(pool("ours", "seam_jumps"), 95))
     jnp = float(np.percentile(pool("ours_no_prefix", "seam_jumps"), 95))
+    jm = float(np.percentile(pool("no_prefix_model", "seam_jumps"), 95))
+    gm = float(np.percentile(pool("no_prefix_model", "seam_gaps"), 95))
+    starv_m = sum(r.starved_ticks for r in runs["no_prefix_model"])
     gn = float(np.percentile(pool("naive", "seam_gaps"), 95))
     go = float(np.percentile(pool("ours", "seam_gaps"), 95))
     gnp = float(np.percentile(pool("ours_no_prefix", "seam_gaps"), 95))
@@ -475,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"seam_jump_naive={jn:.3e} seam_jump_blend={jb:.3e} seam_jump_ours={jo:.3e} "
         f"seam_jump_ours_no_prefix={jnp:.3e} seam_ratio={jo / jn:.4f} seam_gap_naive={gn:.3e} "
-        f"seam_gap_ours={go:.3e} seam_gap_ours_no_prefix={gnp:.3e} starvations={starv} "
+        f"seam_gap_ours={go:.3e} seam_gap_ours_no_prefix={gnp:.3e} seam_jump_no_prefix_model={jm:.3e} "
+        f"seam_gap_no_prefix_model={gm:.3e} starvations_no_prefix_model={starv_m} starvations={starv} "
         f"reaction_ticks_p99={float(np.percentile(react, 99)):.0f} reaction_minus_delay_ticks_max={excess} "
         f"wall_s={time.perf_counter() - t0:.1f}"
     )

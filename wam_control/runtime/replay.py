@@ -399,11 +399,11 @@ def make_contract(
     horizon: int = 16,
     max_prefix: int = 8,
     image_hw: tuple[int, int] = (32, 32),
+    prefix: bool = True,
 ) -> ModelContract:
-    """A contract matching `config` (joints, cameras) for replays: no model file behind it."""
-    return ModelContract(
-        contract_version=1,
-        model_name="replay-reference",
+    """A contract matching `config` (joints, cameras) for replays: no model file behind it. `prefix`
+    False: a contract v2 model without the prefix inputs (max_prefix 0, seams blended)."""
+    common = dict(
         joint_names=tuple(config.joint_names),
         camera_names=tuple(config.cameras),
         image_height=image_hw[0],
@@ -412,10 +412,13 @@ def make_contract(
         horizon=horizon,
         latent_steps=1,
         latent_offsets=(1,),
-        max_prefix=max_prefix,
         latent_dim=4,
-        weights_sha256="0" * 64,
     )
+    if not prefix:
+        return ModelContract(contract_version=2, model_name="replay-reference-no-prefix", has_prefix=False,
+                             **common)  # type: ignore[arg-type]  # fmt: skip
+    return ModelContract(contract_version=1, model_name="replay-reference", max_prefix=max_prefix,
+                         weights_sha256="0" * 64, **common)  # type: ignore[arg-type]  # fmt: skip
 
 
 def home_pose(config: RobotConfig, joints: Sequence[str] | None = None) -> np.ndarray:
