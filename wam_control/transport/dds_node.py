@@ -8,8 +8,11 @@ Topics (names from the config's `topics:`; `~` expands to /<namespace>/<node nam
   in   /joint_states (JointState, reliable/10), /camera/image_raw + /camera/camera_info (sensor data),
        ~/estop (std_msgs/Bool, reliable), ~/rearm (std_msgs/Bool: `true` requests a re-arm, because DDS
        without ROS has no services; the rclpy node offers std_srvs/Trigger on the same name),
-       /clock (with --use-sim-time: stamps follow sim time)
-  out  the command topic (JointTrajectory or Float64MultiArray, reliable), ~/predicted_chunk (on change),
+       /clock (with --use-sim-time: stamps follow sim time),
+       ~/instruction (std_msgs/String, the task prompt; latched reader and volatile reader, for a model
+       that takes a prompt)
+  out  the command topic (JointTrajectory or Float64MultiArray, reliable), each extra DOF's command topic
+       (extra_dofs: a gripper's controller, JointTrajectory or Float64MultiArray), ~/predicted_chunk (on change),
        /diagnostics (about 1 Hz), ~/rearm_result (std_msgs/Bool, the answer to each re-arm request),
        ~/surprise (std_msgs/Float64, the surprise score, 20 Hz; when surprise.enabled),
        imagination.topic (sensor_msgs/Image rgb8, the decoded predicted frame, at most
@@ -46,6 +49,7 @@ class DdsControllerNode:
         *,
         surprise: Any = None,
         imagination: Any = None,
+        tokenizer: Any = None,
     ) -> None:
         from wam_control.transport import dds_types as d
         from wam_control.transport.messages import bool_msg, dds_msg_types
@@ -77,6 +81,19 @@ class DdsControllerNode:
             )
         if use_sim_time:
             self.subscriptions.append(node.subscription(t.clock, d.Clock_, io.on_clock, qos.CLOCK))
+        self.instruction_subs = []
+        if tokenizer is not None:
+            io.tokenizer = tokenizer
+            # Latched (a prompt published before we started) and volatile (`ros2 topic pub`) publishers.
+            # The readers keep the latest prompt; the auxiliary thread tokenizes it, once per change.
+            for profile in (qos.INSTRUCTION, qos.RELIABLE):
+                self.instruction_subs.append(node.subscription(t.instruction, d.String_, None, profile))
+            self.subscriptions += self.instruction_subs
+        self.extra_pubs = [
+            node.publisher(o.topic, d.Float64MultiArray_ if o.interface == "forward_position" else d.JointTrajectory_,
+                           qos.RELIABLE)
+            for o in io.extra_outputs
+        ]  # fmt: skip
         if cfg.command_interface == "forward_position":
             self.command_pub = node.publisher(t.forward_command, d.Float64MultiArray_, qos.RELIABLE)
         else:
@@ -99,6 +116,9 @@ class DdsControllerNode:
 
     def _publish_command(self, cmd: Any) -> None:
         self.command_pub.publish(self.io.command_msg(cmd))
+        if self.extra_pubs:
+            for pub, (_, msg) in zip(self.extra_pubs, self.io.extra_command_msgs(cmd)):
+                pub.publish(msg)
 
     def _on_rearm(self, msg: Any) -> None:
         if not msg.data:
@@ -108,6 +128,10 @@ class DdsControllerNode:
         self.rearm_result_pub.publish(self._bool_msg(ok))
 
     def _aux(self) -> None:
+        for sub in self.instruction_subs:
+            msg = sub.take_latest()
+            if msg is not None:
+                self.io.on_instruction(msg, topic=sub.topic)
         chunk = self.io.predicted_chunk_msg()
         if chunk is not None:
             self.chunk_pub.publish(chunk)
@@ -198,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         use_sim_time=args.use_sim_time,
         surprise=runtime.surprise,
         imagination=runtime.imagination,
+        tokenizer=runtime.tokenizer,
     )
     topic = runner.command_pub.topic
     log.info(

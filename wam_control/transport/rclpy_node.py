@@ -69,6 +69,8 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
         self._diag_pub: Any = None
         self._surprise_pub: Any = None
         self._imagination_pub: Any = None
+        self._extra_pubs: list[Any] = []
+        self._instruction_msg: Any = None
         self._next_diag = 0.0
 
     def _declare(self, name: str, default: Any, description: str, dynamic: bool = False) -> Any:
@@ -100,6 +102,14 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
                 given(f"joint_limits.{joint}.{f.name}", f"ros2_control joint_limits: {f.name}")
         for camera in flat.get("cameras", ["scene"]):
             given(f"topics.camera_images.{camera}", "image topic")
+        # Extra DOFs (a gripper) are keyed by the model's names for them: declare the ones given.
+        overrides = getattr(self, "_parameter_overrides", {}) or {}
+        for name in sorted(n for n in overrides if n.startswith("extra_dofs.")):
+            given(name, "extra DOF (config/schema.py ExtraDofConfig)")
+        for name in {n.split(".")[1] for n in overrides if n.startswith("extra_dofs.")}:
+            joint = flat.get(f"extra_dofs.{name}.joint") or name
+            for f in dataclasses.fields(JointLimits):
+                given(f"joint_limits.{joint}.{f.name}", f"ros2_control joint_limits: {f.name}")
 
         fqn = self.get_fully_qualified_name()
         config_file = str(self.get_parameter("config_file").value)
@@ -124,6 +134,7 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
             return TransitionCallbackReturn.FAILURE
         self.io = ControllerIO(self.controller, self._T, self.get_name(), now=self._ros_now,
                                surprise=self.runtime.surprise, imagination=self.runtime.imagination)  # fmt: skip
+        self.io.tokenizer = self.runtime.tokenizer
         self._create_entities(config)
         self.runner = ControlRunner(
             self.controller, self._publish_command, self._aux, name=f"{self.get_name()}-loop"
@@ -196,14 +207,34 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
             )
             self._pubs.append(self._imagination_pub)
             io.bind_imagination(self._imagination_pub.publish)
+        if io.tokenizer is not None:
+            # ~/instruction: the callbacks store the latest prompt; the auxiliary thread tokenizes it
+            # (once per change) off the control path. Latched and volatile publishers both match.
+            def store(msg: Any) -> None:
+                self._instruction_msg = msg
+
+            for profile in (qos.INSTRUCTION, qos.RELIABLE):
+                self._subs.append(self.create_subscription(T.String, t.instruction, store, qos.to_rclpy(profile)))
+        self._extra_pubs = [
+            self.create_lifecycle_publisher(T.Float64MultiArray if o.interface == "forward_position"
+                                            else T.JointTrajectory, o.topic, qos.to_rclpy(qos.RELIABLE))
+            for o in io.extra_outputs
+        ]  # fmt: skip
+        self._pubs += self._extra_pubs
         self._srv = self.create_service(Trigger, t.rearm_service, self._on_rearm)
 
     # -- runtime ----------------------------------------------------------------------------------
 
     def _publish_command(self, cmd: Any) -> None:
         self._command_pub.publish(self.io.command_msg(cmd))
+        if self._extra_pubs:
+            for pub, (_, msg) in zip(self._extra_pubs, self.io.extra_command_msgs(cmd)):
+                pub.publish(msg)
 
     def _aux(self) -> None:
+        msg, self._instruction_msg = self._instruction_msg, None
+        if msg is not None:
+            self.io.on_instruction(msg, topic=self.resolve_topic_name(self.controller.config.topics.instruction))
         chunk = self.io.predicted_chunk_msg()
         if chunk is not None:
             self._chunk_pub.publish(chunk)
@@ -275,6 +306,7 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
         if self._srv is not None:
             self.destroy_service(self._srv)
         self._subs, self._pubs, self._srv = [], [], None
+        self._extra_pubs, self._instruction_msg = [], None
         self._command_pub = self._chunk_pub = self._diag_pub = None
         self._surprise_pub = self._imagination_pub = None
         if self.runtime is not None:

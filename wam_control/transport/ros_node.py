@@ -46,12 +46,13 @@ _SECTIONS = ("topics", "timeouts", "safety", "inference", "loop", "surprise", "i
 def schema_parameter_names() -> list[tuple[str, str]]:
     """(parameter name, description) for every fixed key of the deployment YAML, flattened as ROS 2
     flattens nested YAML (`topics.joint_states`). Per-joint limits and per-camera topics depend on
-    `joints` / `cameras` and are declared after those are read."""
+    `joints` / `cameras` and are declared after those are read; `extra_dofs.<name>.<key>` are declared
+    from the parameters given (their names are the model's)."""
     from wam_control.config import schema
 
     out: list[tuple[str, str]] = []
     for f in dataclasses.fields(schema.RobotConfig):
-        if f.name in ("joint_limits", "source") or f.name in _SECTIONS:
+        if f.name in ("joint_limits", "source", "extra_dofs") or f.name in _SECTIONS:
             continue
         out.append((f.name, f"RobotConfig.{f.name} (wam_control/config/schema.py)"))
     for section in _SECTIONS:
