@@ -205,6 +205,12 @@ class DdsSubscription(Generic[T]):
             msg, self._latest = self._latest, None
             return msg
 
+    def poll(self) -> None:
+        """Take what the reader holds now. A transient-local reader's historical samples (those written
+        before it matched) arrive without a data-available event; poll it to see them."""
+        if self._reader is not None:
+            self._on_data_available(self._reader)
+
     def _on_data_available(self, reader: Any) -> None:
         try:
             samples = reader.take(N=self._depth)

@@ -129,6 +129,7 @@ class DdsControllerNode:
 
     def _aux(self) -> None:
         for sub in self.instruction_subs:
+            sub.poll()  # a latched prompt written before we matched comes without a data event
             msg = sub.take_latest()
             if msg is not None:
                 self.io.on_instruction(msg, topic=sub.topic)
