@@ -1,7 +1,8 @@
 """The rclpy lifecycle node in a real ROS 2 graph (ROS 2 Kilted from PyPI, Fast DDS), across processes.
 
-- the robot: the MuJoCo sim bridge in this process over Cyclone DDS (the `wam-control sim` code, real
-  time), so every message between it and the node crosses vendors (Cyclone <-> Fast DDS);
+- the robot: the MuJoCo sim bridge in this process over Cyclone DDS (the `wam-control sim` code, in
+  lockstep with the commands), so every message between it and the node crosses vendors (Cyclone <->
+  Fast DDS);
 - the controller: `wam_controller` in its own process, started with exactly the parameters
   robot.launch.py produces for its default arguments (launch_params), driven through its lifecycle
   services from this process as launch_ros does;
@@ -114,7 +115,10 @@ class Graph:
             self.arm = make_arm(config, contract, "reach", camera_hz=15.0)
             self.arm.reset(100_000)
             self.sim_node = DdsNode("wam_sim", domain_id=self.domain)
-            self.bridge = SimBridge(self.arm, self.sim_node, M.dds_msg_types(), clock_mode="realtime")
+            # Lockstep: the sim advances one control period per command, so the world moves exactly as
+            # fast as the controller ticks however loaded the machine is (the surprise monitor compares
+            # the world with predictions made in ticks: a lagging real-time sim looks like a surprise).
+            self.bridge = SimBridge(self.arm, self.sim_node, M.dds_msg_types(), clock_mode="lockstep")
             ready.set()
             try:
                 self.bridge.run(self._stop)
