@@ -233,3 +233,35 @@ def test_extra_state_only_dof_is_read_by_name(models: dict[str, Path], tmp_path:
     ctl.start()
     rp.run(200)
     assert seen and seen[-1].shape == (8,) and seen[-1][-1] == pytest.approx(0.0123)
+
+
+def test_process_worker_runs_a_prompt_gripper_model_without_a_head(tmp_path: Path) -> None:
+    """The spawned-process worker: the prompt's tokens travel through shared memory like the other
+    inputs, and the absent world-model outputs are empty arrays (one buffer layout for every model)."""
+    from wam_control.policy.instruction import InstructionTokenizer
+    from wam_control.runtime.clock import MonotonicClock
+    from wam_control.runtime.worker import make_worker
+
+    model = build_model(tmp_path / "vla.onnx", prompt=True, extra=["gripper"], extra_goal=[0.03])
+    contract = read_contract(model)
+    tok = InstructionTokenizer(model, contract)
+    worker = make_worker("process", model, contract, MonotonicClock(), backend="onnxruntime", warmup=1)
+    worker.start()
+    try:
+        assert worker.wait_ready(60.0), worker.health()
+        state = np.append(FR3_HOME, 0.01).astype(np.float32)
+        outs = []
+        for rid, prompt in ((1, "reach left"), (2, "reach right")):
+            req = InferenceRequest(rid, 0, np.zeros((2, 32, 32, 3), np.uint8), state,
+                                   np.zeros((16, 8), np.float32), 0, tok.encode(prompt))  # fmt: skip
+            assert worker.submit(req)
+            res = worker.wait_result(20.0)
+            assert res is not None and res.error is None, res
+            assert res.output is not None and res.output.latent.shape == (0,)
+            assert res.output.latent_pred.shape == (0, 0) and res.output.actions.shape == (16, 8)
+            outs.append(res.output.actions)
+    finally:
+        worker.close()
+    # The same state, two prompts: goals 0.4 rad apart on joint 1, half of that by the chunk end (gain 0.5).
+    assert outs[0][-1, 0] - outs[1][-1, 0] == pytest.approx(0.2, abs=1e-5)
+    assert outs[0][-1, 7] == pytest.approx(0.01 + 0.5 * (0.03 - 0.01), abs=1e-6)
