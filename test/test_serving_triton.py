@@ -91,6 +91,76 @@ def test_remote_outputs_equal_in_process_onnxruntime(server: LocalServer) -> Non
         local.close()
 
 
+def test_default_server_runs_onnxruntime_in_the_python_backend_stub(server: LocalServer) -> None:
+    """`serve`'s default runtime is `direct`: the served model is a Python-backend model.py (no pytriton proxy
+    process), whose batched outputs equal in-process ONNX Runtime's, request by request."""
+    import tritonclient.grpc as grpcclient
+
+    assert server.runtime == "direct"
+    be = TritonBackend(MODEL, server=server.url)
+    try:
+        assert be.platform == "python" and be.max_batch_size == 8
+    finally:
+        be.close()
+    client = grpcclient.InferenceServerClient(server.url)
+    try:
+        cfg = client.get_model_config(MODEL_NAME, as_json=True)["config"]
+        assert cfg["backend"] == "python" and "dynamic_batching" in cfg
+        assert cfg["parameters"]["onnx_path"]["string_value"] == str(MODEL.resolve())
+    finally:
+        client.close()
+
+
+def test_direct_runtime_batches_requests_and_splits_the_replies(tmp_path: Path) -> None:
+    """Requests that queue together run as ONE model execution (a long queue delay makes them queue) and
+    every robot gets its own rows back, equal to in-process ONNX Runtime on its own input."""
+    import threading
+
+    with LocalServer(MODEL, max_batch=4, queue_delay_us=400_000, runtime="direct") as srv:
+        backends = [TritonBackend(MODEL, server=srv.url, request_timeout_s=10.0) for _ in range(4)]
+        ref = load_backend(MODEL, "onnxruntime", warmup=0)
+        try:
+            s0 = backends[0].server_statistics()
+            inputs = [example_input(ref.contract, seed=10 + i, prefix_len=i) for i in range(4)]
+            outs: list = [None] * 4
+
+            def call(i: int) -> None:
+                outs[i] = backends[i].infer(inputs[i])
+
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            s1 = backends[0].server_statistics()
+            assert s1["inference_count"] - s0["inference_count"] == 4
+            assert s1["execution_count"] - s0["execution_count"] < 4  # batched
+            for x, out in zip(inputs, outs, strict=True):
+                want = ref.infer(x)
+                np.testing.assert_array_equal(out.actions, want.actions)
+                np.testing.assert_array_equal(out.latent, want.latent)
+                np.testing.assert_array_equal(out.latent_pred, want.latent_pred)
+        finally:
+            for be in backends:
+                be.close()
+            ref.close()
+
+
+def test_pytriton_runtime_serves_the_same_model() -> None:
+    """`serve --runtime pytriton` (kept for comparison): same interface, contract and outputs."""
+    pytest.importorskip("pytriton.triton")
+    with LocalServer(MODEL, max_batch=4, runtime="pytriton") as srv:
+        remote = TritonBackend(MODEL, server=srv.url)
+        local = load_backend(MODEL, "onnxruntime", warmup=0)
+        try:
+            assert "(= server's)" in remote.describe()
+            x = example_input(remote.contract, seed=5)
+            np.testing.assert_array_equal(remote.infer(x).actions, local.infer(x).actions)
+        finally:
+            remote.close()
+            local.close()
+
+
 def test_contract_from_the_server_alone(server: LocalServer) -> None:
     be = TritonBackend("", server=server.url, model_name=MODEL_NAME)
     try:
@@ -143,22 +213,23 @@ def test_config_keys_reach_the_backend(server: LocalServer, tmp_path: Path) -> N
         be.close()
 
 
-def test_late_reply_is_dropped_by_request_id(server: LocalServer) -> None:
+def test_late_reply_is_never_used_for_a_later_request(server: LocalServer) -> None:
     be = TritonBackend(MODEL, server=server.url)
+    ref = load_backend(MODEL, "onnxruntime", warmup=0)
     try:
-        x = example_input(be.contract, seed=1)
+        old, new = example_input(be.contract, seed=1), example_input(be.contract, seed=2)
         be.request_timeout_s = 1e-4  # gives up before any reply can arrive
         with pytest.raises(TritonUnavailable, match="no reply"):
-            be.infer(x)
-        time.sleep(0.3)  # the given-up request's reply (or its cancellation) arrives meanwhile
+            be.infer(old)
+        time.sleep(0.3)  # the given-up request is still computed by the server meanwhile
         be.request_timeout_s = 5.0
-        out = be.infer(x)  # must not take the old reply for this request
-        assert be.replies_dropped >= 1
-        ref = load_backend(MODEL, "onnxruntime", warmup=0)
-        np.testing.assert_array_equal(out.actions, ref.infer(x).actions)
-        ref.close()
+        out = be.infer(new)  # answered with its own reply, not the old request's
+        np.testing.assert_array_equal(out.actions, ref.infer(new).actions)
+        assert not np.array_equal(out.actions, ref.infer(old).actions)
+        assert be.replies_dropped == 0  # the echoed request id matched
     finally:
         be.close()
+        ref.close()
 
 
 def test_thread_worker_carries_request_id_and_tick(server: LocalServer) -> None:

@@ -1,17 +1,20 @@
 """`wam-control triton-repo`: a Triton model repository for a WAM model file (production Triton server).
 
-    wam-control triton-repo --model models/wam_reach_wrist.onnx --out repo/ [--platform onnxruntime|tensorrt]
+    wam-control triton-repo --model models/wam_reach_wrist.onnx --out repo/ [--platform onnxruntime|tensorrt|python]
         [--max-batch 8] [--queue-delay-us 0] [--instances 1] [--kind gpu|cpu] [--name NAME]
 
 Writes `repo/<name>/config.pbtxt` and `repo/<name>/1/model.onnx` (onnxruntime), or the config for a
 `1/model.plan` that you build on the serving GPU (tensorrt: a TensorRT engine is specific to the GPU and
-TensorRT version, so it cannot be built here). The config declares the contract's inputs and outputs
+TensorRT version, so it cannot be built here), or `1/model.py` + `1/model.onnx` (python: ONNX Runtime
+inside Triton's Python backend, `serving.triton_model`; the server's Python needs onnxruntime and numpy;
+`wam-control serve --runtime direct` runs this repository on the tritonserver of the nvidia-pytriton
+wheel). The config declares the contract's inputs and outputs
 (names, types, per-request dims), `max_batch_size` and dynamic batching, and carries the contract itself
 as the parameter `wam_contract`, which the robot's `inference.backend: triton` checks against its own
 model file at start-up. `prefix_len` (one value per request, [B] in the model) is declared as dims [1]
 with `reshape { shape: [] }`, Triton's spelling of a per-request scalar.
 
-Run it with Triton's own ONNX Runtime or TensorRT backend, e.g.
+Run it with Triton's own ONNX Runtime, TensorRT or Python backend, e.g.
 `tritonserver --model-repository repo/` (NGC container nvcr.io/nvidia/tritonserver).
 """
 
@@ -26,7 +29,11 @@ from typing import Any
 
 from wam_control.policy.contract import ContractError, ModelContract
 
-PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+PLATFORMS = {
+    "onnxruntime": ("onnxruntime_onnx", "model.onnx"),
+    "tensorrt": ("tensorrt_plan", "model.plan"),
+    "python": ("python", "model.py"),  # a backend, not a platform: ONNX Runtime inside the Python backend
+}
 _TYPE = {"UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
 
 
@@ -44,8 +51,12 @@ def config_pbtxt(
     queue_delay_us: int = 0,
     instances: int = 1,
     kind: str = "gpu",
+    parameters: dict[str, str] | None = None,
 ) -> str:
-    """The config.pbtxt text for `contract` (protobuf text format of Triton's ModelConfig)."""
+    """The config.pbtxt text for `contract` (protobuf text format of Triton's ModelConfig).
+
+    `parameters`: extra string parameters next to the contract (for `python`: `onnx_path`, `providers`,
+    `intra_op_threads`, read by the model's `model.py`)."""
     from wam_control.policy.triton_backend import CONTRACT_PARAMETER, contract_parameter_value, triton_io
 
     if platform not in PLATFORMS:
@@ -62,7 +73,7 @@ def config_pbtxt(
         f"# Written by wam-control triton-repo for {contract.model_name} (contract version "
         f"{contract.contract_version}).",
         f"name: {_q(name)}",
-        f"platform: {_q(PLATFORMS[platform][0])}",
+        f"backend: {_q('python')}" if platform == "python" else f"platform: {_q(PLATFORMS[platform][0])}",
         f"max_batch_size: {int(max_batch)}",
         "input [",
         ",\n".join(tensor(n, dt, d) for n, (dt, d) in ins.items()),
@@ -75,6 +86,8 @@ def config_pbtxt(
         f"parameters {{ key: {_q(CONTRACT_PARAMETER)} value: {{ string_value: "
         f"{_q(contract_parameter_value(contract))} }} }}",
     ]
+    for key, value in (parameters or {}).items():
+        lines.append(f"parameters {{ key: {_q(key)} value: {{ string_value: {_q(str(value))} }} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -88,8 +101,13 @@ def write_repository(
     queue_delay_us: int = 0,
     instances: int = 1,
     kind: str = "gpu",
+    parameters: dict[str, str] | None = None,
+    copy_model: bool = True,
 ) -> Path:
-    """Write the repository; returns the model's folder (`out/<name>`)."""
+    """Write the repository; returns the model's folder (`out/<name>`).
+
+    `copy_model=False` (python only): leave the .onnx where it is and name it in the `onnx_path`
+    parameter (what `wam-control serve --runtime direct` does: external weights stay next to the file)."""
     from wam_control.policy import read_contract
     from wam_control.policy.triton_backend import triton_model_name
 
@@ -97,6 +115,9 @@ def write_repository(
     name = name or triton_model_name(contract)
     folder = Path(out) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
+    params = dict(parameters or {})
+    if platform == "python" and not copy_model:
+        params["onnx_path"] = str(Path(model_path).resolve())
     text = config_pbtxt(
         contract,
         name=name,
@@ -105,9 +126,12 @@ def write_repository(
         queue_delay_us=queue_delay_us,
         instances=instances,
         kind=kind,
+        parameters=params,
     )
     (folder / "config.pbtxt").write_text(text)
-    if platform == "onnxruntime":
+    if platform == "python":
+        shutil.copyfile(Path(__file__).with_name("triton_model.py"), folder / "1" / "model.py")
+    if platform == "onnxruntime" or (platform == "python" and copy_model):
         shutil.copyfile(model_path, folder / "1" / "model.onnx")
     else:
         (folder / "1" / "BUILD_ENGINE_HERE.txt").write_text(

@@ -1,13 +1,28 @@
 """`wam-control serve`: a real Triton Inference Server for a WAM model file, and `LocalServer` to run it.
 
     wam-control serve --model models/wam_reach_wrist.onnx [--host 0.0.0.0] [--port 8001] [--max-batch 8]
+        [--runtime direct|pytriton]
 
 The server is NVIDIA Triton Inference Server as the `nvidia-pytriton` wheel ships it (the `tritonserver`
-binary and its Python backend). The model runs in this process through ONNX Runtime (TensorRT EP ->
-CUDA EP -> CPU, whichever the installed onnxruntime has: `policy.onnxruntime_backend`), behind one
-Triton model with dynamic batching: requests that queue while the model runs are executed as one batch
-(up to `--max-batch`). Clients speak Triton's standard gRPC protocol (KServe v2); the robot side is
-`inference.backend: triton` (`wam_control.policy.triton_backend`).
+binary and its Python backend), serving one Triton model with dynamic batching: requests that queue
+while the model runs are executed as one batch (up to `--max-batch`). The model runs through ONNX
+Runtime (TensorRT EP -> CUDA EP -> CPU, whichever the installed onnxruntime has:
+`policy.onnxruntime_backend`). Clients speak Triton's standard gRPC protocol (KServe v2); the robot side
+is `inference.backend: triton` (`wam_control.policy.triton_backend`). Two runtimes, the same model config
+and gRPC interface:
+
+- `direct` (default): a model repository with a Python-backend `model.py` (`serving.triton_model`, the
+  repository `triton-repo --platform python` writes) run by the wheel's `tritonserver`; ONNX Runtime
+  runs inside Triton's backend stub process. Request path: gRPC -> Triton core -> stub (shared memory)
+  -> ONNX Runtime.
+- `pytriton`: pytriton's `Triton.bind()`: the stub forwards every request to this Python process (ZMQ +
+  shared-memory blocks), which runs ONNX Runtime. One more process hop per request: ~8 ms more per
+  round trip on the 2-core CPU of docs/benchmarks/serving.md. Kept for comparison.
+
+The stub embeds libpython and takes its Python environment from the `python3` first on PATH; the server
+is started with this interpreter's folder first on PATH (its venv: the same numpy and onnxruntime as
+here; the system's numpy 2 in the stub returns empty output tensors) and this interpreter's libpython
+on LD_LIBRARY_PATH.
 
 The served model's Triton config carries the model contract (parameter `wam_contract`, the same JSON
 values as the ONNX metadata), so a robot checks the server's model against its configuration, and
@@ -39,6 +54,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8001
 DEFAULT_MAX_BATCH = 8
+RUNTIMES = ("direct", "pytriton")
+DEFAULT_RUNTIME = "direct"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -155,7 +172,36 @@ def bind_model(triton: Any, model: OrtBatchModel, name: str, max_batch: int, que
         log.warning("serve: could not publish the model contract in the Triton config (%s)", exc)
 
 
-def serve(
+def _tritonserver_dist() -> Path:
+    """The folder of the `tritonserver` binary and its Python backend inside the nvidia-pytriton wheel."""
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ImportError(
+            "wam-control serve needs nvidia-pytriton (Triton Inference Server as a wheel): "
+            "pip install 'wam_control[serve]'"
+        ) from exc
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for `tritonserver` and its Python backend stub (see the module docstring)."""
+    env = dict(os.environ if base is None else base)
+    # The stub's embedded Python finds its prefix from `python3` on PATH: this interpreter's venv.
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", os.defpath)
+    libs = [sysconfig.get_config_var("LIBDIR") or ""]
+    wheel_libs = _tritonserver_dist().parent.parent / "nvidia_pytriton.libs"
+    libs.append(str(wheel_libs))
+    libs += [x for x in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if x]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys(x for x in libs if x and os.path.isdir(x)))
+    # ros_wheels_bootstrapper (the [ros] extra) re-executes any Python started in the venv unless this
+    # guard is set; inside the stub that re-exec fails ("argv must not be empty") and the model never loads.
+    env.setdefault("_ROS_WHEELS_BOOTSTRAP_COMPLETE", "1")
+    return env
+
+
+def serve_direct(
     model_path: str,
     *,
     host: str = "127.0.0.1",
@@ -167,7 +213,96 @@ def serve(
     providers: str = "auto",
     name: str = "",
 ) -> int:
-    """Run a Triton server for `model_path` until SIGINT / SIGTERM."""
+    """`tritonserver` on a Python-backend repository (ONNX Runtime in the stub) until SIGINT / SIGTERM."""
+    import secrets
+    import shutil
+
+    from wam_control.policy import read_contract
+    from wam_control.policy.triton_backend import triton_model_name
+    from wam_control.serving.repo import write_repository
+
+    dist = _tritonserver_dist()
+    contract = read_contract(model_path)
+    name = name or triton_model_name(contract)
+    work = Path(tempfile.mkdtemp(prefix="wam-triton-"))
+    try:
+        backend = work / "backends" / "python"
+        backend.mkdir(parents=True)
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+        if not stub.is_file():
+            raise RuntimeError(f"nvidia-pytriton ships no Python backend stub for Python {version} ({stub})")
+        # The wheel keeps one stub per Python version; the backend wants the one for this interpreter next
+        # to libtriton_python.so (links: nothing large is left behind when the server is SIGKILLed).
+        for src in (dist / "backends" / "python" / "libtriton_python.so",
+                    dist / "backends" / "python" / "triton_python_backend_utils.py", stub):  # fmt: skip
+            (backend / src.name).symlink_to(src)
+        write_repository(
+            model_path, work / "models", platform="python", name=name, max_batch=max_batch,
+            queue_delay_us=queue_delay_us, instances=1, kind="cpu", copy_model=False,
+            parameters={"providers": providers, "intra_op_threads": str(int(threads))},
+        )  # fmt: skip
+        # The same restriction as the pytriton runtime: statistics stay readable (the robots read batching
+        # and compute time), repository control, shared memory, trace and logging need a token nobody has.
+        restricted = f"model-repository,shared-memory,trace,logging:wam-serve-token={secrets.token_hex(16)}"
+        cmd = [
+            str(dist / "bin" / "tritonserver"),
+            f"--model-repository={work / 'models'}",
+            f"--backend-directory={work / 'backends'}",
+            f"--cache-directory={dist / 'caches'}",
+            "--disable-auto-complete-config",
+            f"--grpc-address={host}",
+            f"--grpc-port={int(port)}",
+            "--http-address=127.0.0.1",
+            f"--http-port={int(http_port) or free_port()}",
+            "--allow-metrics=false",
+            "--exit-on-error=true",
+            "--log-verbose=0",
+            f"--grpc-restricted-protocol={restricted}",
+            f"--http-restricted-api={restricted}",
+            # one shared-memory region per stub big enough for a full batch (no growth on the request path)
+            "--backend-config=python,shm-default-byte-size=8388608",
+        ]
+        print(
+            f"wam-control serve: model {name!r} ({model_path}) on Triton gRPC {host}:{port}, dynamic batching "
+            f"up to {max_batch} (queue delay {queue_delay_us} us), runtime direct (ONNX Runtime in the "
+            f"Python backend stub, providers {providers}, {threads} thread(s))",
+            flush=True,
+        )
+        proc = subprocess.Popen(cmd, env=server_env())
+
+        def on_term(signum: int, frame: Any) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)  # tritonserver unloads the model and stops the stub
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        rc = proc.wait()
+        return 0 if rc in (0, -signal.SIGTERM, -signal.SIGINT) else rc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def serve(model_path: str, *, runtime: str = DEFAULT_RUNTIME, **options: Any) -> int:
+    """Run a Triton server for `model_path` until SIGINT / SIGTERM (options: see `serve_direct`)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    return (serve_direct if runtime == "direct" else serve_pytriton)(model_path, **options)
+
+
+def serve_pytriton(
+    model_path: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    http_port: int = 0,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    queue_delay_us: int = 0,
+    threads: int = 1,
+    providers: str = "auto",
+    name: str = "",
+) -> int:
+    """pytriton's server: the model runs in this process, behind pytriton's proxy in the stub."""
     from wam_control.policy.triton_backend import triton_model_name
 
     _python_lib_env()
@@ -235,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     ap.add_argument("--providers", default="auto", help="ONNX Runtime providers: auto|cpu|cuda|tensorrt")
     ap.add_argument("--name", default="", help="Triton model name (default: the contract's model_name)")
+    ap.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=DEFAULT_RUNTIME,
+        help="direct: ONNX Runtime inside Triton's Python backend stub (default, one hop less); "
+        "pytriton: pytriton's proxy to this process",
+    )
     args = ap.parse_args(argv)
     if args.max_batch < 1:
         ap.error("--max-batch must be >= 1")
@@ -244,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return serve(
         args.model,
+        runtime=args.runtime,
         host=args.host,
         port=args.port,
         http_port=args.http_port,
@@ -270,7 +413,11 @@ class LocalServer:
         name: str = "",
         log_path: str | os.PathLike[str] | None = None,
         extra_env: dict[str, str] | None = None,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        self.runtime = runtime
         self.model_path = os.fspath(model_path)
         self.port = int(port) or free_port()
         self.max_batch = int(max_batch)
@@ -295,6 +442,7 @@ class LocalServer:
             sys.executable, "-m", "wam_control.serving.server", "--model", self.model_path,
             "--host", "127.0.0.1", "--port", str(self.port), "--max-batch", str(self.max_batch),
             "--queue-delay-us", str(self.queue_delay_us), "--threads", str(self.threads),
+            "--runtime", self.runtime,
         ]  # fmt: skip
         if self.name:
             cmd += ["--name", self.name]
