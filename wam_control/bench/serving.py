@@ -2,7 +2,8 @@
 
     wam-control bench serving --robots 1,4 --seconds 20 [--model M] [--max-batch 8] [--out out/bench]
 
-One local Triton server (`wam-control serve`: nvidia-pytriton, ONNX Runtime on the CPU, dynamic batching)
+One local Triton server (`wam-control serve`, `--runtime direct` by default: the nvidia-pytriton wheel's
+tritonserver, ONNX Runtime on the CPU inside its Python backend stub, dynamic batching)
 serves the model. For each robot count N, N independent robot processes each run the real runtime: a
 `FixedRateLoop` at the configured control rate ticking a `Controller` with its own `ThreadWorker` and the
 `triton` backend, fed replayed inputs (a still arm's joint state every tick, camera frames at 15 Hz), so
@@ -19,6 +20,7 @@ round trip is reported separately from compute. The final line:
     p99_ratio_4_vs_1        p99 with the largest N over p99 with the smallest
     server_batch_mean       requests per model execution on the server at the largest N
     starvations             starvation events of all robots (a tick without a chunk to execute)
+    loop_misses_N           control-loop deadline misses of all N robots (is the machine oversubscribed?)
 """
 
 from __future__ import annotations
@@ -139,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="ONNX model (default: inference.model of the config)")
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--queue-delay-us", type=int, default=0)
+    ap.add_argument(
+        "--runtime",
+        choices=("direct", "pytriton"),
+        default="direct",
+        help="the server's runtime (serve --runtime)",
+    )
     ap.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for the plot")
     args = ap.parse_args(argv)
     robots = sorted({int(x) for x in args.robots.split(",") if x.strip()})
@@ -154,11 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bench serving: robots {robots}, {args.seconds:g} s each, model {Path(model).name}, "
         f"{config.control_hz:g} Hz controllers (own processes, replayed inputs), local Triton server "
-        f"(max batch {args.max_batch}, queue delay {args.queue_delay_us} us); baseline: in-process ONNX Runtime",
+        f"(runtime {args.runtime}, max batch {args.max_batch}, queue delay {args.queue_delay_us} us); baseline: "
+        "in-process ONNX Runtime",
         flush=True,
     )
     rows: dict[str, dict[str, float]] = {}
-    with LocalServer(model, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us) as server:
+    with LocalServer(
+        model, max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, runtime=args.runtime
+    ) as server:
         probe = TritonBackend(model, server=server.url)
         try:
             base = run_phase(1, "onnxruntime", model, args.config, args.seconds, {"intra_op_threads": 1})
@@ -198,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         ("server_queue_ms", f"{r_hi['server_queue_ms']:.2f}"),
         ("starvations", int(sum(rows[f"triton_{n}"]["starvations"] for n in robots))),
         ("inproc_starvations", int(base_row["starvations"])),
+        ("runtime", args.runtime),
+        *[(f"loop_misses_{n}", int(rows[f"triton_{n}"]["misses"])) for n in robots],
+        ("loop_ticks_per_robot", int(args.seconds * config.control_hz)),
         ("worker_crashes", int(sum(rows[f"triton_{n}"]["crashes"] for n in robots))),
     ]
     print(" ".join(f"{k}={v}" for k, v in keys))
