@@ -75,7 +75,7 @@ def test_rclpy_robot_drives_wam_control_run(tmp_path: Path) -> None:
             n0, t0 = robot.commands.count, time.monotonic()
             time.sleep(2.0)
             rate = (robot.commands.count - n0) / (time.monotonic() - t0)
-            assert rate > 0.5 * config.control_hz, f"{rate:.0f} commands/s"
+            assert rate > 0.2 * config.control_hz, f"{rate:.0f} commands/s"  # per tick; the rate: bench ros-node
 
             # rclpy's graph API sees the plain DDS participant's topics with their ROS 2 types.
             topics = dict(peer.node.get_topic_names_and_types())

@@ -10,7 +10,7 @@
 
 The tests of the main flow share one controller process and run in file order: configure, activate,
 the sim reaches, topics, surprise, e-stop/re-arm, bad input, deactivate, cleanup, configure again,
-shutdown, SIGINT. They assert behaviour, not timing: rates are checked at half the control rate
+shutdown, SIGINT. They assert behaviour, not timing: commands must come per tick (> 20 % of the control rate; chunks come ~3/s)
 (`wam-control bench ros-node` measures the real figure).
 """
 
@@ -202,7 +202,9 @@ def test_the_sim_drives_the_node_and_the_arm_reaches(graph: Graph) -> None:
     n0, t0 = graph.commands.count, time.monotonic()
     time.sleep(2.0)
     rate = (graph.commands.count - n0) / (time.monotonic() - t0)
-    assert rate > 0.5 * graph.config.control_hz, f"{rate:.0f} commands/s"
+    # One command per tick, not per chunk (~3 chunks/s): a loaded CI box may halve the rate, never more
+    # than that here; the rate itself is measured by `wam-control bench ros-node`.
+    assert rate > 0.2 * graph.config.control_hz, f"{rate:.0f} commands/s"
     msg = graph.commands.latest()
     assert list(msg.joint_names) == list(graph.config.joint_names)
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)  # "start now"
