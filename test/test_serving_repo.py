@@ -52,6 +52,23 @@ def test_onnxruntime_repository_matches_the_contract(tmp_path: Path) -> None:
     assert contract_from_parameter(cfg.parameters[CONTRACT_PARAMETER].string_value, "cfg") == contract
 
 
+def test_python_repository_carries_model_py_and_the_model(tmp_path: Path) -> None:
+    """`--platform python`: the repository `serve --runtime direct` runs (ONNX Runtime in the Python backend;
+    served for real by test_serving_triton.py)."""
+    assert main(["--model", str(MODEL), "--out", str(tmp_path), "--platform", "python", "--kind", "cpu"]) == 0
+    folder = tmp_path / "wam-reach-wrist"
+    cfg = read_config(folder / "config.pbtxt")
+    check_config(cfg, read_contract(MODEL))
+    assert cfg.backend == "python" and not cfg.platform
+    assert (folder / "1" / "model.py").read_text().count("class TritonPythonModel") == 1
+    assert (folder / "1" / "model.onnx").read_bytes() == MODEL.read_bytes()
+    assert "onnx_path" not in cfg.parameters  # model.py reads 1/model.onnx
+    moved = write_repository(MODEL, tmp_path / "b", platform="python", copy_model=False)
+    cfg = read_config(moved / "config.pbtxt")
+    assert cfg.parameters["onnx_path"].string_value == str(MODEL.resolve())
+    assert not (moved / "1" / "model.onnx").exists()
+
+
 def test_tensorrt_repository_leaves_the_engine_to_the_gpu_host(tmp_path: Path) -> None:
     folder = write_repository(MODEL, tmp_path, platform="tensorrt", max_batch=4)
     cfg = read_config(folder / "config.pbtxt")
