@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _candidates(model: str, device: str, threads: int, compile_: bool) -> list[tuple[str, Callable[[], Any]]]:
-    from wam_control.policy.base import _construct
+    from wam_control.policy.loader import _construct
 
     out: list[tuple[str, Callable[[], Any]]] = []
     if device == "cpu":

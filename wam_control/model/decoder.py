@@ -37,9 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from wam_control.imagination import default_decoder_path
+from wam_control.policy.decoder_meta import DECODER_KIND, default_decoder_path
 
-DECODER_KIND = "wam_control.latent-decoder"
 DECODER_VERSION = 1
 
 

@@ -3,7 +3,8 @@
 Loads the checkpoint that `wam-control export` writes beside the ONNX file (`model.pt`, see
 wam_control/model/wam.py: save_checkpoint). Given `model.onnx` it reads the contract from the ONNX file
 and the weights from `model.pt`, and refuses a checkpoint whose configuration disagrees. torch is
-imported only when this backend is constructed.
+imported only when this backend is constructed. It lives in the model layer because it runs that layer's
+network (`model.wam`); `policy.loader` finds it by name ("torch").
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class TorchBackend:
     ) -> None:
         torch = _import_torch()
         self._torch = torch
-        from wam_control.model.wam import contract_for, load_checkpoint, state_dict_sha256
+        from wam_control.model.wam import contract_for, load_checkpoint, state_dict_sha256  # imports torch
 
         path = os.fspath(model_path)
         ckpt = checkpoint_path_for(path)

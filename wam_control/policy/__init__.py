@@ -1,7 +1,9 @@
 """policy layer: the WAM model contract and the inference backends (see docs/model_contract.md).
 
 Importing this package needs only numpy; onnxruntime, torch and TensorRT are imported by the backend
-that uses them.
+that uses them. The interface every backend implements is `policy.base`; the loader that picks one is
+`policy.loader`; the backends import the interface only. The PyTorch backend lives in the model layer
+(`wam_control.model.torch_backend`): it runs that layer's network.
 """
 
 from wam_control.policy.base import (
@@ -11,7 +13,6 @@ from wam_control.policy.base import (
     PolicyInput,
     PolicyOutput,
     example_input,
-    load_backend,
 )
 from wam_control.policy.contract import (
     CONTRACT_VERSION,
@@ -23,6 +24,7 @@ from wam_control.policy.contract import (
     check_contract,
     read_contract,
 )
+from wam_control.policy.loader import load_backend
 
 __all__ = [
     "BACKENDS",

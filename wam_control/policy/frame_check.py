@@ -34,7 +34,7 @@ class FrameCheck:
     """Decoder session + the error of one frame; buffers allocated once."""
 
     def __init__(self, decoder_path: str | os.PathLike[str], contract: ModelContract) -> None:
-        from wam_control.imagination import DecoderError, check_decoder, read_decoder_metadata
+        from wam_control.policy.decoder_meta import DecoderError, check_decoder, read_decoder_metadata
 
         meta = read_decoder_metadata(decoder_path)
         check_decoder(meta, contract, str(decoder_path))

@@ -393,7 +393,7 @@ def build_monitor(
                 "recalibrate with `wam-control bench surprise --calibrate-only` (the configuration's "
                 "frame_check on), or set surprise.frame_check: false"
             )
-        from wam_control.imagination import read_decoder_metadata
+        from wam_control.policy.decoder_meta import read_decoder_metadata
 
         camera = str(read_decoder_metadata(decoder).get("camera", ""))
         if cal.frame.camera and cal.frame.camera != camera:
@@ -407,7 +407,7 @@ def build_monitor(
 def frame_check_decoder(config: SurpriseConfig, contract: ModelContract, model_path: str = "") -> str:
     """The decoder file the frame check uses (`surprise.decoder`, else beside the model), checked
     against the model; DecoderError naming the file when it is missing or made for another model."""
-    from wam_control.imagination import (
+    from wam_control.policy.decoder_meta import (
         DecoderError,
         check_decoder,
         default_decoder_path,

@@ -38,7 +38,7 @@ import mujoco
 import numpy as np
 
 from wam_control.sim.gl import OffscreenRenderer, RenderUnavailableError
-from wam_control.sim.tasks import Task, make_task
+from wam_control.sim.tasks import HOME_Q, Task, make_task
 
 __all__ = [
     "CAMERAS",
@@ -51,7 +51,6 @@ __all__ = [
 ]
 
 JOINT_NAMES: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))
-HOME_Q = np.array([0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4])
 CAMERAS: tuple[str, ...] = ("scene", "wrist")
 DEFAULT_CONTROL_HZ = 500.0  # control_hz of config/fr3.yaml
 NOMINAL_PHYSICS_DT = 0.002

@@ -11,6 +11,7 @@ the episode. `info()` returns plain numpy values (positions in metres, world fra
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from wam_control.sim.arm import SimArm
 
 TASKS = ("reach", "push")
+# The arm's home pose (sim.arm exports it): defined here, which sim.arm imports, so that the task's
+# start-pose draw needs no import of sim.arm back (no import circle).
+HOME_Q = np.array([0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4])
 _JOINT_MARGIN = 0.05  # keep random starts clear of the limits the safety filter enforces
 
 
@@ -34,8 +38,6 @@ class Task:
         self.arm = arm
 
     def _reset_arm(self, rng: np.random.Generator) -> None:
-        from wam_control.sim.arm import HOME_Q
-
         lo = self.arm.joint_range[:, 0] + _JOINT_MARGIN
         hi = self.arm.joint_range[:, 1] - _JOINT_MARGIN
         q = np.clip(HOME_Q + rng.uniform(-self.start_noise, self.start_noise, HOME_Q.shape), lo, hi)
