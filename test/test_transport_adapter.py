@@ -253,3 +253,48 @@ def test_imagination_decoder_failure_is_reported_once_and_not_retried(config, ca
     transport = io.diagnostics_values()[1].values
     assert "another model" in transport["imagination.error"]
     assert transport["imagination.subscribed"] == 0
+
+
+# ------------------------------------------------------------------ endpoints declared once (endpoints.py)
+
+
+def test_endpoints_are_the_configs_topics_and_both_transports_have_each_kind(config) -> None:
+    from wam_control.transport import dds_types as d
+    from wam_control.transport.endpoints import ControllerEndpoints
+
+    io = ControllerIO(FakeController(config), _types())
+    ep = ControllerEndpoints(io)
+    subs = {(e.topic, e.kind) for e in ep.subscriptions}
+    assert subs == {
+        ("/joint_states", "JointState"), ("~/estop", "Bool"),
+        ("/camera/image_raw", "Image"), ("/camera/camera_info", "CameraInfo"),
+        ("/wrist_camera/image_raw", "Image"), ("/wrist_camera/camera_info", "CameraInfo"),
+    }  # fmt: skip
+    assert [(p.key, p.topic, p.kind) for p in ep.publications] == [
+        ("command", "/joint_trajectory_controller/joint_trajectory", "JointTrajectory"),
+        ("predicted_chunk", "~/predicted_chunk", "JointTrajectory"),
+        ("diagnostics", "/diagnostics", "DiagnosticArray"),
+    ]
+    # Clock only where the transport stamps with it itself (DDS); the prompt only for a prompted model.
+    io.tokenizer = object()
+    ep2 = ControllerEndpoints(io, clock=True)
+    extra = [(e.topic, e.kind, e.handler is None) for e in ep2.subscriptions[len(ep.subscriptions):]]
+    assert extra == [("/clock", "Clock", False), ("~/instruction", "String", True), ("~/instruction", "String", True)]
+    # Every kind is a message class in both transports (rclpy's MsgTypes field, dds_types' `<Kind>_`).
+    kinds = {e.kind for e in ep2.subscriptions} | {p.kind for p in ep2.publications} | {"Float64MultiArray"}
+    for kind in kinds:
+        assert kind in M.MsgTypes.__dataclass_fields__ and hasattr(d, kind + "_"), kind
+
+
+def test_endpoints_forward_interface_and_command_publish(config) -> None:
+    from wam_control.transport.endpoints import ControllerEndpoints
+
+    cfg = replace(config, command_interface="forward_position")
+    io = ControllerIO(FakeController(cfg), M.dds_msg_types())
+    ep = ControllerEndpoints(io)
+    assert (ep.command_topic, ep.publications[0].kind) == ("/forward_position_controller/commands", "Float64MultiArray")
+    sent: list = []
+    ep.bind({p.key: sent.append for p in ep.publications}, [])
+    q = np.linspace(-0.5, 0.5, 7)
+    ep.publish_command(JointCommand(3, q, np.zeros(7), np.zeros(7)))
+    assert len(sent) == 1 and list(sent[0].data) == pytest.approx(q)

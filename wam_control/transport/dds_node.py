@@ -27,18 +27,18 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from wam_control.transport import qos
-from wam_control.transport.adapter import ControllerIO, ControlRunner, build_runtime, camera_info_topic
+from wam_control.transport.adapter import ControllerIO, ControlRunner, build_runtime
+from wam_control.transport.endpoints import ControllerEndpoints
 
 log = logging.getLogger("wam_control.run")
 
 
 class DdsControllerNode:
-    """Wires one Controller to a DdsNode: subscriptions that store the latest, publishers, the loop."""
+    """The DDS shim: creates `ControllerEndpoints` on a `DdsNode`, plus the DDS-only re-arm topics."""
 
     def __init__(
         self,
@@ -56,69 +56,29 @@ class DdsControllerNode:
 
         self.controller = controller
         self.node = node
-        self.io = ControllerIO(
-            controller, dds_msg_types(), node.name, surprise=surprise, imagination=imagination
-        )
-        cfg = controller.config
-        t = cfg.topics
-        io = self.io
-        self.subscriptions = [
-            node.subscription(t.joint_states, d.JointState_, functools.partial(io.on_joint_state, topic=t.joint_states), qos.JOINT_STATES),
-            node.subscription(t.estop, d.Bool_, functools.partial(io.on_estop, topic=node.resolve(t.estop)), qos.RELIABLE),
-            node.subscription(t.rearm_service, d.Bool_, self._on_rearm, qos.RELIABLE),
-        ]  # fmt: skip
-        for camera, topic in t.camera_images.items():
-            self.subscriptions.append(
-                node.subscription(topic, d.Image_, functools.partial(io.on_image, camera), qos.SENSOR_DATA)
-            )
-            self.subscriptions.append(
-                node.subscription(
-                    camera_info_topic(topic),
-                    d.CameraInfo_,
-                    functools.partial(io.on_camera_info, camera),
-                    qos.SENSOR_DATA,
-                )
-            )
-        if use_sim_time:
-            self.subscriptions.append(node.subscription(t.clock, d.Clock_, io.on_clock, qos.CLOCK))
-        self.instruction_subs = []
-        if tokenizer is not None:
-            io.tokenizer = tokenizer
-            # Latched (a prompt published before we started) and volatile (`ros2 topic pub`) publishers.
-            # The readers keep the latest prompt; the auxiliary thread tokenizes it, once per change.
-            for profile in (qos.INSTRUCTION, qos.RELIABLE):
-                self.instruction_subs.append(node.subscription(t.instruction, d.String_, None, profile))
-            self.subscriptions += self.instruction_subs
-        self.extra_pubs = [
-            node.publisher(o.topic, d.Float64MultiArray_ if o.interface == "forward_position" else d.JointTrajectory_,
-                           qos.RELIABLE)
-            for o in io.extra_outputs
-        ]  # fmt: skip
-        if cfg.command_interface == "forward_position":
-            self.command_pub = node.publisher(t.forward_command, d.Float64MultiArray_, qos.RELIABLE)
-        else:
-            self.command_pub = node.publisher(t.trajectory_command, d.JointTrajectory_, qos.RELIABLE)
-        self.chunk_pub = node.publisher(t.predicted_chunk, d.JointTrajectory_, qos.PREDICTED_CHUNK)
-        self.diag_pub = node.publisher(t.diagnostics, d.DiagnosticArray_, qos.DIAGNOSTICS)
+        self.io = ControllerIO(controller, dds_msg_types(), node.name, surprise=surprise, imagination=imagination)
+        self.io.tokenizer = tokenizer
+        self.endpoints = ControllerEndpoints(self.io, clock=use_sim_time)  # DDS stamps with /clock itself
+        latest: list[Any] = []
+        self.subscriptions = []
+        for e in self.endpoints.subscriptions:
+            sub = node.subscription(e.topic, getattr(d, e.kind + "_"), e.handler, e.profile)
+            self.subscriptions.append(sub)
+            if e.handler is None:
+                latest.append(_Polled(sub))
+        publishers = {p.key: node.publisher(p.topic, getattr(d, p.kind + "_"), p.profile)
+                      for p in self.endpoints.publications}  # fmt: skip
+        self.endpoints.bind({k: pub.publish for k, pub in publishers.items()}, latest)
+        self.command_pub = publishers["command"]
+        self.imagination_pub = publishers.get("imagination")
+        # DDS without ROS has no services: re-arm is a Bool request topic with a Bool answer topic.
+        t = controller.config.topics
+        self.subscriptions.append(node.subscription(t.rearm_service, d.Bool_, self._on_rearm, qos.RELIABLE))
         self.rearm_result_pub = node.publisher(t.rearm_service + "_result", d.Bool_, qos.RELIABLE)
-        self.surprise_pub = (
-            node.publisher(t.surprise, d.Float64_, qos.PREVIEW) if surprise is not None else None
-        )
-        self.imagination_pub = None
-        if imagination is not None:
-            self.imagination_pub = node.publisher(cfg.imagination.topic, d.Image_, qos.PREVIEW)
-            io.bind_imagination(self.imagination_pub.publish)
-        self._bool_msg = functools.partial(bool_msg, io.T)
+        self._bool_msg = functools.partial(bool_msg, self.io.T)
         self._diag_period = diagnostics_period_s
-        self._next_diag = 0.0
         self.last_rearm = ""
-        self.runner = ControlRunner(controller, self._publish_command, self._aux, name=f"{node.name}-loop")
-
-    def _publish_command(self, cmd: Any) -> None:
-        self.command_pub.publish(self.io.command_msg(cmd))
-        if self.extra_pubs:
-            for pub, (_, msg) in zip(self.extra_pubs, self.io.extra_command_msgs(cmd)):
-                pub.publish(msg)
+        self.runner = ControlRunner(controller, self.endpoints.publish_command, self._aux, name=f"{node.name}-loop")
 
     def _on_rearm(self, msg: Any) -> None:
         if not msg.data:
@@ -128,22 +88,8 @@ class DdsControllerNode:
         self.rearm_result_pub.publish(self._bool_msg(ok))
 
     def _aux(self) -> None:
-        for sub in self.instruction_subs:
-            sub.poll()  # a latched prompt written before we matched comes without a data event
-            msg = sub.take_latest()
-            if msg is not None:
-                self.io.on_instruction(msg, topic=sub.topic)
-        chunk = self.io.predicted_chunk_msg()
-        if chunk is not None:
-            self.chunk_pub.publish(chunk)
-        if self.surprise_pub is not None:
-            self.surprise_pub.publish(self.io.surprise_msg())
-        if self.imagination_pub is not None:
-            self.io.poll_imagination(self.imagination_pub.subscription_count())
-        now = time.monotonic()
-        if now >= self._next_diag:
-            self._next_diag = now + self._diag_period
-            self.diag_pub.publish(self.io.diagnostics_msg(self.transport_values()))
+        subscribers = self.imagination_pub.subscription_count if self.imagination_pub is not None else None
+        self.endpoints.side_duties(self._diag_period, self.transport_values, subscribers)
 
     def transport_values(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -164,6 +110,18 @@ class DdsControllerNode:
         stats = self.runner.stop()
         self.io.imagination_off()
         return stats
+
+
+class _Polled:
+    """A keep-the-latest DDS reader for `side_duties`. A transient-local reader's historical samples
+    (a prompt written before it matched) arrive without a data event in cyclonedds-python: poll first."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+
+    def take_latest(self) -> Any:
+        self.sub.poll()
+        return self.sub.take_latest()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ is the context shut down. Exit code 0.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import signal
 import threading
 import time
@@ -34,8 +33,9 @@ from rclpy.signals import SignalHandlerOptions
 from std_srvs.srv import Trigger
 
 from wam_control.transport import qos
-from wam_control.transport.adapter import ControllerIO, ControlRunner, build_runtime, camera_info_topic
+from wam_control.transport.adapter import ControllerIO, ControlRunner, build_runtime
 from wam_control.transport.dds import configure_fast_dds
+from wam_control.transport.endpoints import ControllerEndpoints
 from wam_control.transport.launch_params import NODE_NAME
 from wam_control.transport.messages import rclpy_msg_types
 from wam_control.transport.ros_node import deep_merge, nest, schema_parameter_names
@@ -64,14 +64,9 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
         self._subs: list[Any] = []
         self._pubs: list[Any] = []
         self._srv: Any = None
+        self.endpoints: Any = None
         self._command_pub: Any = None
-        self._chunk_pub: Any = None
-        self._diag_pub: Any = None
-        self._surprise_pub: Any = None
         self._imagination_pub: Any = None
-        self._extra_pubs: list[Any] = []
-        self._instruction_msg: Any = None
-        self._next_diag = 0.0
 
     def _declare(self, name: str, default: Any, description: str, dynamic: bool = False) -> Any:
         if self.has_parameter(name):  # configure after cleanup: declared the first time round
@@ -137,7 +132,7 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
         self.io.tokenizer = self.runtime.tokenizer
         self._create_entities(config)
         self.runner = ControlRunner(
-            self.controller, self._publish_command, self._aux, name=f"{self.get_name()}-loop"
+            self.controller, self.endpoints.publish_command, self._aux, name=f"{self.get_name()}-loop"
         )
         self.get_logger().info(
             f"configured: {len(config.joint_names)} joints at {config.control_hz:g} Hz, "
@@ -161,91 +156,31 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
         raise TimeoutError(f"inference worker not ready after {timeout_s:g} s: {worker.health()}")
 
     def _create_entities(self, config: Any) -> None:
-        t, io, T = config.topics, self.io, self._T
-        self._subs = [
-            self.create_subscription(T.JointState, t.joint_states,
-                                     functools.partial(io.on_joint_state, topic=t.joint_states),
-                                     qos.to_rclpy(qos.JOINT_STATES)),
-            self.create_subscription(T.Bool, t.estop, functools.partial(io.on_estop, topic=t.estop),
-                                     qos.to_rclpy(qos.RELIABLE)),
-        ]  # fmt: skip
-        for camera, topic in t.camera_images.items():
-            self._subs.append(
-                self.create_subscription(
-                    T.Image, topic, functools.partial(io.on_image, camera), qos.to_rclpy(qos.SENSOR_DATA)
-                )
-            )
-            self._subs.append(
-                self.create_subscription(
-                    T.CameraInfo,
-                    camera_info_topic(topic),
-                    functools.partial(io.on_camera_info, camera),
-                    qos.to_rclpy(qos.SENSOR_DATA),
-                )
-            )
-        if config.command_interface == "forward_position":
-            self._command_pub = self.create_lifecycle_publisher(
-                T.Float64MultiArray, t.forward_command, qos.to_rclpy(qos.RELIABLE)
-            )
-        else:
-            self._command_pub = self.create_lifecycle_publisher(
-                T.JointTrajectory, t.trajectory_command, qos.to_rclpy(qos.RELIABLE)
-            )
-        self._chunk_pub = self.create_lifecycle_publisher(
-            T.JointTrajectory, t.predicted_chunk, qos.to_rclpy(qos.PREDICTED_CHUNK)
-        )
-        self._diag_pub = self.create_lifecycle_publisher(
-            T.DiagnosticArray, t.diagnostics, qos.to_rclpy(qos.DIAGNOSTICS)
-        )
-        self._pubs = [self._command_pub, self._chunk_pub, self._diag_pub]
-        if io.surprise is not None:
-            self._surprise_pub = self.create_lifecycle_publisher(T.Float64, t.surprise, qos.to_rclpy(qos.PREVIEW))
-            self._pubs.append(self._surprise_pub)
-        if io.imagination is not None:
-            self._imagination_pub = self.create_lifecycle_publisher(
-                T.Image, config.imagination.topic, qos.to_rclpy(qos.PREVIEW)
-            )
-            self._pubs.append(self._imagination_pub)
-            io.bind_imagination(self._imagination_pub.publish)
-        if io.tokenizer is not None:
-            # ~/instruction: the callbacks store the latest prompt; the auxiliary thread tokenizes it
-            # (once per change) off the control path. Latched and volatile publishers both match.
-            def store(msg: Any) -> None:
-                self._instruction_msg = msg
-
-            for profile in (qos.INSTRUCTION, qos.RELIABLE):
-                self._subs.append(self.create_subscription(T.String, t.instruction, store, qos.to_rclpy(profile)))
-        self._extra_pubs = [
-            self.create_lifecycle_publisher(T.Float64MultiArray if o.interface == "forward_position"
-                                            else T.JointTrajectory, o.topic, qos.to_rclpy(qos.RELIABLE))
-            for o in io.extra_outputs
-        ]  # fmt: skip
-        self._pubs += self._extra_pubs
-        self._srv = self.create_service(Trigger, t.rearm_service, self._on_rearm)
+        """The endpoints every controller node has (endpoints.py), as rclpy entities; plus the re-arm
+        service, which only rclpy can offer. No /clock subscription: rclpy's time source has it."""
+        T = self._T
+        self.endpoints = ControllerEndpoints(self.io)
+        latest: list[Any] = []
+        for e in self.endpoints.subscriptions:
+            callback: Any = e.handler
+            if callback is None:
+                callback = _Latest()
+                latest.append(callback)
+            self._subs.append(self.create_subscription(getattr(T, e.kind), e.topic, callback, qos.to_rclpy(e.profile)))
+        publishers = {p.key: self.create_lifecycle_publisher(getattr(T, p.kind), p.topic, qos.to_rclpy(p.profile))
+                      for p in self.endpoints.publications}  # fmt: skip
+        self._pubs = list(publishers.values())
+        self._command_pub = publishers["command"]
+        self._imagination_pub = publishers.get("imagination")
+        self.endpoints.bind({k: pub.publish for k, pub in publishers.items()}, latest)
+        self._srv = self.create_service(Trigger, config.topics.rearm_service, self._on_rearm)
 
     # -- runtime ----------------------------------------------------------------------------------
 
-    def _publish_command(self, cmd: Any) -> None:
-        self._command_pub.publish(self.io.command_msg(cmd))
-        if self._extra_pubs:
-            for pub, (_, msg) in zip(self._extra_pubs, self.io.extra_command_msgs(cmd)):
-                pub.publish(msg)
-
     def _aux(self) -> None:
-        msg, self._instruction_msg = self._instruction_msg, None
-        if msg is not None:
-            self.io.on_instruction(msg, topic=self.resolve_topic_name(self.controller.config.topics.instruction))
-        chunk = self.io.predicted_chunk_msg()
-        if chunk is not None:
-            self._chunk_pub.publish(chunk)
-        if self._surprise_pub is not None:
-            self._surprise_pub.publish(self.io.surprise_msg())
-        if self._imagination_pub is not None:
-            self.io.poll_imagination(self._imagination_pub.get_subscription_count())
-        now = time.monotonic()
-        if now >= self._next_diag:
-            self._next_diag = now + float(self.get_parameter("diagnostics_period_s").value)
-            self._diag_pub.publish(self.io.diagnostics_msg(self.runner.transport_values()))
+        subscribers = self._imagination_pub.get_subscription_count if self._imagination_pub is not None else None
+        period = float(self.get_parameter("diagnostics_period_s").value)
+        self.endpoints.side_duties(period, self.runner.transport_values, subscribers)
 
     def _on_rearm(self, request: Any, response: Any) -> Any:
         if self.io is None:
@@ -306,12 +241,24 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
         if self._srv is not None:
             self.destroy_service(self._srv)
         self._subs, self._pubs, self._srv = [], [], None
-        self._extra_pubs, self._instruction_msg = [], None
-        self._command_pub = self._chunk_pub = self._diag_pub = None
-        self._surprise_pub = self._imagination_pub = None
+        self._command_pub = self._imagination_pub = self.endpoints = None
         if self.runtime is not None:
             self.runtime.close()
         self.runtime = self.controller = self.io = self.runner = None
+
+
+class _Latest:
+    """A subscription callback that keeps the latest message for the auxiliary thread."""
+
+    def __init__(self) -> None:
+        self._msg: Any = None
+
+    def __call__(self, msg: Any) -> None:
+        self._msg = msg  # one reference store: atomic under the GIL
+
+    def take_latest(self) -> Any:
+        msg, self._msg = self._msg, None
+        return msg
 
 
 def run(args: list[str] | None = None) -> int:
