@@ -10,8 +10,8 @@
 
 The tests of the main flow share one controller process and run in file order: configure, activate,
 the sim reaches, topics, surprise, e-stop/re-arm, bad input, deactivate, cleanup, configure again,
-shutdown, SIGINT. They assert behaviour, not timing: commands must come per tick (> 20 % of the control rate; chunks come ~3/s)
-(`wam-control bench ros-node` measures the real figure).
+shutdown, SIGINT. They assert behaviour, not timing: commands come per tick (> 20 % of the control
+rate; chunks come ~3/s); `wam-control bench ros-node` measures the rate.
 """
 
 from __future__ import annotations
