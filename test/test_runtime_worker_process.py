@@ -5,30 +5,27 @@ Each spawn costs about a second here, so the tests share few workers and bound e
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_runtime_worker_fakes import FakeBackend, fake_contract
 
+from wam_control import testing
 from wam_control.runtime.clock import SimClock
 from wam_control.runtime.worker import InferenceRequest, InferenceResult, ProcessWorker, make_worker
+from wam_control.testing import FAKE_LOADER, FakeBackend, fake_contract
+
+# A child's events take longer than a thread's: the shared helpers with longer bounds.
+settle = functools.partial(testing.settle, timeout=20.0)
+fake_request = functools.partial(testing.fake_request, pixel=50)
 
 pytestmark = pytest.mark.slow
 SPAWN_TIMEOUT = 60.0
-
-
-def settle(w: ProcessWorker, cond: Callable[[], bool], timeout: float = 20.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"worker did not settle: {w.health()}"
-        w._wait(0.02)
-        w.check(w.clock.now())
 
 
 def next_result(w: ProcessWorker, timeout: float = 20.0) -> InferenceResult:
@@ -51,18 +48,6 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
-
-
-def fake_request(rid: int, prefix_len: int = 1, value: float = 0.5) -> InferenceRequest:
-    c = fake_contract()
-    return InferenceRequest(
-        rid,
-        rid * 10,
-        np.full((1, 8, 8, 3), 50, np.uint8),
-        np.full(3, value, np.float32),
-        np.zeros((c.horizon, 3), np.float32),
-        prefix_len,
-    )
 
 
 def test_real_model_through_shared_memory_survives_sigkill(test_model_path: Path) -> None:
@@ -133,7 +118,7 @@ def test_scripted_backend_errors_and_hang_in_a_child() -> None:
         fake_contract(),
         clock,
         deadline_s=2.0,
-        loader="test_runtime_worker_fakes:load_fake",
+        loader=FAKE_LOADER,
         backoff_initial_s=1.0,
     )
     w.start()
@@ -185,7 +170,7 @@ def test_close_while_the_child_is_still_starting() -> None:
         fake_contract(),
         SimClock(0.0),
         deadline_s=1.0,
-        loader="test_runtime_worker_fakes:load_fake",
+        loader=FAKE_LOADER,
     )
     w.start()
     names = w.shm_names

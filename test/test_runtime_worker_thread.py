@@ -3,51 +3,17 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import numpy as np
 import pytest
-from test_runtime_worker_fakes import FakeBackend, fake_contract
 
 from wam_control.runtime.clock import SimClock
-from wam_control.runtime.worker import InferenceRequest, InferenceResult, ThreadWorker, make_worker
+from wam_control.runtime.worker import ThreadWorker, make_worker
+from wam_control.testing import FakeBackend, fake_contract, next_result, settle
+from wam_control.testing import fake_request as request
 
 C = fake_contract()
 DEADLINE = 1.0
-
-
-def request(rid: int, prefix_len: int = 1, value: float = 0.5, tick: int | None = None) -> InferenceRequest:
-    return InferenceRequest(
-        request_id=rid,
-        obs_tick=rid * 10 if tick is None else tick,
-        images=np.full((1, 8, 8, 3), 100, np.uint8),
-        state=np.full(3, value, np.float32),
-        action_prefix=np.zeros((C.horizon, 3), np.float32),
-        prefix_len=prefix_len,
-    )
-
-
-def settle(w: ThreadWorker, cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the worker's thread events arrive (bounded), without moving the simulated clock."""
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"worker did not settle: {w.health()}"
-        w._wait(0.02)
-        w.check(w.clock.now())
-
-
-def next_result(w: ThreadWorker, timeout: float = 5.0) -> InferenceResult:
-    box: list[InferenceResult] = []
-
-    def got() -> bool:
-        r = w.poll()
-        if r is not None:
-            box.append(r)
-        return bool(box)
-
-    settle(w, got, timeout)
-    return box[0]
 
 
 @pytest.fixture

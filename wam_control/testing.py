@@ -1,18 +1,22 @@
-"""Scripted policy backends for the worker tests (imported by the tests and by spawned worker children).
+"""Test helpers shared by the test suite: a scripted policy backend, its contract, requests, and the
+bounded waits that drive a worker on a simulated clock.
 
-No tests here: this module is importable by name ("test_runtime_worker_fakes:load_fake") from a child
-process started with multiprocessing "spawn", which inherits the test's sys.path.
+Part of the package (not a test_* file) so that a worker child started with multiprocessing "spawn" can
+import the scripted backend by name ("wam_control.testing:load_fake") whatever its sys.path, and so that
+every test file uses the same helpers instead of growing its own. Needs numpy only.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from wam_control.policy import ModelContract, PolicyInput, PolicyOutput
+from wam_control.runtime.worker import InferenceRequest, InferenceResult, InferenceWorker
 
 JOINTS = tuple(f"j{i}" for i in range(3))
 
@@ -98,3 +102,68 @@ def load_fake(model_path: str, **options: Any) -> FakeBackend:
     options.pop("warmup", None)
     hw = tuple(options.pop("hw", (8, 8)))
     return FakeBackend(fake_contract(hw=(int(hw[0]), int(hw[1])), **options))
+
+
+FAKE_LOADER = "wam_control.testing:load_fake"
+"""`ProcessWorker(loader=...)` for a child that runs `FakeBackend`."""
+
+
+def fake_request(
+    rid: int,
+    prefix_len: int = 1,
+    value: float = 0.5,
+    tick: int | None = None,
+    *,
+    pixel: int = 100,
+    contract: ModelContract | None = None,
+) -> InferenceRequest:
+    """A request for `fake_contract()` (or `contract`): state all `value`, images all `pixel`,
+    observation tick `rid * 10` unless given."""
+    c = contract or fake_contract()
+    return InferenceRequest(
+        request_id=rid,
+        obs_tick=rid * 10 if tick is None else tick,
+        images=np.full((c.num_cameras, c.image_height, c.image_width, 3), pixel, np.uint8),
+        state=np.full(c.num_joints, value, np.float32),
+        action_prefix=np.zeros((c.horizon, c.num_joints), np.float32),
+        prefix_len=prefix_len,
+    )
+
+
+def fake_actions(value: float, prefix_len: int, pixel: int, horizon: int = 4) -> np.ndarray:
+    """What `FakeBackend` answers for one joint of `fake_request(.., prefix_len, value, pixel=pixel)`."""
+    return value + prefix_len + pixel / 1000.0 + np.arange(horizon, dtype=np.float64)
+
+
+def settle(w: Any, cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Let a worker's events arrive (bounded, real time) without moving its simulated clock: the worker's
+    `_wait` (thread and process workers) and `check(now)` until `cond()`."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"worker did not settle: {w.health()}"
+        w._wait(0.02)
+        w.check(w.clock.now())
+
+
+def next_result(w: Any, timeout: float = 5.0) -> InferenceResult:
+    """The next result of a thread or process worker (bounded wait, clock not moved)."""
+    box: list[InferenceResult] = []
+
+    def got() -> bool:
+        r = w.poll()
+        if r is not None:
+            box.append(r)
+        return bool(box)
+
+    settle(w, got, timeout)
+    return box[0]
+
+
+def poll_until(w: InferenceWorker, step: Callable[[], None], limit: int = 1000) -> InferenceResult:
+    """`step()` (e.g. move a simulated clock one tick) then `poll()`, until a result comes (bounded)."""
+    for _ in range(limit):
+        r = w.poll()
+        if r is not None:
+            return r
+        step()
+    raise AssertionError(f"no result after {limit} steps: {w.health()}")
