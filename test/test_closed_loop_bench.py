@@ -33,7 +33,10 @@ def rig(test_model_path: Path) -> Any:
     contract = read_contract(test_model_path)
     backend = load_backend(test_model_path, "onnxruntime", warmup=1)
     arm = make_arm(config, contract, "reach", camera_hz=15.0)
-    yield config, contract, BackendModel(backend), arm
+    from wam_control.runtime.builder import Overrides, resolve
+
+    spec = resolve(config, test_model_path, Overrides(surprise="off", imagination=False))
+    yield spec, contract, BackendModel(backend), arm
     arm.close()
     backend.close()
 
@@ -62,15 +65,15 @@ def test_bench_runs_both_modes_and_prints_final_line(
 def test_sync_holds_still_while_the_model_computes(rig: Any) -> None:
     from wam_control.closedloop import run_lockstep_episode
 
-    config, contract, model, arm = rig
+    spec, contract, model, arm = rig
     lat = 400  # 0.8 s at 500 Hz: long enough for the filter to brake from a chunk's end speed
     res = {
         "sync": run_lockstep_episode(
-            arm, config, contract, model, 100003, mode="sync", lat_ticks=lat, horizon_s=3.5, keep_trace=True
+            arm, spec, model, 100003, mode="sync", lat_ticks=lat, horizon_s=3.5, keep_trace=True
         ),
         # Async with a latency it can hide (below the chunk's 0.75 s): it never waits.
         "async": run_lockstep_episode(
-            arm, config, contract, model, 100003, mode="async", lat_ticks=100, horizon_s=2.0, keep_trace=True
+            arm, spec, model, 100003, mode="async", lat_ticks=100, horizon_s=2.0, keep_trace=True
         ),
     }
     sync = res["sync"].trace
@@ -103,11 +106,11 @@ def test_sync_holds_still_while_the_model_computes(rig: Any) -> None:
 def test_same_seed_same_result(rig: Any) -> None:
     from wam_control.closedloop import run_lockstep_episode
 
-    config, contract, model, arm = rig
+    spec, contract, model, arm = rig
 
     def once(seed: int) -> Any:
         return run_lockstep_episode(
-            arm, config, contract, model, seed, mode="async", lat_ticks=12, horizon_s=1.5, keep_trace=True
+            arm, spec, model, seed, mode="async", lat_ticks=12, horizon_s=1.5, keep_trace=True
         )
 
     a, b = once(100001), once(100001)

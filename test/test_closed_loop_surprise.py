@@ -39,53 +39,49 @@ def _setup(tmp_path: Path, model: Path, mean: float) -> tuple[Any, Any, Path]:
 
 
 def test_factory_follows_config_and_calibration_file(tmp_path: Path, test_model_path: Path) -> None:
-    from wam_control.closedloop import surprise_factory
+    from wam_control.runtime.builder import Overrides, resolve
     from wam_control.runtime.calibration import CalibrationError, default_calibration_path
 
     config, contract, path = _setup(tmp_path, test_model_path, 1.0)
-    factory = surprise_factory(config, contract, path)
-    assert factory is not None and factory.path == default_calibration_path(path)
-    a, b = factory(), factory()
-    assert a is not b  # one monitor per episode (each controller attaches its own filter)
+    optional = Overrides(surprise="if_calibrated", imagination=False)
+    spec = resolve(config, path, optional)
+    assert spec.calibration == default_calibration_path(path)
+    a, b = spec.make_monitor(), spec.make_monitor()
+    assert a is not None and a is not b  # one monitor per episode (each controller attaches its own filter)
     off = dataclasses.replace(config, surprise=dataclasses.replace(config.surprise, enabled=False))
-    assert surprise_factory(off, contract, path) is None
+    assert resolve(off, path, optional).make_monitor() is None
     default_calibration_path(path).unlink()
-    assert surprise_factory(config, contract, path) is None  # no file: no monitor
+    spec = resolve(config, path, optional)  # no file: no monitor, said so
+    assert spec.make_monitor() is None and "no calibration file" in spec.surprise_note
+    with pytest.raises(CalibrationError, match="m.surprise.json"):  # ... unless asked for (the nodes)
+        resolve(config, path, Overrides(surprise="required", imagination=False))
     default_calibration_path(path).write_text('{"format": "something else"}')
     with pytest.raises(CalibrationError, match="m.surprise.json"):
-        surprise_factory(config, contract, path)
+        resolve(config, path, optional)
 
 
 @pytest.mark.skipif(not _render_ok(), reason="no offscreen OpenGL (EGL/OSMesa) for the sim cameras")
 def test_async_episode_runs_the_monitor_and_the_summary_reports_slowdowns(
     tmp_path: Path, test_model_path: Path
 ) -> None:
-    from wam_control.closedloop import (
-        BackendModel,
-        make_arm,
-        run_lockstep_episode,
-        surprise_factory,
-        surprise_summary,
-    )
+    from wam_control.closedloop import BackendModel, make_arm, run_lockstep_episode, surprise_summary
     from wam_control.policy import load_backend
+    from wam_control.runtime.builder import Overrides, resolve
 
     # A calibration whose nominal distance is tiny: every real prediction error is a surprise.
     config, contract, path = _setup(tmp_path, test_model_path, 1e-6)
     config = dataclasses.replace(config, surprise=dataclasses.replace(config.surprise, latch=False))
     # Predictions made during the filter's ramp-in are not scored: a short ramp keeps the episode short.
     config = dataclasses.replace(config, safety=dataclasses.replace(config.safety, ramp_in_s=0.2))
-    factory = surprise_factory(config, contract, path)
+    spec = resolve(config, path, Overrides(surprise="if_calibrated", imagination=False))
+    no_monitor = resolve(config, path, Overrides(surprise="off", imagination=False))
     backend = load_backend(path, "onnxruntime", warmup=1)
     arm = make_arm(config, contract, "reach", camera_hz=15.0)
     try:
         model = BackendModel(backend)
-        r = run_lockstep_episode(
-            arm, config, contract, model, 100000, lat_ticks=5, horizon_s=1.5, surprise=factory
-        )
-        plain = run_lockstep_episode(arm, config, contract, model, 100000, lat_ticks=5, horizon_s=1.5)
-        sync = run_lockstep_episode(
-            arm, config, contract, model, 100000, mode="sync", lat_ticks=5, horizon_s=1.5, surprise=factory
-        )
+        r = run_lockstep_episode(arm, spec, model, 100000, lat_ticks=5, horizon_s=1.5)
+        plain = run_lockstep_episode(arm, no_monitor, model, 100000, lat_ticks=5, horizon_s=1.5)
+        sync = run_lockstep_episode(arm, spec, model, 100000, mode="sync", lat_ticks=5, horizon_s=1.5)
     finally:
         arm.close()
         backend.close()
@@ -94,6 +90,6 @@ def test_async_episode_runs_the_monitor_and_the_summary_reports_slowdowns(
     assert int(r.status["surprise.slowdowns"]) >= 1
     line = surprise_summary([r])
     assert line is not None and "slow-down" in line
-    # Without a factory, and in the sync baseline, there is no monitor.
+    # Without a monitor in the spec, and in the sync baseline, there is none.
     assert "surprise.peak" not in plain.status and "surprise.peak" not in sync.status
     assert surprise_summary([plain, sync]) is None

@@ -13,7 +13,7 @@ pytest.importorskip("mujoco", reason="mujoco is needed for the sim")
 
 @pytest.fixture(scope="module")
 def rig(test_model_path: Path):  # type: ignore[no-untyped-def]
-    from wam_control.bench.surprise import Rig
+    from wam_control.bench.surprise import SurpriseRig as Rig
     from wam_control.config import load_config, preset_path
 
     config = load_config(preset_path("fr3"))
@@ -53,7 +53,8 @@ def test_calibration_uses_successful_nominal_episodes_only(
     rig, test_model_path: Path, test_decoder_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """A failed nominal run is not nominal; ramp-in and frame statistics come along when measured."""
-    from wam_control.bench.surprise import Rig, calibrate
+    from wam_control.bench.surprise import SurpriseRig as Rig
+    from wam_control.bench.surprise import calibrate
 
     config = rig.config
     checked = Rig(str(test_model_path), config, "reach", 20.0, config.surprise, str(test_decoder_path))

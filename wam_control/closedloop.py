@@ -15,9 +15,9 @@ Two clocks:
   a `ScriptedWorker` whose latency is a fixed number of ticks (nominal compute + injected delay), so
   a run is deterministic whatever the machine load.
 
-Two executors: `Controller` (async: chunks execute while the next one is computed, prefix + seam
-handling) and `SyncController` (the openpi / ALOHA default: observe, hold still while the model
-thinks, execute the whole chunk, repeat).
+Two execution strategies of the one `Controller` (runtime.controller): `AsyncExecution` (chunks
+execute while the next one is computed, prefix + seam handling) and `SyncExecution` (the openpi /
+ALOHA default: observe, hold still while the model thinks, execute the whole chunk, repeat).
 """
 
 from __future__ import annotations
@@ -27,18 +27,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wam_control.config.schema import RobotConfig
-from wam_control.policy.base import PolicyBackend, PolicyInput, PolicyOutput
+from wam_control.policy.base import PolicyOutput
 from wam_control.policy.contract import ModelContract
+from wam_control.runtime.builder import RuntimeSpec
 from wam_control.runtime.clock import Clock, SimClock
 from wam_control.runtime.controller import Controller
-from wam_control.runtime.scheduler import SchedulerParams
-from wam_control.runtime.worker import InferenceRequest, InferenceResult, InferenceWorker
+from wam_control.runtime.replay import BackendModel
+from wam_control.runtime.worker import InferenceRequest, InferenceResult
+
+__all__ = ["BackendModel"]  # re-exported: the lockstep drivers' model
 
 EVAL_SEED_BASE = 100_000
 """Evaluation episodes use seeds from here on; training data uses seeds 0-9999 (see models/)."""
@@ -109,82 +111,9 @@ class RecordingWorker:
         return getattr(self.inner, name)
 
 
-class BackendModel:
-    """`ScriptedWorker` model: the real backend, run on the request's arrays."""
-
-    def __init__(self, backend: PolicyBackend) -> None:
-        self.backend = backend
-        self.compute_s: list[float] = []
-
-    def __call__(self, req: InferenceRequest) -> PolicyOutput:
-        t0 = time.perf_counter()
-        out = self.backend.infer(PolicyInput(req.images, req.state, req.action_prefix, int(req.prefix_len)))
-        self.compute_s.append(time.perf_counter() - t0)
-        return PolicyOutput(out.actions.copy(), out.latent.copy(), out.latent_pred.copy())
-
-
 def latency_ticks(compute_ms: float, delay_ms: float, control_hz: float) -> int:
     """Ticks from submit to the first poll that sees the result (at least one)."""
     return max(1, int(math.ceil((compute_ms + delay_ms) * 1e-3 * control_hz - 1e-9)))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Synchronous baseline
-
-
-class SyncController(Controller):
-    """Observe, hold still while the model thinks, then execute the whole chunk; repeat.
-
-    The chunk is started at its arrival tick (the arm was still, so the observation is still valid)
-    and runs to its last action; meanwhile no new request is made. Between chunks the target is the
-    last action of the previous chunk, so the arm comes to rest there. Same buffers, worker handling,
-    scheduler (interpolation, seam correction from the held state) and safety filter as the async
-    controller: only the execution strategy hooks differ.
-    """
-
-    def __init__(
-        self, config: RobotConfig, contract: ModelContract, worker: InferenceWorker, clock: Clock, **kw: Any
-    ) -> None:
-        kw.setdefault("scheduler_params", _sync_params(config))
-        super().__init__(config, contract, worker, clock, **kw)
-        self._hold_target = np.zeros(self.dof)
-        self._have_hold = False
-        self.waiting_ticks = 0
-        """Ticks spent holding still for the model (after the first chunk)."""
-
-    def _select_target(self, tick: int) -> np.ndarray | None:
-        if self.scheduler.remaining_ticks(tick) >= 0:
-            return self.scheduler.target(tick)
-        # No chunk covers this tick, so the request goes out without a prefix.
-        if not self.worker.busy:
-            self._maybe_submit(tick)
-        if not self._have_hold:
-            return None
-        self.waiting_ticks += 1
-        return self._hold_target
-
-    def _starts_at_arrival(self, res: InferenceResult, tick: int) -> bool:
-        return True  # the arm held still while the model thought, by construction
-
-    def _install(self, res: InferenceResult, actions: np.ndarray, tick: int, at_arrival: bool) -> str | None:
-        f = self.filter
-        why = self.scheduler.accept(res.obs_tick, actions, tick, (f.q, f.v, f.a), start_at_arrival=True)
-        if why is None:
-            np.copyto(self._hold_target, actions[-1])
-            self._have_hold = True
-        return why
-
-
-def _sync_params(config: RobotConfig) -> SchedulerParams:
-    from wam_control.runtime.controller import default_scheduler_params
-
-    base = default_scheduler_params(config.limit_arrays())
-    return SchedulerParams(
-        mode="prefix",
-        replan_fraction=0.0,
-        blend_max_acc=base.blend_max_acc,
-        blend_max_jerk=base.blend_max_jerk,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -480,7 +409,7 @@ class ClosedLoopEpisode:
             starvation_events=int(sched["starvation_events"]),
             starved_ticks=int(sched["starved_ticks"]),
             chunks=int(sched["chunks_accepted"]),
-            waiting_ticks=int(getattr(c, "waiting_ticks", 0)),
+            waiting_ticks=int(c.waiting_ticks),
             compute_s=rec.compute_s[:n].copy(),
             delay_ticks=arrival_tick - obs,
             obs_ticks=obs,
@@ -495,53 +424,6 @@ class ClosedLoopEpisode:
 
 # ---------------------------------------------------------------------------------------------------
 # Drivers
-
-
-class SurpriseFactory:
-    """Builds a fresh surprise monitor per episode (each controller attaches its own), from the
-    configuration and the calibration file `path` beside the model."""
-
-    def __init__(
-        self, config: RobotConfig, contract: ModelContract, model_path: str | Path, path: Path
-    ) -> None:
-        self.config = config
-        self.contract = contract
-        self.model_path = str(model_path)
-        self.path = path
-        self.decoder = ""
-        """The frame check's decoder when `surprise.frame_check` is on: the backend must be loaded with
-        `frame_check=decoder` (`backend_options`) for the monitor to get frame errors."""
-        if config.surprise.frame_check:
-            from wam_control.runtime.surprise import frame_check_decoder
-
-            self.decoder = frame_check_decoder(config.surprise, contract, self.model_path)
-
-    def backend_options(self) -> dict[str, Any]:
-        return {"frame_check": self.decoder} if self.decoder else {}
-
-    def __call__(self) -> Any:
-        from wam_control.runtime.surprise import build_monitor
-
-        return build_monitor(self.config.surprise, self.contract, self.config.control_hz, self.model_path)
-
-
-def surprise_factory(
-    config: RobotConfig, contract: ModelContract, model_path: str | Path
-) -> SurpriseFactory | None:
-    """The surprise monitor a deployment of `model_path` would run, as a per-episode factory; None
-    when `surprise.enabled` is false or its calibration file (default: `<model>.surprise.json` beside
-    the model) does not exist. A file that exists but does not fit the model is an error, raised here."""
-    from wam_control.runtime.calibration import default_calibration_path
-
-    sc = config.surprise
-    if not sc.enabled:
-        return None
-    path = Path(sc.calibration) if sc.calibration else default_calibration_path(model_path)
-    if not path.is_file():
-        return None
-    factory = SurpriseFactory(config, contract, model_path, path)
-    factory()  # a calibration that does not fit the model fails now, not in episode 1
-    return factory
 
 
 def surprise_summary(results: Sequence[EpisodeResult]) -> str | None:
@@ -578,8 +460,7 @@ def make_arm(config: RobotConfig, contract: ModelContract, task: str, *, camera_
 
 def run_lockstep_episode(
     arm: Any,
-    config: RobotConfig,
-    contract: ModelContract,
+    spec: RuntimeSpec,
     model: Callable[[InferenceRequest], PolicyOutput],
     seed: int,
     *,
@@ -589,28 +470,27 @@ def run_lockstep_episode(
     keep_trace: bool = False,
     keep_images: bool = False,
     progress: Callable[[ClosedLoopEpisode], None] | None = None,
-    surprise: Callable[[], Any] | None = None,
 ) -> EpisodeResult:
-    """One deterministic episode on a SimClock: the real controller (or the sync baseline), the real
-    model called through a `ScriptedWorker` with a fixed latency of `lat_ticks`.
+    """One deterministic episode on a SimClock: the controller from the runtime builder (`spec`, with
+    the `mode` execution strategy), the real model called through a `ScriptedWorker` with a fixed
+    latency of `lat_ticks`. The async controller gets a fresh surprise monitor when the spec runs one;
+    the sync baseline gets none (see runtime.builder)."""
+    from wam_control.runtime.builder import build
+    from wam_control.runtime.replay import scripted_worker_factory
 
-    `surprise` (see `surprise_factory`) gives the async controller a fresh surprise monitor. The sync
-    baseline gets none: it stands for the openpi / ALOHA executor, which has none, and the monitor's
-    nominal statistics were measured with chunks that follow each other without a stop."""
-    from wam_control.runtime.replay import ScriptedWorker
-
-    if mode not in ("async", "sync"):
-        raise ValueError(f"mode must be 'async' or 'sync', got {mode!r}")
     arm.reset(seed)
     clock = SimClock(0.0)
+    config = spec.config
     dt = config.control_period
-    worker = ScriptedWorker(model, clock, dt, lat_ticks, deadline_s=config.timeouts.inference_deadline_s)
-    rec = RecordingWorker(worker, contract, clock)
-    if mode == "async":
-        monitor = surprise() if surprise is not None else None
-        controller: Controller = Controller(config, contract, rec, clock, surprise_monitor=monitor)  # type: ignore[arg-type]
-    else:
-        controller = SyncController(config, contract, rec, clock)  # type: ignore[arg-type]
+    rec: RecordingWorker | None = None
+
+    def worker(s: RuntimeSpec, clk: Clock) -> Any:
+        nonlocal rec
+        rec = RecordingWorker(scripted_worker_factory(model, lat_ticks)(s, clk), s.contract, clk)
+        return rec
+
+    controller = build(spec, clock, worker, execution=mode).controller
+    assert rec is not None
     controller.start()
     ep = ClosedLoopEpisode(arm, controller, horizon_s or arm.task.horizon_s, keep_images=keep_images)
     k = 0

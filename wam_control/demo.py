@@ -42,7 +42,6 @@ from wam_control.closedloop import (
     EpisodeResult,
     percentile,
     summarize,
-    surprise_factory,
     surprise_summary,
 )
 
@@ -201,13 +200,24 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend or config.inference.backend
     if backend == "triton" and args.transport == "inproc":
         config = _local_triton(config, model_path)
-    surprise, surprise_off = None, "off"
-    if not args.no_surprise:
-        try:
-            surprise = surprise_factory(config, contract, model_path)
-        except ValueError as exc:  # CalibrationError / DecoderError: a file beside the model does not fit it
-            # The demo is the product's first command: run it, but say loudly what is missing.
-            surprise_off = f"OFF: {exc}"
+    from wam_control.runtime.builder import Overrides, resolve
+
+    # The demo is the product's first command: without a calibration file it runs without the monitor
+    # (explicitly, and says so); a file beside the model that does not fit it is reported, not fatal.
+    surprise_mode = "off" if args.no_surprise else "if_calibrated"
+    spec = None
+    try:
+        spec = resolve(config, model_path, Overrides(backend=backend, worker="thread", surprise=surprise_mode,
+                                                     imagination=False))  # fmt: skip
+        surprise_off = spec.surprise_note
+    except ValueError as exc:  # CalibrationError / DecoderError
+        surprise_off = f"OFF: {exc}"
+    if spec is None:
+        spec = resolve(config, model_path, Overrides(backend=backend, worker="thread", surprise="off",
+                                                     imagination=False))  # fmt: skip
+    if args.no_surprise:
+        surprise_off = "off"
+    surprise = spec if spec.calibration is not None else None
     _say(
         f"wam-control demo: {args.episodes} {args.task} episode(s), seeds {args.seed}..{args.seed + args.episodes - 1} "
         f"(evaluation seeds; training used 0-9999)\n"
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  controller at {config.control_hz:g} Hz, {config.source}\n"
         f"  surprise monitor: "
         + (
-            f"on (calibration {surprise.path}, slow from score {config.surprise.slow_threshold:g}, "
+            f"on (calibration {spec.calibration}, slow from score {config.surprise.slow_threshold:g}, "
             f"stop at {config.surprise.stop_threshold:g})"
             if surprise is not None
             else surprise_off
@@ -237,20 +247,20 @@ def main(argv: list[str] | None = None) -> int:
             "  one process, real time: FixedRateLoop -> Controller.tick, model in an async ThreadWorker, "
             "sim stepped to the control clock, inputs via on_joint_state/on_image (no serialization)"
         )
-        results, describe, model_note = _run_realtime(args, config, contract, model_path, backend, surprise)
+        results, describe, model_note = _run_realtime(args, spec)
     else:
         _say(
             "  one process, lockstep: simulated clock, real model through a ScriptedWorker with a fixed "
             "latency in ticks (deterministic)"
         )
-        results, describe, model_note = _run_lockstep(args, config, contract, model_path, backend, surprise)
+        results, describe, model_note = _run_lockstep(args, spec)
 
     summary = summarize(results)
     args.out.mkdir(parents=True, exist_ok=True)
     lines = _summary_lines(args, config, results, summary, describe, model_note)
     plots: list[Path] = []
     if not args.no_plots:
-        plots = _plots(args, config, contract, model_path, backend, results)
+        plots = _plots(args, spec, results)
     bags: list[Path] = []
     if args.record:
         bags = _record(args, config, contract, results)
@@ -269,18 +279,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-
-
-def _backend_options(backend: str, config: Any, surprise: Any = None) -> dict[str, Any]:
-    # ONNX Runtime's thread count (the "auto" loader drops options a candidate does not take).
-    opts = {"intra_op_threads": config.inference.threads} if backend in ("auto", "onnxruntime") else {}
-    if backend == "triton":
-        from wam_control.policy.triton_backend import triton_options
-
-        opts.update(triton_options(config))
-    if surprise is not None:
-        opts.update(surprise.backend_options())  # the monitor's frame check runs beside the model
-    return opts
 
 
 def _triton_split(config: Any, model_path: Path) -> str:
@@ -314,20 +312,14 @@ def _local_triton(config: Any, model_path: Path) -> Any:
     return dataclasses.replace(config, inference=dataclasses.replace(config.inference, server=server.url))
 
 
-def _run_realtime(
-    args: argparse.Namespace, config: Any, contract: Any, model_path: Path, backend: str, surprise: Any
-) -> tuple[list[EpisodeResult], str, str]:
+def _run_realtime(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResult], str, str]:
     from wam_control.closedloop import RecordingWorker, make_arm, run_realtime_episode
+    from wam_control.runtime.builder import build, default_worker_factory
     from wam_control.runtime.clock import MonotonicClock
-    from wam_control.runtime.controller import Controller
-    from wam_control.runtime.worker import make_worker
 
+    config, contract = spec.config, spec.contract
     clock = MonotonicClock()
-    worker = make_worker(
-        "thread", model_path, contract, clock,
-        deadline_s=config.timeouts.inference_deadline_s, backend=backend,
-        backend_options=_backend_options(backend, config, surprise),
-    )  # fmt: skip
+    worker = default_worker_factory(spec, clock)  # one thread worker for every episode
     rec = RecordingWorker(worker, contract, clock)
     rec.start()
     if not worker.wait_ready(120.0):
@@ -341,8 +333,7 @@ def _run_realtime(
     results = []
     try:
         for i in range(args.episodes):
-            monitor = surprise() if surprise is not None else None
-            controller = Controller(config, contract, rec, clock, surprise_monitor=monitor)
+            controller = build(spec, clock, rec).controller  # a fresh monitor per episode
             controller.start()
             r = run_realtime_episode(
                 arm,
@@ -364,13 +355,11 @@ def _run_realtime(
     return results, describe, "thread worker, real compute time"
 
 
-def _run_lockstep(
-    args: argparse.Namespace, config: Any, contract: Any, model_path: Path, backend: str, surprise: Any
-) -> tuple[list[EpisodeResult], str, str]:
+def _run_lockstep(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResult], str, str]:
     from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
-    from wam_control.policy import load_backend
 
-    be = load_backend(model_path, backend, **_backend_options(backend, config, surprise))
+    config, contract = spec.config, spec.contract
+    be = spec.load_backend()
     describe = be.describe()
     model = BackendModel(be)
     from wam_control.policy import example_input
@@ -391,8 +380,8 @@ def _run_lockstep(
         for i in range(args.episodes):
             n_calls = len(model.compute_s)
             r = run_lockstep_episode(
-                arm, config, contract, model, args.seed + i, lat_ticks=lat, horizon_s=args.horizon_s,
-                keep_trace=True, keep_images=True, progress=progress, surprise=surprise,
+                arm, spec, model, args.seed + i, lat_ticks=lat, horizon_s=args.horizon_s,
+                keep_trace=True, keep_images=True, progress=progress,
             )  # fmt: skip
             r.compute_s = np.asarray(model.compute_s[n_calls:])
             progress.done(r)
@@ -459,19 +448,15 @@ def _top_interventions(results: list[EpisodeResult]) -> str:
     return ", ".join(f"{k} {v}" for k, v in top)
 
 
-def _encoder(contract: Any, model_path: Path, backend: str, config: Any) -> Any:
-    from wam_control.policy import load_backend
-
-    return load_backend(model_path, backend, **_backend_options(backend, config))
+def _encoder(spec: Any) -> Any:
+    return spec.load_backend(frame_check="")  # the latents only: no frame check
 
 
-def _plots(
-    args: argparse.Namespace, config: Any, contract: Any, model_path: Path, backend: str,
-    results: list[EpisodeResult],
-) -> list[Path]:  # fmt: skip
+def _plots(args: argparse.Namespace, spec: Any, results: list[EpisodeResult]) -> list[Path]:
     from wam_control import plots
     from wam_control.closedloop import latent_prediction_errors
 
+    config, contract, model_path = spec.config, spec.contract, Path(spec.model_path)
     out = args.out
     # The episode shown in detail: the first successful one, else the first.
     shown = next((r for r in results if r.success), results[0])
@@ -497,7 +482,7 @@ def _plots(
             title,
         ),
     ]  # fmt: skip
-    be = _encoder(contract, model_path, backend, config)
+    be = _encoder(spec)
     try:
         ts, ks, err, base = [], [], [], []
         for r in results:

@@ -36,8 +36,7 @@ DEFAULT_COMPUTE_MS = 5.0
 
 
 def run(
-    config: Any,
-    contract: Any,
+    spec: Any,
     backend: Any,
     *,
     episodes: int,
@@ -48,14 +47,14 @@ def run(
     task: str = "reach",
     horizon_s: float | None = None,
     progress: bool = False,
-    surprise: Any = None,
 ) -> tuple[dict[str, list[EpisodeResult]], list[float], int]:
     """Run `episodes` seeds in every mode; (results per mode, measured compute times s, latency ticks).
 
-    `backend` None: the privileged expert oracle (wam_control/sim/oracle.py) plays the policy.
-    `surprise`: a per-episode surprise monitor factory for the async controller (closedloop.surprise_factory)."""
+    `spec` (runtime.builder.resolve): config, contract and whether the async controller runs a surprise
+    monitor. `backend` None: the privileged expert oracle (wam_control/sim/oracle.py) plays the policy."""
     from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
 
+    config, contract = spec.config, spec.contract
     lat = latency_ticks(compute_ms, delay_ms, config.control_hz)
     arm = make_arm(config, contract, task, camera_hz=15.0)
     if backend is None:
@@ -69,8 +68,7 @@ def run(
             row = []
             for mode in modes:
                 r = run_lockstep_episode(
-                    arm, config, contract, model, seed + i, mode=mode, lat_ticks=lat, horizon_s=horizon_s,
-                    surprise=surprise,
+                    arm, spec, model, seed + i, mode=mode, lat_ticks=lat, horizon_s=horizon_s
                 )  # fmt: skip
                 out[mode].append(r)
                 how = (
@@ -144,37 +142,40 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     from wam_control.config import load_config, preset_path
-    from wam_control.policy import check_contract, load_backend, read_contract
+    from wam_control.runtime.builder import Overrides, resolve
 
     config = load_config(preset_path(args.config))
     model_path = Path(args.model or config.inference.model)
     if not model_path.is_file():
         print(f"bench closed-loop: model file {model_path} not found (pass --model PATH)", file=sys.stderr)
         return 2
-    contract = read_contract(model_path)
-    check_contract(contract, config)
     modes = ("async", "sync") if args.mode == "both" else (args.mode,)
-    from wam_control.closedloop import surprise_factory, surprise_summary
+    from wam_control.closedloop import surprise_summary
 
-    surprise, surprise_note = None, "surprise monitor off"
-    if args.policy == "model" and not args.no_surprise:
-        try:
-            surprise = surprise_factory(config, contract, model_path)
-        except ValueError as exc:  # CalibrationError / DecoderError: a file that does not fit the model
-            surprise_note = f"surprise monitor OFF: {exc}"
-        if surprise is not None:
-            surprise_note = f"surprise monitor on in async mode ({surprise.path})"
-    opts = {"intra_op_threads": config.inference.threads} if args.backend in ("auto", "onnxruntime") else {}
-    if surprise is not None:
-        opts.update(surprise.backend_options())  # the frame check runs beside the model
+    # The monitor runs when the config enables it and its calibration file exists (explicitly optional
+    # here: the bench also measures models without one); a file that does not fit the model is reported.
+    surprise_mode = "if_calibrated" if args.policy == "model" and not args.no_surprise else "off"
+    overrides = Overrides(backend=args.backend, surprise=surprise_mode, imagination=False)  # type: ignore[arg-type]
+    try:
+        spec = resolve(config, model_path, overrides)
+    except ValueError as exc:  # CalibrationError / DecoderError: a file that does not fit the model
+        spec = resolve(config, model_path, Overrides(backend=args.backend, surprise="off", imagination=False))
+        spec.surprise_note = f"OFF: {exc}"
+    contract = spec.contract
+    surprise_note = (
+        f"surprise monitor on in async mode ({spec.calibration})"
+        if spec.calibration is not None
+        else f"surprise monitor {spec.surprise_note}"
+    )
     server = None
+    extra: dict[str, Any] = {}
     if args.backend == "triton" and args.policy == "model":
         from wam_control.serving.server import LocalServer
 
         server = LocalServer(model_path).start()
-        opts.update(server=server.url)
+        extra.update(server=server.url)
     try:
-        backend = load_backend(model_path, args.backend, **opts) if args.policy == "model" else None
+        backend = spec.load_backend(**extra) if args.policy == "model" else None
     except BaseException:
         if server is not None:
             server.close()
@@ -190,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         results, compute_s, lat = run(
-            config, contract, backend, episodes=args.episodes, seed=args.seed, delay_ms=args.delay_ms,
+            spec, backend, episodes=args.episodes, seed=args.seed, delay_ms=args.delay_ms,
             compute_ms=args.compute_ms, modes=modes, task=args.task, horizon_s=args.horizon_s,
-            progress=not args.quiet, surprise=surprise,
+            progress=not args.quiet,
         )  # fmt: skip
         remote = _remote_split(backend) if server is not None else None
     finally:

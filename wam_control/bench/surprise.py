@@ -69,8 +69,8 @@ class Episode:
     """The frame channel's z per observation (when the frame check runs)."""
 
 
-class Rig:
-    """Sim + controller + monitor, rebuilt per episode on one SimArm and one backend."""
+class SurpriseRig:
+    """Sim + controller + monitor, rebuilt per episode (runtime.builder) on one SimArm and one backend."""
 
     def __init__(
         self,
@@ -81,24 +81,28 @@ class Rig:
         surprise_config: Any,
         decoder: str = "",
     ) -> None:
-        from wam_control.policy import load_backend
-        from wam_control.policy.contract import ContractError, check_contract
+        from wam_control.policy.contract import ContractError
+        from wam_control.runtime.builder import Overrides, resolve
+        from wam_control.runtime.replay import BackendModel
         from wam_control.sim.arm import CAMERAS, SimArm
 
+        # The monitor is the bench's own (it calibrates and records); the frame check runs in the
+        # backend as a deployment would, with `decoder` ("": none).
+        config = replace(config, surprise=replace(surprise_config, decoder=decoder, frame_check=bool(decoder)))
         self.config = config
-        # With a decoder the backend runs the frame check (policy.frame_check) as a deployment would.
-        self.backend = load_backend(model_path, "onnxruntime", warmup=2, frame_check=decoder)
-        self.frame_camera = getattr(getattr(self.backend, "check", None), "camera", "")
-        self.contract = c = self.backend.contract
         try:
-            check_contract(c, joint_names=config.joint_names, camera_names=config.cameras)
+            self.spec = resolve(
+                config, model_path, Overrides(backend="onnxruntime", surprise="caller", imagination=False)
+            )
         except ContractError as exc:
-            self.backend.close()
             raise SystemExit(f"bench surprise: {model_path} does not fit the configuration: {exc}") from None
         unknown = [cam for cam in config.cameras if cam not in CAMERAS]
         if unknown:
-            self.backend.close()
             raise SystemExit(f"bench surprise: cameras {unknown} are not sim cameras {list(CAMERAS)}")
+        self.backend = self.spec.load_backend(warmup=2)
+        self.model = BackendModel(self.backend)
+        self.frame_camera = getattr(getattr(self.backend, "check", None), "camera", "")
+        self.contract = c = self.spec.contract
         self.cameras = tuple(config.cameras)
         self.arm = SimArm(
             task=task,
@@ -113,16 +117,6 @@ class Rig:
         self.surprise_config = surprise_config
         self._cam_pos0 = self.arm.model.cam_pos.copy()
 
-    def _model_fn(self) -> Any:
-        from wam_control.policy.base import PolicyInput
-
-        backend = self.backend
-
-        def infer(req: Any) -> Any:
-            return backend.infer(PolicyInput(req.images, req.state, req.action_prefix, int(req.prefix_len)))
-
-        return infer
-
     def run(
         self,
         seed: int,
@@ -134,9 +128,9 @@ class Rig:
         record_ramp: dict[int, list[float]] | None = None,
         record_frame: list[float] | None = None,
     ) -> Episode:
+        from wam_control.runtime.builder import build
         from wam_control.runtime.clock import SimClock
-        from wam_control.runtime.controller import Controller
-        from wam_control.runtime.replay import ScriptedWorker
+        from wam_control.runtime.replay import scripted_worker_factory
         from wam_control.runtime.surprise import SurpriseMonitor
 
         arm = self.arm
@@ -146,7 +140,6 @@ class Rig:
         rng = np.random.default_rng([seed, KINDS.index(kind) + 1 if kind in KINDS else 0])
         t0 = 1000.0
         clock = SimClock(t0)
-        worker = ScriptedWorker(self._model_fn(), clock, self.dt, self.latency_ticks)
         monitor = SurpriseMonitor(
             self.contract,
             self.config.control_hz,
@@ -156,7 +149,8 @@ class Rig:
             record_ramp=record_ramp,
             record_frame=record_frame,
         )
-        ctl = Controller(self.config, self.contract, worker, clock, surprise_monitor=monitor)
+        parts = build(self.spec, clock, scripted_worker_factory(self.model, self.latency_ticks), monitor=monitor)
+        ctl, worker = parts.controller, parts.worker
         ctl.start()
         slow = self.surprise_config.slow_threshold
         n = int(round(duration_s / self.dt))
@@ -238,7 +232,7 @@ class Rig:
         self.backend.close()
 
 
-def calibrate(rig: Rig, episodes: int, first_seed: int, duration_s: float, log: Any = print) -> Any:
+def calibrate(rig: SurpriseRig, episodes: int, first_seed: int, duration_s: float, log: Any = print) -> Any:
     """Nominal closed-loop episodes (seeds first_seed + i) through the runtime's own controller and
     matching -> SurpriseCalibration of the model (only the offsets that cadence matches). Episodes
     whose task failed are not nominal and are left out (reported)."""
@@ -428,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     try:
-        rig = Rig(str(model), config, args.task, args.latency_ms + args.delay_ms, scfg, decoder)
+        rig = SurpriseRig(str(model), config, args.task, args.latency_ms + args.delay_ms, scfg, decoder)
     except DecoderError as exc:
         print(f"bench surprise: {exc}", file=sys.stderr)
         return 2

@@ -119,6 +119,7 @@ class Controller:
         latch_on_worker_failure: bool = True,
         surprise_monitor: SurpriseMonitor | None = None,
         result_hook: Callable[[InferenceResult], None] | None = None,
+        execution: ExecutionStrategy | None = None,
     ) -> None:
         # Joint names, camera names, the tick grid and, for extra DOFs (contract v2 action_names /
         # state_names, e.g. a gripper), their mapping in config.extra_dofs.
@@ -182,6 +183,8 @@ class Controller:
                 )
             surprise_monitor.attach(self.filter)
         self.result_hook = result_hook
+        self.execution: ExecutionStrategy = execution if execution is not None else AsyncExecution()
+        """How chunks are executed (async with prefix, or synchronous): see ExecutionStrategy."""
         self.scheduler = ChunkScheduler(
             contract.horizon,
             self.dof,
@@ -189,7 +192,7 @@ class Controller:
             contract.max_prefix,
             self.dt,
             config.inference,
-            scheduler_params or default_scheduler_params(limits),
+            scheduler_params or self.execution.scheduler_params(limits),
         )
         from wam_control.runtime.buffers import ObservationSnapshot
 
@@ -400,7 +403,7 @@ class Controller:
             c["faults"] += 1
             self._reset_motion(keep_surprise_score=True)
 
-        target = self._select_target(tick) if self._running and self._fault is None else None
+        target = self.execution.select_target(self, tick) if self._running and self._fault is None else None
 
         self.filter.step(target, q, age)
         cmd = self._cmd
@@ -411,37 +414,22 @@ class Controller:
         return cmd
 
     # ------------------------------------------------------------------ execution strategy
-    # The two protected hooks below are all an execution strategy changes (closedloop.SyncController
-    # overrides them); buffers, worker supervision, result validation and the filter stay shared.
+    # What an execution strategy (AsyncExecution, SyncExecution below) may use; buffers, worker
+    # supervision, result validation and the filter stay the controller's.
 
-    def _select_target(self, tick: int) -> np.ndarray | None:
-        """This tick's target (None: brake to hold), starting the next request when it is due.
-        Async: the next chunk is computed while the current one executes."""
-        if not self.worker.busy and self.scheduler.want_request(tick):
-            self._maybe_submit(tick)
-        return self.scheduler.target(tick)
+    def request_chunk(self, tick: int) -> None:
+        """Submit a request for this tick's observation (with the committed prefix) if the inputs are
+        ready; the worker must not be busy."""
+        self._maybe_submit(tick)
 
-    def _starts_at_arrival(self, res: InferenceResult, tick: int) -> bool:
-        """Whether this result's chunk runs from its arrival tick rather than its observation tick.
+    def requested_at_rest(self, request_id: int) -> bool:
+        """This request was made while the arm was commanded to stand still."""
+        return request_id == self._rest_request_id
 
-        True for a chunk requested while the arm held still, and still holding now: nothing moved
-        while the model thought, so its observation is still current and none of its actions is in
-        the past. Dropping them instead would start the arm mid-motion, i.e. a seam from rest to the
-        chunk's velocity, blended by a catch-up move the model never planned (and then committed to
-        it as the next prefix)."""
-        return (
-            res.request_id == self._rest_request_id
-            and self.scheduler.remaining_ticks(tick) < 0
-            and self.filter.holding
-        )
-
-    def _install(self, res: InferenceResult, actions: np.ndarray, tick: int, at_arrival: bool) -> str | None:
-        """Hand a validated chunk to the scheduler; None when installed, else why it was dropped.
-        `at_arrival`: see `_starts_at_arrival`."""
-        f = self.filter
-        return self.scheduler.accept(
-            res.obs_tick, actions, tick, (f.q, f.v, f.a), start_at_arrival=at_arrival
-        )
+    @property
+    def waiting_ticks(self) -> int:
+        """Ticks the strategy held the arm still waiting for the model (0 for async execution)."""
+        return int(self.execution.waiting_ticks)
 
     def _supervise_worker(self) -> None:
         self.worker.check(self.clock.now())
@@ -490,7 +478,7 @@ class Controller:
             self._bad_result()
             return
         self._bad_in_row = 0
-        at_arrival = self._starts_at_arrival(res, tick)
+        at_arrival = self.execution.starts_at_arrival(self, res, tick)
         if self.surprise is not None:
             # The latent predictions are timed from the moment the chunk starts: `offset` steps after
             # the arrival for a chunk started at its arrival. Keyed from the observation tick instead,
@@ -502,7 +490,7 @@ class Controller:
             )
         if self.result_hook is not None:
             self.result_hook(res)
-        why = self._install(res, actions, tick, at_arrival)
+        why = self.execution.install(self, res, actions, tick, at_arrival)
         if why is not None:
             c["chunks_dropped"] += 1
             self._last_reject = why
@@ -537,7 +525,7 @@ class Controller:
         req.prefix_len = self.scheduler.fill_prefix(tick, self._prefix, self._obs_cmd)
         if self.contract.delta_actions:
             self._prefix -= self._obs_cmd  # the model's prefix is in its own (delta) terms
-        # Commanded to stand still now (start, after a stop or re-arm): see _starts_at_arrival.
+        # Commanded to stand still now (start, after a stop or re-arm): see AsyncExecution.starts_at_arrival.
         at_rest = self.filter.holding and not self.filter.v.any()
         if self.worker.submit(req):
             if self.contract.delta_actions:
@@ -693,3 +681,116 @@ class _Instruction:
                 self.text = pending[0]
                 self.changes += 1
         return self.text is not None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Execution strategies
+
+
+class ExecutionStrategy(Protocol):
+    """How the controller turns chunks into targets; given to the `Controller` (`execution=`).
+
+    `select_target` runs every tick while running and not faulted (None: brake to hold) and starts
+    requests through `controller.request_chunk`; `starts_at_arrival` says whether a validated chunk
+    runs from its arrival tick rather than its observation tick; `install` hands it to the scheduler
+    (None when installed, else why it was dropped)."""
+
+    waiting_ticks: int
+
+    def scheduler_params(self, limits: LimitArrays) -> SchedulerParams: ...
+
+    def select_target(self, c: Controller, tick: int) -> np.ndarray | None: ...
+
+    def starts_at_arrival(self, c: Controller, res: InferenceResult, tick: int) -> bool: ...
+
+    def install(
+        self, c: Controller, res: InferenceResult, actions: np.ndarray, tick: int, at_arrival: bool
+    ) -> str | None: ...
+
+
+class AsyncExecution:
+    """Chunks execute while the next one is computed; the committed prefix goes to the model and
+    seams are corrected where needed (this runtime's default)."""
+
+    waiting_ticks = 0
+
+    def scheduler_params(self, limits: LimitArrays) -> SchedulerParams:
+        return default_scheduler_params(limits)
+
+    def select_target(self, c: Controller, tick: int) -> np.ndarray | None:
+        if not c.worker.busy and c.scheduler.want_request(tick):
+            c.request_chunk(tick)
+        return c.scheduler.target(tick)
+
+    def starts_at_arrival(self, c: Controller, res: InferenceResult, tick: int) -> bool:
+        """True for a chunk requested while the arm held still, and still holding now: nothing moved
+        while the model thought, so its observation is still current and none of its actions is in
+        the past. Dropping them instead would start the arm mid-motion, i.e. a seam from rest to the
+        chunk's velocity, blended by a catch-up move the model never planned (and then committed to
+        it as the next prefix)."""
+        return c.requested_at_rest(res.request_id) and c.scheduler.remaining_ticks(tick) < 0 and c.filter.holding
+
+    def install(
+        self, c: Controller, res: InferenceResult, actions: np.ndarray, tick: int, at_arrival: bool
+    ) -> str | None:
+        f = c.filter
+        return c.scheduler.accept(res.obs_tick, actions, tick, (f.q, f.v, f.a), start_at_arrival=at_arrival)
+
+
+class SyncExecution:
+    """Observe, hold still while the model thinks, then execute the whole chunk; repeat (the openpi /
+    ALOHA default).
+
+    The chunk is started at its arrival tick (the arm was still, so the observation is still valid)
+    and runs to its last action; meanwhile no new request is made. Between chunks the target is the
+    last action of the previous chunk, so the arm comes to rest there. Same buffers, worker handling,
+    scheduler (interpolation, seam correction from the held state) and safety filter as async
+    execution."""
+
+    def __init__(self) -> None:
+        self._hold_target: np.ndarray | None = None
+        self.waiting_ticks = 0
+        """Ticks spent holding still for the model (after the first chunk)."""
+
+    def scheduler_params(self, limits: LimitArrays) -> SchedulerParams:
+        base = default_scheduler_params(limits)
+        return SchedulerParams(
+            mode="prefix",
+            replan_fraction=0.0,
+            blend_max_acc=base.blend_max_acc,
+            blend_max_jerk=base.blend_max_jerk,
+        )
+
+    def select_target(self, c: Controller, tick: int) -> np.ndarray | None:
+        if c.scheduler.remaining_ticks(tick) >= 0:
+            return c.scheduler.target(tick)
+        # No chunk covers this tick, so the request goes out without a prefix.
+        if not c.worker.busy:
+            c.request_chunk(tick)
+        if self._hold_target is None:
+            return None
+        self.waiting_ticks += 1
+        return self._hold_target
+
+    def starts_at_arrival(self, c: Controller, res: InferenceResult, tick: int) -> bool:
+        return True  # the arm held still while the model thought, by construction
+
+    def install(
+        self, c: Controller, res: InferenceResult, actions: np.ndarray, tick: int, at_arrival: bool
+    ) -> str | None:
+        f = c.filter
+        why = c.scheduler.accept(res.obs_tick, actions, tick, (f.q, f.v, f.a), start_at_arrival=True)
+        if why is None:
+            if self._hold_target is None:
+                self._hold_target = np.zeros(c.dof)
+            np.copyto(self._hold_target, actions[-1])
+        return why
+
+
+def execution_strategy(name: str) -> ExecutionStrategy:
+    """"async" -> AsyncExecution, "sync" -> SyncExecution (a fresh one: it keeps per-run state)."""
+    if name == "async":
+        return AsyncExecution()
+    if name == "sync":
+        return SyncExecution()
+    raise ValueError(f"execution must be 'async' or 'sync', got {name!r}")

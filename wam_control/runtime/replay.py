@@ -14,8 +14,10 @@ Pieces, all deterministic and sleep-free:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -160,6 +162,35 @@ class ScriptedWorker:
         self._hang = False
         self.state = "backoff"
         self._restart_at = now + self.restart_s
+
+
+class BackendModel:
+    """`ScriptedWorker` model: a real `PolicyBackend` run on the request's arrays (its output copied,
+    the frame check's error included); the compute time of every call is kept."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.compute_s: list[float] = []
+
+    def __call__(self, req: InferenceRequest) -> PolicyOutput:
+        t0 = time.perf_counter()
+        out = self.backend.infer(PolicyInput(req.images, req.state, req.action_prefix, int(req.prefix_len)))
+        self.compute_s.append(time.perf_counter() - t0)
+        return PolicyOutput(out.actions.copy(), out.latent.copy(), out.latent_pred.copy(), out.frame_error)
+
+
+def scripted_worker_factory(
+    model: Model, latency_ticks: int | Callable[[int], int] = 1, **kw: Any
+) -> Callable[[Any, Clock], ScriptedWorker]:
+    """Worker factory for `runtime.builder.build`: a `ScriptedWorker` around `model` with the
+    configured inference deadline."""
+
+    def make(spec: Any, clock: Clock) -> ScriptedWorker:
+        cfg = spec.config
+        kw.setdefault("deadline_s", cfg.timeouts.inference_deadline_s)
+        return ScriptedWorker(model, clock, cfg.control_period, latency_ticks, **kw)
+
+    return make
 
 
 class ReferenceModel:
@@ -470,8 +501,13 @@ def build_rig(
     model = ReferenceModel(
         contract, motion, config.control_hz, noise_rad=noise_rad, follow_prefix=follow_prefix, seed=seed
     )
-    worker = ScriptedWorker(model, clock, config.control_period, latency_ticks, deadline_s=deadline_s)
-    controller = Controller(config, contract, worker, clock, scheduler_params=params)
+    from wam_control.runtime.builder import Overrides, build, resolve
+
+    spec = resolve(config, overrides=Overrides(surprise="off", imagination=False), contract=contract)
+    parts = build(
+        spec, clock, scripted_worker_factory(model, latency_ticks, deadline_s=deadline_s), scheduler_params=params
+    )
+    worker, controller = parts.worker, parts.controller
     plant = FirstOrderPlant(center, config.control_period)
     replay = Replay(controller, clock, plant)
     controller.start()

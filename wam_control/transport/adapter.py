@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -536,108 +535,11 @@ def build_runtime(
     worker: str | None = None,
 ) -> Runtime:
     """The runtime Controller for `config` with its model (contract checked), inference worker, and the
-    surprise monitor / imagination preview when the config enables them. Every file is checked before the
-    worker starts, so a bad deployment fails with the file's name and nothing left running."""
-    from wam_control.policy import check_contract, read_contract
-    from wam_control.runtime.clock import MonotonicClock
-    from wam_control.runtime.controller import Controller
-    from wam_control.runtime.worker import make_worker
+    surprise monitor / imagination preview when the config enables them, from the runtime builder
+    (`wam_control.runtime.builder`, the one place a controller is assembled). Every file is checked
+    before the worker starts, so a bad deployment fails with the file's name and nothing left running."""
+    from wam_control.runtime.builder import Overrides
+    from wam_control.runtime.builder import build_runtime as build
 
-    path = str(model_path or config.inference.model)
-    if not path:
-        raise ValueError(f"{config.source}: inference.model: no model given (use --model or inference.model)")
-    contract = read_contract(path)
-    check_contract(contract, config)
-    from wam_control.policy.check_model import model_plan, refusals
-
-    problems = refusals(contract, config)
-    if problems:
-        raise ValueError(f"{config.source} with model {path}: " + "; ".join(problems))
-    for part, line in model_plan(contract, config):
-        log.info("model %s: %s: %s", contract.model_name, part, line)
-    tokenizer = None
-    if contract.has_instruction:
-        from wam_control.policy.instruction import InstructionTokenizer
-
-        tokenizer = InstructionTokenizer(path, contract)
-    monitor = _build_surprise(config, contract, path)
-    preview = _build_imagination(config, contract, path)
-    clock = MonotonicClock()
-    options: dict[str, Any] = {"threads": config.inference.threads}
-    if config.inference.device != "auto":
-        options["device"] = config.inference.device
-    if (backend or config.inference.backend) == "triton":  # remote model: the server's address etc.
-        from wam_control.policy.triton_backend import triton_options
-
-        options.update(triton_options(config))
-    if monitor is not None and config.surprise.frame_check:
-        from wam_control.runtime.surprise import frame_check_decoder
-
-        options["frame_check"] = frame_check_decoder(config.surprise, contract, path)
-    inference_worker: Any = make_worker(
-        worker or config.inference.worker,  # type: ignore[arg-type]  # make_worker validates the mode
-        path,
-        contract,
-        clock,
-        deadline_s=config.timeouts.inference_deadline_s,
-        backend=backend or config.inference.backend,
-        backend_options=options,
-    )
-    controller = Controller(
-        config,
-        contract,
-        inference_worker,
-        clock,
-        surprise_monitor=monitor,
-        result_hook=preview.hook if preview is not None else None,
-    )
-    if tokenizer is not None and config.instruction:
-        # Tokenized here, once, at start-up; ~/instruction replaces it while running.
-        controller.set_instruction(config.instruction, tokenizer.encode(config.instruction))
-    return Runtime(controller, path, monitor, preview, tokenizer)
-
-
-def _build_surprise(config: RobotConfig, contract: Any, model_path: str) -> Any:
-    if not config.surprise.enabled or not contract.has_world_model:
-        return None  # (enabled: true with such a model was refused by check_model.refusals)
-    from wam_control.runtime.calibration import CalibrationError, default_calibration_path
-    from wam_control.runtime.surprise import build_monitor
-
-    given = config.surprise.calibration
-    cal = Path(given) if given else default_calibration_path(model_path)
-    if not cal.is_file():
-        command = f"wam-control bench surprise --calibrate-only --model {model_path}"
-        if Path(config.source).is_file():
-            command += f" --config {config.source}"  # the deployment's control rate sets the cadence
-        if given:
-            command += f" --calibration {given}"
-        raise CalibrationError(
-            f"{config.source}: surprise.enabled is true but its calibration file {cal} does not exist. "
-            f"Create it from nominal closed-loop runs in the sim with `{command}`, "
-            "or set surprise.enabled: false to run without the surprise monitor"
-        )
-    return build_monitor(config.surprise, contract, config.control_hz, model_path)
-
-
-def _build_imagination(config: RobotConfig, contract: Any, model_path: str) -> Any:
-    """The preview, not yet loaded: the decoder is opened on the first subscriber (imagination.py). Only
-    imported when enabled, so a deployment without it never loads the module or starts its thread."""
-    im = config.imagination
-    if not im.enabled:
-        return None
-    from wam_control.imagination import DecoderError, ImaginationPreview, default_decoder_path
-
-    decoder = Path(im.decoder) if im.decoder else default_decoder_path(model_path)
-    if not decoder.is_file():
-        raise DecoderError(
-            f"{config.source}: imagination.enabled is true but its decoder {decoder} does not exist. "
-            "Train it for this model with `wam-control train-decoder --checkpoint <model>.pt --data <bags> "
-            f"--out {decoder}`, or set imagination.enabled: false"
-        )
-    offset = im.offset or None  # 0: the furthest prediction
-
-    def unbound(rgb: np.ndarray, tick: int, horizon_s: float) -> None:
-        raise RuntimeError("imagination preview: no publisher bound (ControllerIO.bind_imagination)")
-
-    return ImaginationPreview(decoder, contract, config.control_hz, unbound, offset=offset,
-                              max_rate_hz=im.max_rate_hz)  # fmt: skip
+    spec, parts = build(config, model_path, Overrides(backend=backend, worker=worker, surprise="required"))
+    return Runtime(parts.controller, spec.model_path, parts.surprise, parts.imagination, parts.tokenizer)
