@@ -47,6 +47,7 @@ extras = {
         "ruff>=0.6",
         "mypy>=1.10",
         "types-PyYAML",
+        "import-linter>=2.1",  # the layer contracts in pyproject.toml (`lint-imports`)
     ],
 }
 extras["all"] = sorted(
