@@ -305,7 +305,7 @@ def test_every_nested_section_is_a_ros_parameter_section() -> None:
     import dataclasses
 
     from wam_control.config import schema
-    from wam_control.transport.ros_node import _SECTIONS
+    from wam_control.transport.ros_params import _SECTIONS
 
     nested = {
         f.name

@@ -17,12 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "wam_control"
 
 # Known circles, each with the reason it is still there; the test fails when one of them is gone too,
 # so this list only shrinks.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"wam_control.transport.ros_node", "wam_control.transport.rclpy_node"}): (
-        "ros_node.main imports rclpy_node after its rclpy guard, rclpy_node takes parameter helpers from "
-        "ros_node: issue 17 item 4 (the rclpy shim) moves them"
-    ),
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

@@ -15,7 +15,7 @@ from wam_control.transport.launch_params import (
     parse_bool,
     ros_arguments,
 )
-from wam_control.transport.ros_node import deep_merge, nest
+from wam_control.transport.ros_params import deep_merge, nest
 
 REPO = Path(__file__).resolve().parents[1]
 FR3 = REPO / "config" / "fr3.yaml"

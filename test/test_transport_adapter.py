@@ -12,7 +12,7 @@ from wam_control.config import load_config
 from wam_control.runtime.controller import ControllerStatus, JointCommand
 from wam_control.transport import messages as M
 from wam_control.transport.adapter import ControllerIO, braking_tail, camera_info_topic
-from wam_control.transport.ros_node import nest, schema_parameter_names
+from wam_control.transport.ros_params import nest, schema_parameter_names
 
 
 def _types() -> M.MsgTypes:

@@ -38,7 +38,7 @@ from wam_control.transport.dds import configure_fast_dds
 from wam_control.transport.endpoints import ControllerEndpoints
 from wam_control.transport.launch_params import NODE_NAME
 from wam_control.transport.messages import rclpy_msg_types
-from wam_control.transport.ros_node import deep_merge, nest, schema_parameter_names
+from wam_control.transport.ros_params import deep_merge, nest, schema_parameter_names
 
 SPIN_TIMEOUT_S = 0.1
 """How often the spin loop looks at the stop flag (Python runs signal handlers between waits)."""
