@@ -26,6 +26,22 @@ that camera renders again: copy them to keep them. `camera_hz=0` renders only on
 
 Disturbance hooks (for the surprise monitor): `teleport_object(pos)`, `move_camera(delta)`,
 `set_occluder(on)`, `block_joint(j, on)`.
+
+Hand (`hand=True`, the default for task "pick_place"): the scene is assets/fr3_hand_scene.xml, the
+same arm and cameras with a parallel two-finger gripper like the Franka Hand instead of the pusher rod
+(docs/sim.md). Without it the scene is assets/fr3_scene.xml, byte for byte what the bundled models were
+trained on. With the hand::
+
+    arm.finger_names                    # ("fr3_finger_joint1", "fr3_finger_joint2")
+    arm.step(q_target, gripper=0.04)    # finger setpoint, m from the centre per finger (0 = closed,
+                                        # 0.04 = open); one value for both or one per finger; None keeps it
+    arm.set_gripper(0.0)                # the same, without stepping
+    names, q, qd = arm.gripper_state()  # the finger joints (m, m/s)
+    names, q, qd = arm.all_joint_state()  # arm joints then finger joints: what /joint_states carries
+
+`joint_state()` stays the 7 arm joints either way. The finger setpoints are clamped to the finger range
+and move at most FINGER_MAX_SPEED (0.05 m/s, the Franka Hand's finger speed) towards the commanded one;
+the finger servos are force-limited to 70 N, so a closed command on an object squeezes it.
 """
 
 from __future__ import annotations
@@ -38,11 +54,14 @@ import mujoco
 import numpy as np
 
 from wam_control.sim.gl import OffscreenRenderer, RenderUnavailableError
-from wam_control.sim.tasks import HOME_Q, Task, make_task
+from wam_control.sim.tasks import HAND_TASKS, HOME_Q, Task, make_task
 
 __all__ = [
     "CAMERAS",
     "DEFAULT_CONTROL_HZ",
+    "FINGER_MAX_SPEED",
+    "FINGER_NAMES",
+    "GRIPPER_OPEN",
     "HOME_Q",
     "JOINT_NAMES",
     "RenderUnavailableError",
@@ -54,6 +73,10 @@ JOINT_NAMES: tuple[str, ...] = tuple(f"fr3_joint{i}" for i in range(1, 8))
 CAMERAS: tuple[str, ...] = ("scene", "wrist")
 DEFAULT_CONTROL_HZ = 500.0  # control_hz of config/fr3.yaml
 NOMINAL_PHYSICS_DT = 0.002
+FINGER_NAMES: tuple[str, ...] = ("fr3_finger_joint1", "fr3_finger_joint2")
+GRIPPER_OPEN = 0.04  # m per finger: Franka Hand max opening 80 mm
+FINGER_MAX_SPEED = 0.05  # m/s per finger: Franka Hand finger speed
+HAND_ASSET = "fr3_hand_scene.xml"
 
 
 def asset_path(name: str = "fr3_scene.xml") -> Path:
@@ -71,6 +94,7 @@ class SimArm:
         camera_hz: float = 15.0,
         image_hw: tuple[int, int] = (96, 96),
         cameras: tuple[str, ...] | list[str] = ("scene",),
+        hand: bool | None = None,
     ) -> None:
         if not (math.isfinite(control_hz) and control_hz > 0):
             raise ValueError(f"control_hz must be a positive number, got {control_hz!r}")
@@ -83,7 +107,12 @@ class SimArm:
         if unknown:
             raise ValueError(f"unknown camera(s) {unknown}; expected a subset of {list(CAMERAS)}")
 
-        self.model = mujoco.MjModel.from_xml_path(str(asset_path()))
+        self.has_hand = task in HAND_TASKS if hand is None else bool(hand)
+        if task in HAND_TASKS and not self.has_hand:
+            raise ValueError(f"task {task!r} needs the hand (hand=True)")
+        self.model = mujoco.MjModel.from_xml_path(
+            str(asset_path(HAND_ASSET if self.has_hand else "fr3_scene.xml"))
+        )
         # An integer number of physics steps per control period keeps the control grid exact.
         self.control_hz = float(control_hz)
         self.control_period = 1.0 / self.control_hz
@@ -100,6 +129,13 @@ class SimArm:
         self.joint_range = np.array([self.model.joint(n).range for n in JOINT_NAMES])
         self._ee_site = self.model.site("ee").id
         self._occluder = self.model.geom("occluder").id
+        self.finger_names: tuple[str, ...] = FINGER_NAMES if self.has_hand else ()
+        self._fqadr = np.array([self.model.joint(n).qposadr[0] for n in self.finger_names], dtype=int)
+        self._fdadr = np.array([self.model.joint(n).dofadr[0] for n in self.finger_names], dtype=int)
+        self._fact = np.array([self.model.actuator(n).id for n in self.finger_names], dtype=int)
+        self.finger_range = np.array([self.model.joint(n).range for n in self.finger_names]).reshape(-1, 2)
+        self._grip_target = np.full(len(self.finger_names), GRIPPER_OPEN)
+        self._grip_cmd = self._grip_target.copy()
 
         self.image_hw = (height, width)
         self.camera_hz = float(camera_hz)
@@ -129,6 +165,11 @@ class SimArm:
         rng = np.random.default_rng(self.seed)
         mujoco.mj_resetData(self.model, self.data)
         self._blocked[:] = False
+        if self.has_hand:  # fingers start open (no draw from rng: the task's draws stay as they are)
+            self.data.qpos[self._fqadr] = GRIPPER_OPEN
+            self._grip_target[:] = GRIPPER_OPEN
+            self._grip_cmd[:] = GRIPPER_OPEN
+            self.data.ctrl[self._fact] = GRIPPER_OPEN
         self.task.reset(rng)
         self.data.ctrl[self._act] = self.data.qpos[self._qadr]
         self._cmd[:] = self.data.qpos[self._qadr]
@@ -138,8 +179,11 @@ class SimArm:
         if self.cameras and self.camera_hz > 0:
             self._render_due()
 
-    def step(self, q_target: np.ndarray) -> tuple[str, ...]:
-        """Apply `q_target` and advance one control period; return the cameras rendered this step."""
+    def step(self, q_target: np.ndarray, gripper: float | np.ndarray | None = None) -> tuple[str, ...]:
+        """Apply `q_target` (and `gripper`, with the hand) and advance one control period; return the
+        cameras rendered this step."""
+        if gripper is not None:
+            self.set_gripper(gripper)
         q = np.asarray(q_target, dtype=float)
         if q.shape != (len(JOINT_NAMES),):
             raise ValueError(
@@ -150,6 +194,10 @@ class SimArm:
         np.copyto(self._cmd, q)
         np.copyto(self._cmd, self._held, where=self._blocked)
         self.data.ctrl[self._act] = self._cmd
+        if self.has_hand:
+            step = FINGER_MAX_SPEED * self.control_period
+            self._grip_cmd += np.clip(self._grip_target - self._grip_cmd, -step, step)
+            self.data.ctrl[self._fact] = self._grip_cmd
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         if self.cameras and self.camera_hz > 0 and self.data.time >= self._next_frame_t - 1e-9:
             return self._render_due()
@@ -162,6 +210,34 @@ class SimArm:
     def joint_state(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
         """(joint names, positions rad, velocities rad/s); the arrays are fresh copies."""
         return JOINT_NAMES, self.data.qpos[self._qadr].copy(), self.data.qvel[self._dadr].copy()
+
+    def set_gripper(self, target: float | np.ndarray) -> None:
+        """Finger setpoint (m from the centre, per finger): one value for both fingers or one each.
+        Clamped to the finger range; approached at FINGER_MAX_SPEED from the next step on."""
+        if not self.has_hand:
+            raise ValueError("set_gripper: this arm has no hand (SimArm(..., hand=True))")
+        g = np.asarray(target, dtype=float).reshape(-1)
+        if g.shape not in ((1,), (len(FINGER_NAMES),)) or not np.all(np.isfinite(g)):
+            raise ValueError(
+                f"gripper target must be 1 or {len(FINGER_NAMES)} finite values (m per finger), got {target!r}"
+            )
+        self._grip_target[:] = np.clip(g, self.finger_range[:, 0], self.finger_range[:, 1])
+
+    def gripper_state(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+        """(finger joint names, positions m, velocities m/s); empty without the hand."""
+        return self.finger_names, self.data.qpos[self._fqadr].copy(), self.data.qvel[self._fdadr].copy()
+
+    def gripper_command(self) -> np.ndarray:
+        """The finger setpoints the servos track now (after the speed limit), m per finger."""
+        return self._grip_cmd.copy()
+
+    def all_joint_state(self) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+        """Arm joints then finger joints (what /joint_states carries); the arm's alone without the hand."""
+        _, q, qd = self.joint_state()
+        if not self.has_hand:
+            return JOINT_NAMES, q, qd
+        _, fq, fqd = self.gripper_state()
+        return JOINT_NAMES + self.finger_names, np.concatenate([q, fq]), np.concatenate([qd, fqd])
 
     def command(self) -> np.ndarray:
         """The position command the servos are tracking now (after clamping by blocked joints)."""

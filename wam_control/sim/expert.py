@@ -5,10 +5,13 @@ Each call to `act()` (once per control period) does:
    then a smooth function of the plan, free of servo lag and contact noise.
 2. A Cartesian goal from the task planner (reach: the target; push: a small state machine that
    approaches behind the puck, descends, pushes along the puck->goal line, and backs off to
-   re-approach when the puck slides off the pusher).
+   re-approach when the puck slides off the pusher; pick_place: approach above the prompted cube
+   with the fingers open and turned square to it, descend, close, lift, move over the zone, descend,
+   open, retreat; back to approach, open, if the cube is lost on the way).
 3. A 5-D task velocity: tool position (P gain, speed cap) plus tool axis pointing down (rotation
-   about the tool axis is left free), mapped to joint velocity with damped least squares on
-   `mj_jacSite`, plus a null-space pull towards the home posture.
+   about the tool axis is left free; pick_place adds it as a sixth row, to turn the fingers square to
+   the cube), mapped to joint velocity with damped least squares on `mj_jacSite`, plus a null-space
+   pull towards the home posture.
 4. A per-joint limiter: |v| <= v_max, |a| <= a_max, |jerk| <= j_max, acceleration bounded by
    sqrt(2 j_max |dv|) so it can ramp to zero without overshoot, and velocity bounded by the speed
    from which it can stop before the joint range (minus a margin).
@@ -16,6 +19,10 @@ Each call to `act()` (once per control period) does:
 Defaults are well inside the FR3 limits (reference/limits.md), measured as the robot measures them
 (backward differences of consecutive commands): v <= 50% of FR3 v_max and of Franka's conservative
 box, a <= 4 rad/s^2 (FR3: 10), jerk <= 200 rad/s^3 (FR3: 5000).
+
+With the hand, `expert.gripper` is the finger setpoint (m per finger) to send with each `act()`
+(`arm.step(expert.act(), gripper=expert.gripper)`): it moves at <= 90 % of the hand's 0.05 m/s and
+<= GRIPPER_A_MAX, so it passes the safety filter with config/fr3_hand.yaml's finger limits.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import math
 
 import numpy as np
 
-from wam_control.sim.arm import HOME_Q, SimArm, mujoco
+from wam_control.sim.arm import FINGER_MAX_SPEED, GRIPPER_OPEN, HOME_Q, SimArm, mujoco
 
 # Franka's conservative "rectangular" velocity limits (rad/s), halved.
 DEFAULT_V_MAX = 0.5 * np.array([2.0, 1.0, 1.5, 1.25, 3.0, 1.5, 3.0])
@@ -33,6 +40,10 @@ DEFAULT_J_MAX = 200.0
 JOINT_MARGIN = 0.08  # rad kept clear of each joint limit
 
 _DOWN = np.array([0.0, 0.0, -1.0])
+GRIPPER_V_MAX = 0.9 * FINGER_MAX_SPEED
+GRIPPER_A_MAX = 0.4  # m/s^2 per finger (config/fr3_hand.yaml: 0.5)
+# The fingers close along this direction of the hand frame (fr3_hand_base is -45 deg about the tool axis).
+_FINGER_AXIS_HAND = np.array([math.sqrt(0.5), math.sqrt(0.5), 0.0])
 
 
 class Expert:
@@ -70,6 +81,11 @@ class Expert:
         self._u = np.array([1.0, 0.0])
         self._lo = self.q_lo.copy()
         self._hi = self.q_hi.copy()
+        self.gripper = GRIPPER_OPEN
+        self._grip_target = GRIPPER_OPEN
+        self._grip_v = 0.0
+        self._phase_t = 0.0
+        self._hold = np.zeros(3)
         self.reset()
 
     def reset(self) -> None:
@@ -82,6 +98,11 @@ class Expert:
         self.v[:] = 0.0
         self.a[:] = 0.0
         self.phase = "approach"
+        self._phase_t = 0.0
+        if self.arm.has_hand:
+            self.gripper = float(np.mean(self.arm.gripper_command()))
+        self._grip_target = self.gripper
+        self._grip_v = 0.0
 
     # ------------------------------------------------------------------ kinematics
     def _fk(self) -> tuple[np.ndarray, np.ndarray]:
@@ -141,14 +162,101 @@ class Expert:
         hold = obj - u * (standoff + 0.01)
         return np.array([hold[0], hold[1], z_push]), 0.05
 
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._phase_t = 0.0
+
+    def _finger_yaw_error(self, rot: np.ndarray, cube_yaw: float) -> float:
+        """Rotation about world z that turns the finger axis square to the cube's faces (rad)."""
+        f = rot @ _FINGER_AXIS_HAND
+        phi = math.atan2(f[1], f[0])
+        return (cube_yaw - phi + math.pi / 4) % (math.pi / 2) - math.pi / 4
+
+    def _plan_pick_place(self, p: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, float, float]:
+        task = self.arm.task
+        cube = task.cube()  # type: ignore[attr-defined]
+        zone = task.zone()  # type: ignore[attr-defined]
+        half = task.cube_half  # type: ignore[attr-defined]
+        z_hover, z_carry = cube[2] + 0.10, 0.15
+        self._phase_t += self.dt
+        yaw_err = 0.0
+        if self.phase == "approach":
+            self._grip_target = GRIPPER_OPEN
+            yaw_err = self._finger_yaw_error(rot, task.cube_yaw())  # type: ignore[attr-defined]
+            if (
+                np.linalg.norm(p[:2] - cube[:2]) < 0.006
+                and abs(p[2] - z_hover) < 0.02
+                and abs(yaw_err) < 0.03
+                and self.gripper >= GRIPPER_OPEN - 1e-6
+            ):
+                self._set_phase("descend")
+            return np.array([cube[0], cube[1], z_hover]), 0.25, yaw_err
+        if self.phase == "descend":
+            yaw_err = self._finger_yaw_error(rot, task.cube_yaw())  # type: ignore[attr-defined]
+            # aim a little below the cube's centre: the P loop slows down near the goal
+            if p[2] < cube[2] + 0.004 and np.linalg.norm(p[:2] - cube[:2]) < 0.005:
+                self._hold = p.copy()
+                self._set_phase("close")
+            return np.array([cube[0], cube[1], cube[2] - 0.004]), 0.08, yaw_err
+        if self.phase == "close":
+            self._grip_target = 0.0
+            if self.gripper <= 0.0 and self._phase_t > 1.2:
+                self._set_phase("lift")
+            return self._hold.copy(), 0.05, 0.0
+        held = np.linalg.norm(cube - p) < 0.03
+        if self.phase in ("lift", "move") and not held:
+            self._set_phase("approach")  # dropped: start again
+            return p.copy(), 0.1, 0.0
+        if self.phase == "lift":
+            if p[2] > z_carry - 0.01:
+                self._set_phase("move")
+            return np.array([self._hold[0], self._hold[1], z_carry]), 0.15, 0.0
+        if self.phase == "move":
+            if np.linalg.norm(p[:2] - zone[:2]) < 0.006:
+                self._set_phase("place")
+            return np.array([zone[0], zone[1], z_carry]), 0.25, 0.0
+        if self.phase == "place":
+            z_place = half + 0.002
+            if p[2] < z_place + 0.004:
+                self._set_phase("open")
+            return np.array([zone[0], zone[1], z_place]), 0.08, 0.0
+        if self.phase == "open":
+            self._grip_target = GRIPPER_OPEN
+            if self.gripper >= GRIPPER_OPEN - 1e-6 and self._phase_t > 0.3:
+                self._hold = p.copy()
+                self._set_phase("retreat")
+            return p.copy(), 0.05, 0.0
+        # retreat, then done: straight up and hold; start again if the cube is not in place
+        if self.phase == "retreat" and p[2] > z_carry - 0.01:
+            self._set_phase("done")
+        if self.phase == "done" and not task.in_zone() and self._phase_t > 1.0:  # type: ignore[attr-defined]
+            self._set_phase("approach")
+        return np.array([self._hold[0], self._hold[1], z_carry]), 0.15, 0.0
+
+    def _step_gripper(self) -> None:
+        err = self._grip_target - self.gripper
+        # decelerate in time: |v| <= sqrt(2 a |err|)
+        v_des = math.copysign(min(GRIPPER_V_MAX, math.sqrt(2 * GRIPPER_A_MAX * abs(err))), err)
+        dv = float(np.clip(v_des - self._grip_v, -GRIPPER_A_MAX * self.dt, GRIPPER_A_MAX * self.dt))
+        self._grip_v += dv
+        nxt = self.gripper + self._grip_v * self.dt
+        if (self._grip_target - nxt) * err <= 0:  # reached or passed: land on the target
+            nxt, self._grip_v = self._grip_target, 0.0
+        self.gripper = float(np.clip(nxt, 0.0, GRIPPER_OPEN))
+
     # ------------------------------------------------------------------ control
     def act(self) -> np.ndarray:
-        """Next joint position target (rad, joint order of JOINT_NAMES); a fresh array."""
+        """Next joint position target (rad, joint order of JOINT_NAMES); a fresh array. With the hand,
+        `self.gripper` is then the finger setpoint to send with it."""
         p, rot = self._fk()
+        yaw_err: float | None = None
         if self.arm.task.name == "reach":
             goal, speed = self._plan_reach(p)
         elif self.arm.task.name == "push":
             goal, speed = self._plan_push(p)
+        elif self.arm.task.name == "pick_place":
+            goal, speed, yaw_err = self._plan_pick_place(p, rot)
+            self._step_gripper()
         else:
             raise ValueError(f"expert has no planner for task {self.arm.task.name!r}")
 
@@ -167,12 +275,20 @@ class Expert:
         mujoco.mj_jacSite(self.model, self._kin, self._jacp, self._jacr, self._site)
         jp = self._jacp[:, self._dof]
         jr = self._jacr[:, self._dof]
-        jac = np.vstack([jp, e1 @ jr, e2 @ jr])
-        twist = np.concatenate([vel, [e1 @ omega, e2 @ omega]])
+        if yaw_err is None:
+            jac = np.vstack([jp, e1 @ jr, e2 @ jr])
+            twist = np.concatenate([vel, [e1 @ omega, e2 @ omega]])
+        else:  # the sixth row: rotation about the tool axis (world z turned by the yaw error)
+            omega = omega + np.clip(3.0 * yaw_err, -1.0, 1.0) * np.array([0.0, 0.0, 1.0])
+            jac = np.vstack([jp, e1 @ jr, e2 @ jr, axis @ jr])
+            twist = np.concatenate([vel, [e1 @ omega, e2 @ omega, axis @ omega]])
         jjt = jac @ jac.T + (self.damping**2) * np.eye(jac.shape[0])
         pinv = jac.T @ np.linalg.inv(jjt)
         dq = pinv @ twist
-        dq += (np.eye(len(dq)) - pinv @ jac) @ (1.0 * (HOME_Q - self.q))
+        # (pick_place: a weaker pull, which otherwise leaks through the damped inverse as a few mm
+        # of steady-state error at the table)
+        null_gain = 1.0 if yaw_err is None else 0.1
+        dq += (np.eye(len(dq)) - pinv @ jac) @ (null_gain * (HOME_Q - self.q))
         return self._limit(dq)
 
     def _limit(self, v_des: np.ndarray) -> np.ndarray:
@@ -200,7 +316,8 @@ def run_expert_episode(arm: SimArm, expert: Expert, seed: int, settle_s: float =
     expert.reset()
     held = 0.0
     while arm.time < arm.task.horizon_s:
-        arm.step(expert.act())
+        q = expert.act()
+        arm.step(q, gripper=expert.gripper if arm.has_hand else None)
         held = held + arm.control_period if arm.task.success() else 0.0
         if held >= settle_s:
             return True, arm.time

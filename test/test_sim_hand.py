@@ -1,0 +1,224 @@
+"""Sim hand: the gripper scene, its limits and joint states, grasp physics, the pick_place task and
+its expert, and that the reach scene (what the bundled models were trained on) did not change."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mujoco")
+
+from wam_control.config import load_config, preset_path
+from wam_control.sim.arm import (
+    FINGER_MAX_SPEED,
+    FINGER_NAMES,
+    GRIPPER_OPEN,
+    JOINT_NAMES,
+    RenderUnavailableError,
+    SimArm,
+    asset_path,
+)
+from wam_control.sim.expert import Expert, run_expert_episode
+from wam_control.sim.tasks import CUBE_COLOURS, PROMPTS
+
+DATA = Path(__file__).parent / "data"
+# sha256 of assets/fr3_scene.xml as the bundled models were trained on it: never edit that file, put
+# changes in fr3_hand_scene.xml (or a new asset) instead.
+FR3_SCENE_SHA256 = "ef57d4318328872fc04b57a99e34be0beedd41a7db31d9ca4b0d48a35ec4bd77"
+
+
+# ---------------------------------------------------------------- the reach scene is unchanged
+
+
+def test_reach_scene_asset_and_joints_unchanged() -> None:
+    digest = hashlib.sha256(asset_path("fr3_scene.xml").read_bytes()).hexdigest()
+    assert digest == FR3_SCENE_SHA256, "assets/fr3_scene.xml changed: the bundled models were trained on it"
+    with SimArm(task="reach", seed=0, cameras=()) as arm:
+        assert not arm.has_hand and arm.finger_names == ()
+        m = arm.model
+        assert [m.joint(i).name for i in range(m.njnt)] == [*JOINT_NAMES, "puck"]
+        assert (m.nq, m.nv, m.nu, m.nbody, m.ngeom) == (14, 13, 7, 13, 20)
+        assert arm.all_joint_state()[0] == JOINT_NAMES == arm.joint_state()[0]
+        with pytest.raises(ValueError, match="no hand"):
+            arm.set_gripper(0.0)
+
+
+def test_reach_scene_frames_unchanged() -> None:
+    """Frames rendered by the reach scene equal those recorded before the hand existed (seed 3, 50 steps)."""
+    ref = np.load(DATA / "reach_seed3_frames.npz")
+    try:
+        arm = SimArm(task="reach", seed=3, cameras=("scene", "wrist"), image_hw=(96, 96))
+    except RenderUnavailableError as exc:
+        pytest.skip(f"no offscreen GL backend: {exc}")
+    with arm:
+        for _ in range(50):
+            arm.step(arm.joint_state()[1] + 0.002)
+        for cam in ("scene", "wrist"):
+            diff = np.abs(arm.render(cam).astype(int) - ref[cam].astype(int))
+            # the same GL backend gives identical pixels; leave room for another rasteriser's rounding
+            assert diff.mean() < 0.5 and np.mean(diff > 8) < 0.002, (cam, diff.mean())
+
+
+def test_hand_scene_has_the_same_arm_and_cameras() -> None:
+    with (
+        SimArm(task="reach", seed=0, cameras=()) as plain,
+        SimArm(task="reach", seed=0, cameras=(), hand=True) as hand,
+    ):
+        a, b = plain.model, hand.model
+        for i in range(1, 8):
+            for attr in ("pos", "quat", "mass"):
+                assert getattr(a.body(f"fr3_link{i}"), attr) == pytest.approx(
+                    getattr(b.body(f"fr3_link{i}"), attr)
+                )
+        for name in JOINT_NAMES:
+            assert a.joint(name).range == pytest.approx(b.joint(name).range)
+            for attr in ("gainprm", "biasprm", "forcerange", "ctrlrange"):
+                assert getattr(a.actuator(name), attr) == pytest.approx(getattr(b.actuator(name), attr))
+        for cam in ("scene", "wrist"):
+            assert a.camera(cam).pos == pytest.approx(b.camera(cam).pos)
+            assert a.camera(cam).quat == pytest.approx(b.camera(cam).quat)
+            assert a.camera(cam).fovy == pytest.approx(b.camera(cam).fovy)
+        assert a.site("ee").pos == pytest.approx(b.site("ee").pos)
+        # the hand scene's reach draws the same episode as the plain one (the cubes are parked)
+        assert plain.task.info()["target"] == pytest.approx(hand.task.info()["target"])
+        assert plain.joint_state()[1] == pytest.approx(hand.joint_state()[1])
+        assert plain.task.prompt == hand.task.prompt in PROMPTS["reach"]
+        assert hand.task.info()["ee"] == pytest.approx(plain.task.info()["ee"])
+
+
+# ---------------------------------------------------------------- gripper limits, joint states, commands
+
+
+def test_finger_limits_match_the_config_and_joint_states_carry_the_fingers() -> None:
+    limits = load_config(preset_path("fr3_hand")).joint_limits["fr3_finger_joint1"]
+    assert (limits.min_position, limits.max_position, limits.max_velocity, limits.max_effort) == (
+        0.0,
+        0.04,
+        0.05,
+        70.0,
+    )
+    with SimArm(task="pick_place", seed=0, control_hz=100.0, cameras=()) as arm:
+        assert arm.has_hand and arm.finger_names == FINGER_NAMES == ("fr3_finger_joint1", "fr3_finger_joint2")
+        for name in FINGER_NAMES:
+            assert arm.model.joint(name).range == pytest.approx([limits.min_position, limits.max_position])
+            assert arm.model.actuator(name).forcerange == pytest.approx(
+                [-limits.max_effort, limits.max_effort]
+            )
+        names, q, qd = arm.all_joint_state()
+        assert names == JOINT_NAMES + FINGER_NAMES and q.shape == qd.shape == (9,)
+        assert q[7:] == pytest.approx([GRIPPER_OPEN, GRIPPER_OPEN], abs=1e-6)  # starts open
+        assert arm.joint_state()[0] == JOINT_NAMES  # the arm's own state stays 7 joints
+        hold = arm.joint_state()[1]
+        arm.step(hold, gripper=0.0)
+        arm.step(hold)  # None keeps the setpoint
+        # the setpoint moves at the hand's speed, not in one jump
+        assert arm.gripper_command() == pytest.approx(
+            GRIPPER_OPEN - 2 * FINGER_MAX_SPEED * arm.control_period
+        )
+        for _ in range(150):
+            arm.step(hold)
+        assert arm.gripper_state()[1] == pytest.approx([0.0, 0.0], abs=1e-3)  # closed on nothing
+        arm.set_gripper(1.0)  # clamped to the range
+        assert arm._grip_target == pytest.approx([GRIPPER_OPEN, GRIPPER_OPEN])
+        for bad in (np.nan, [0.01, 0.02, 0.03], np.inf):
+            with pytest.raises(ValueError, match="finite"):
+                arm.set_gripper(bad)
+        with pytest.raises(ValueError, match="needs the hand"):
+            SimArm(task="pick_place", hand=False, cameras=())
+
+
+# ---------------------------------------------------------------- the pick_place task
+
+
+def test_pick_place_reset_is_seeded_and_prompts_name_the_cube() -> None:
+    with SimArm(task="pick_place", seed=0, cameras=()) as arm:
+        seen = set()
+        for seed in range(12):
+            arm.reset(seed)
+            info = arm.task.info()
+            again = (info["cubes"].copy(), info["zone"].copy(), arm.task.prompt)
+            arm.reset(seed)
+            info2 = arm.task.info()
+            assert np.array_equal(again[0], info2["cubes"]) and np.array_equal(again[1], info2["zone"])
+            assert again[2] == arm.task.prompt
+            colour = CUBE_COLOURS[int(info["target_index"])]
+            assert f"{colour} " in arm.task.prompt
+            assert arm.task.cube() == pytest.approx(info["cubes"][int(info["target_index"])])
+            cubes = info["cubes"][:, :2]
+            for i in range(3):
+                assert np.linalg.norm(cubes[i] - info["zone"][:2]) >= arm.task.min_zone_gap
+                for j in range(i):
+                    assert np.linalg.norm(cubes[i] - cubes[j]) >= arm.task.min_cube_gap
+            assert not arm.task.success()
+            seen.add((colour, arm.task.prompt.split(" ")[0]))
+        assert len({c for c, _ in seen}) == 3  # every colour gets asked for
+        assert len({p for _, p in seen}) >= 3  # several phrasings
+
+
+def test_pick_place_success_check_positive_and_negative() -> None:
+    with SimArm(task="pick_place", seed=5, control_hz=100.0, cameras=()) as arm:
+        task = arm.task
+        hold = arm.joint_state()[1]
+        zone = task.zone()
+        # in the zone, on the table, no finger near it: success once it rests
+        arm.teleport_object(np.array([zone[0] + 0.01, zone[1] - 0.01, task.cube_half + 0.0005]))
+        for _ in range(30):
+            arm.step(hold)
+        assert task.in_zone() and task.resting() and not task.touching() and task.success()
+        # outside the zone (just past the margin)
+        edge = task.zone_half - task.zone_margin + 0.005
+        arm.teleport_object(np.array([zone[0] + edge, zone[1], task.cube_half + 0.0005]))
+        for _ in range(30):
+            arm.step(hold)
+        assert not task.in_zone() and not task.success()
+        # above the zone, falling: not resting
+        arm.teleport_object(np.array([zone[0], zone[1], 0.2]))
+        arm.step(hold)
+        assert task.in_zone() and not task.resting() and not task.success()
+        # another cube in the zone is not the prompted one
+        other = (task.target_index + 1) % 3
+        task._place_cube(other, np.array([zone[0], zone[1], task.cube_half + 0.0005]))
+        arm.teleport_object(np.array([zone[0] + 0.2, zone[1], task.cube_half + 0.0005]))
+        for _ in range(30):
+            arm.step(hold)
+        assert not task.success()
+
+
+def test_expert_grasps_lifts_holds_and_places() -> None:
+    """The expert's grasp lifts the cube 10 cm and holds it 2 s without slipping; placed but still
+    touched by the fingers is not success, released is."""
+    with SimArm(task="pick_place", seed=1, cameras=()) as arm:
+        expert = Expert(arm)
+        arm.reset(1)
+        expert.reset()
+        z0 = arm.task.cube()[2]
+        while expert.phase != "move":
+            arm.step(expert.act(), gripper=expert.gripper)
+            assert arm.time < 10.0, f"stuck in {expert.phase}"
+        assert arm.task.cube()[2] - z0 > 0.10
+        offset = arm.task.cube() - arm.ee_pose()[0]
+        hold = arm.command()
+        for _ in range(int(2.0 / arm.control_period)):
+            arm.step(hold)
+        drift = np.linalg.norm(arm.task.cube() - arm.ee_pose()[0] - offset)
+        assert drift < 0.002 and arm.task.cube()[2] - z0 > 0.10
+        assert arm.task.touching()
+        while expert.phase != "open":
+            arm.step(expert.act(), gripper=expert.gripper)
+            assert arm.time < 20.0, f"stuck in {expert.phase}"
+        assert arm.task.in_zone() and arm.task.touching() and not arm.task.success()
+        while not arm.task.success():
+            arm.step(expert.act(), gripper=expert.gripper)
+            assert arm.time < 25.0, f"stuck in {expert.phase}"
+        # released: the fingers have let go (opened past the cube's faces) and the cube rests in the zone
+        assert not arm.task.touching() and np.all(arm.gripper_state()[1] > arm.task.cube_half)
+
+
+@pytest.mark.parametrize("seed", [7])
+def test_expert_solves_pick_place(seed: int) -> None:
+    with SimArm(task="pick_place", seed=seed, cameras=()) as arm:
+        ok, t = run_expert_episode(arm, Expert(arm), seed)
+        assert ok, (seed, t, arm.task.info())
