@@ -5,7 +5,8 @@ gz_ros2_control setup, over Cyclone DDS (no ROS 2 install) or rclpy (when ROS 2 
 
 Publishes
   /clock                                 rosgraph_msgs/Clock, every control period (best effort, depth 1)
-  /joint_states                          sensor_msgs/JointState fr3_joint1..7 (reliable, depth 10)
+  /joint_states                          sensor_msgs/JointState fr3_joint1..7, then fr3_finger_joint1/2
+                                         with the hand (reliable, depth 10)
   /camera/image_raw, /camera/camera_info scene camera, rgb8, at --camera-hz (sensor data QoS)
   /wrist_camera/image_raw, .../camera_info  wrist camera, same
 Consumes (reliable, depth 10)
@@ -17,6 +18,17 @@ Consumes (reliable, depth 10)
                                          given, linear otherwise, from the command in force at the start;
                                          holds the last point). Accelerations are not used.
 A new message on either topic replaces the command in force. Every stamp is sim time.
+With the hand (`--task pick_place`, or `--hand`), also (reliable, depth 10), as a gz_ros2_control
+gripper controller takes them and as the runtime's extra-DOF output sends them (config/fr3_hand.yaml):
+  /gripper_controller/commands           std_msgs/Float64MultiArray: 1 or 2 finite finger positions, m
+                                         from the centre (0 closed, 0.04 open): one for both fingers, or
+                                         fr3_finger_joint1, fr3_finger_joint2; others rejected
+  /gripper_trajectory_controller/joint_trajectory  trajectory_msgs/JointTrajectory naming
+                                         fr3_finger_joint1 (fr3_finger_joint2 optional: it mimics joint1),
+                                         sampled like the arm's
+Finger positions are clamped to the finger range and approached at the hand's finger speed (SimArm).
+Gripper messages never advance the lockstep clock: each applies at the next step, so a gripper command
+published with the arm's for the same tick may take effect one period later.
 
 Clock modes
   realtime  the sim steps on a wall-clock grid of 1/control_hz (late steps run at once, no bursts).
@@ -39,8 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from wam_control.sim.arm import JOINT_NAMES, SimArm
+from wam_control.sim.arm import FINGER_NAMES, JOINT_NAMES, SimArm
 from wam_control.sim.bag import CAMERA_NAMESPACES
+from wam_control.sim.tasks import TASKS
 from wam_control.transport import messages as M
 from wam_control.transport import qos
 
@@ -48,20 +61,36 @@ log = logging.getLogger("wam_control.sim")
 
 TOPIC_FORWARD = "/forward_position_controller/commands"
 TOPIC_TRAJECTORY = "/joint_trajectory_controller/joint_trajectory"
+TOPIC_GRIPPER_FORWARD = "/gripper_controller/commands"
+TOPIC_GRIPPER_TRAJECTORY = "/gripper_trajectory_controller/joint_trajectory"
 FRAME_IDS = {"scene": "scene_camera_optical_frame", "wrist": "wrist_camera_optical_frame"}
 
 
 class TrajectoryCommand:
-    """A received JointTrajectory resolved to the sim's joint order and an absolute start time."""
+    """A received JointTrajectory resolved to the sim's joint order and an absolute start time.
 
-    def __init__(self, value: M.TrajectoryValue, t_start: float, q0: np.ndarray, v0: np.ndarray) -> None:
+    `joints`: the joints it must name, in the order sampled; `mimic`: joints that may be left out and
+    then follow another (a parallel gripper's second finger)."""
+
+    def __init__(
+        self,
+        value: M.TrajectoryValue,
+        t_start: float,
+        q0: np.ndarray,
+        v0: np.ndarray,
+        joints: tuple[str, ...] = JOINT_NAMES,
+        mimic: dict[str, str] | None = None,
+    ) -> None:
         index = {n: i for i, n in enumerate(value.joint_names)}
-        missing = [j for j in JOINT_NAMES if j not in index]
+        for follower, leader in (mimic or {}).items():
+            if follower not in index and leader in index:
+                index[follower] = index[leader]
+        missing = [j for j in joints if j not in index]
         if missing:
             raise M.MessageError(f"joint_names lacks {missing}")
         if len(value.times) == 0:
             raise M.MessageError("trajectory has no points")
-        pick = [index[j] for j in JOINT_NAMES]
+        pick = [index[j] for j in joints]
         # Knot 0 is the command in force when the trajectory starts (what JTC interpolates from).
         self.t = np.concatenate([[t_start], t_start + value.times])
         self.q = np.vstack([q0, value.positions[:, pick]])
@@ -105,6 +134,10 @@ class SimBridge:
         self._traj: TrajectoryCommand | None = None
         self._q_cmd = arm.joint_state()[1]
         self._v_cmd = np.zeros(len(JOINT_NAMES))
+        self._pending_gripper: tuple[str, Any] | None = None
+        self._grip_traj: TrajectoryCommand | None = None
+        self._g_cmd = arm.gripper_command()
+        self._g_v = np.zeros(len(arm.finger_names))
         self.steps = 0
         self.commands = 0
         self.rejected: dict[str, int] = {}
@@ -132,6 +165,19 @@ class SimBridge:
             functools.partial(self._on_msg, "trajectory"),
             qos.RELIABLE,
         )
+        if arm.has_hand:
+            node.subscription(
+                TOPIC_GRIPPER_FORWARD,
+                types.Float64MultiArray,
+                functools.partial(self._on_gripper_msg, "forward"),
+                qos.RELIABLE,
+            )
+            node.subscription(
+                TOPIC_GRIPPER_TRAJECTORY,
+                types.JointTrajectory,
+                functools.partial(self._on_gripper_msg, "trajectory"),
+                qos.RELIABLE,
+            )
 
     def reset(self, seed: int) -> None:
         """A new episode: reset the arm and task with `seed`; the command in force becomes holding the
@@ -142,6 +188,10 @@ class SimBridge:
             self._traj = None
             self._q_cmd = self.arm.joint_state()[1]
             self._v_cmd[:] = 0.0
+            self._pending_gripper = None
+            self._grip_traj = None
+            self._g_cmd = self.arm.gripper_command()
+            self._g_v[:] = 0.0
 
     # ------------------------------------------------------------------ receive (transport thread)
     def _on_msg(self, kind: str, msg: Any) -> None:
@@ -149,6 +199,36 @@ class SimBridge:
             self._pending = (kind, msg)
             self.commands += 1
             self._new_command.notify_all()
+
+    def _on_gripper_msg(self, kind: str, msg: Any) -> None:
+        with self._lock:  # no notify: a gripper message never advances the lockstep clock
+            self._pending_gripper = (kind, msg)
+            self.commands += 1
+
+    def _apply_pending_gripper(self, pending: tuple[str, Any] | None) -> None:
+        if pending is None:
+            return
+        kind, msg = pending
+        n = len(FINGER_NAMES)
+        try:
+            if kind == "forward":
+                values = M.float64_multi_array_from_msg(msg).reshape(-1)
+                if values.shape not in ((1,), (n,)) or not np.all(np.isfinite(values)):
+                    raise M.MessageError(
+                        f"expected 1 or {n} finite finger positions (m; order {list(FINGER_NAMES)}), got {values.tolist()}"
+                    )
+                self._grip_traj = None
+                self._g_cmd = np.broadcast_to(values, (n,)).copy()
+                self._g_v[:] = 0.0
+            else:
+                value = M.joint_trajectory_from_msg(msg)
+                start = value.stamp_s if value.stamp_s > 0 else self.arm.time
+                self._grip_traj = TrajectoryCommand(
+                    value, start, self._g_cmd.copy(), self._g_v.copy(), joints=FINGER_NAMES,
+                    mimic={FINGER_NAMES[1]: FINGER_NAMES[0]},
+                )  # fmt: skip
+        except (M.MessageError, ValueError) as exc:
+            self._reject(TOPIC_GRIPPER_FORWARD if kind == "forward" else TOPIC_GRIPPER_TRAJECTORY, str(exc))
 
     def _reject(self, topic: str, problem: str) -> None:
         self.rejected[topic] = self.rejected.get(topic, 0) + 1
@@ -183,8 +263,8 @@ class SimBridge:
         t = self.arm.time
         T = self.T
         self.pub_clock.publish(M.clock_msg(T, t))
-        _, q, qd = self.arm.joint_state()
-        self.pub_joints.publish(M.joint_state_msg(T, JOINT_NAMES, q, qd, stamp_s=t))
+        names, q, qd = self.arm.all_joint_state()
+        self.pub_joints.publish(M.joint_state_msg(T, names, q, qd, stamp_s=t))
         for cam in self.arm.cameras if cameras is None else cameras:
             image, stamp = self.arm.frame(cam)
             if not math.isfinite(stamp):
@@ -202,12 +282,25 @@ class SimBridge:
 
     def _step(self, pending: tuple[str, Any] | None) -> None:
         self._apply_pending(pending)
+        gripper = None
+        if self.arm.has_hand:
+            with self._lock:
+                pending_gripper, self._pending_gripper = self._pending_gripper, None
+            self._apply_pending_gripper(pending_gripper)
         t_next = self.arm.time + self.arm.control_period
         if self._traj is not None:
             q_new = self._traj.sample(t_next)
             self._v_cmd = (q_new - self._q_cmd) / self.arm.control_period
             self._q_cmd = q_new
-        rendered = self.arm.step(np.clip(self._q_cmd, self.arm.joint_range[:, 0], self.arm.joint_range[:, 1]))
+        if self._grip_traj is not None:
+            g_new = self._grip_traj.sample(t_next)
+            self._g_v = (g_new - self._g_cmd) / self.arm.control_period
+            self._g_cmd = g_new
+        if self.arm.has_hand:
+            gripper = self._g_cmd  # SimArm clamps it to the finger range
+        rendered = self.arm.step(
+            np.clip(self._q_cmd, self.arm.joint_range[:, 0], self.arm.joint_range[:, 1]), gripper=gripper
+        )
         self.steps += 1
         self.publish_observation(rendered)
 
@@ -283,7 +376,10 @@ class RclpyNodeShim:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wam-control sim", description=__doc__.split("\n")[0])
-    ap.add_argument("--task", choices=("reach", "push"), default="reach")
+    ap.add_argument("--task", choices=TASKS, default="reach")
+    ap.add_argument(
+        "--hand", action="store_true", help="the scene with the gripper (default for pick_place only)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clock", choices=("lockstep", "realtime"), default="lockstep")
     ap.add_argument("--control-hz", type=float, default=500.0, help="default: control_hz of config/fr3.yaml")
@@ -317,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         camera_hz=args.camera_hz,
         image_hw=tuple(args.image_hw),
         cameras=tuple(c for c in args.cameras.split(",") if c),
+        hand=True if args.hand else None,
     )
     spin_thread = None
     if transport == "rclpy":

@@ -235,13 +235,17 @@ class Expert:
 
     def _step_gripper(self) -> None:
         err = self._grip_target - self.gripper
-        # decelerate in time: |v| <= sqrt(2 a |err|)
-        v_des = math.copysign(min(GRIPPER_V_MAX, math.sqrt(2 * GRIPPER_A_MAX * abs(err))), err)
-        dv = float(np.clip(v_des - self._grip_v, -GRIPPER_A_MAX * self.dt, GRIPPER_A_MAX * self.dt))
-        self._grip_v += dv
+        a_max = GRIPPER_A_MAX
+        dv_max = a_max * self.dt
+        if abs(err) < 1e-6 and abs(self._grip_v) <= dv_max:  # arrived: stop within one step's dv
+            self.gripper, self._grip_v = self._grip_target, 0.0
+            return
+        # brake at half the acceleration limit so the discrete profile never needs more than a_max
+        v_des = math.copysign(min(GRIPPER_V_MAX, math.sqrt(a_max * abs(err))), err)
+        self._grip_v += float(np.clip(v_des - self._grip_v, -dv_max, dv_max))
         nxt = self.gripper + self._grip_v * self.dt
-        if (self._grip_target - nxt) * err <= 0:  # reached or passed: land on the target
-            nxt, self._grip_v = self._grip_target, 0.0
+        if (self._grip_target - nxt) * err < 0:  # would pass the target: land on it
+            nxt = self._grip_target
         self.gripper = float(np.clip(nxt, 0.0, GRIPPER_OPEN))
 
     # ------------------------------------------------------------------ control
