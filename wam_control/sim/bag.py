@@ -9,16 +9,22 @@ plays back into the controller, opens in Foxglove, and works with `ros2 bag` (ro
 | /joint_states | sensor_msgs/msg/JointState (name, position, velocity) | header = sim time of the measurement |
 | /camera/image_raw, /wrist_camera/image_raw | sensor_msgs/msg/Image, rgb8 | header = sim time of the render |
 | /camera/camera_info, /wrist_camera/camera_info | sensor_msgs/msg/CameraInfo | as the image |
-| /forward_position_controller/commands | std_msgs/msg/Float64MultiArray (joint order = metadata joint_names) | bag time = sim time it was sent |
+| /forward_position_controller/commands | std_msgs/msg/Float64MultiArray (joint order = metadata command_joint_names, else joint_names) | bag time = sim time it was sent |
+| /gripper_controller/commands | std_msgs/msg/Float64MultiArray, one value per metadata gripper_joint_names (m per finger), only with a gripper | as the command |
+| /instruction | std_msgs/msg/String: the task's prompt (the controller's ~/instruction input), when given | bag time = sim time it was given |
 
 Bag (receive) timestamps are sim time in ns, as `ros2 bag record --use-sim-time` writes them.
 Storage: MCAP by default (rosbags >= 0.10 writes it), sqlite3 on request. Episode facts (task, seed,
-success, rates, joint order) go in metadata.yaml `custom_data` as strings.
+success, rates, joint order) go in metadata.yaml `custom_data` as strings. With a hand, /joint_states
+carries the finger joints after the arm's (`state_names`), the arm command stays the arm joints.
 
 `read_bag(path) -> Demo`:
 - `joint_names` tuple[str]; `joint_t` float64 [N] s; `joint_q`, `joint_qd` float64 [N, D] in
   `joint_names` order (messages are matched by name, whatever order they carry).
-- `command_t` float64 [M] s; `command_q` float64 [M, D].
+- `command_t` float64 [M] s; `command_q` float64 [M, D_cmd] in `command_names` order (the arm joints;
+  = `joint_names` for a bag without a hand).
+- `gripper_t` float64 [G] s; `gripper_q` float64 [G, len(gripper_names)] (empty without a gripper).
+- `instruction_t` float64 [P] s; `instructions` list[str] (the prompts given, in order).
 - `images[camera]` -> `CameraStream(t float64 [K] s, frames uint8 [K, H, W, 3], k float64 [3, 3])`,
   camera = topic namespace without the slash ("camera", "wrist_camera").
 - `clock_t` float64 [C] s; `metadata` dict[str, str].
@@ -40,6 +46,8 @@ from rosbags.typesys import Stores, get_typestore
 TOPIC_CLOCK = "/clock"
 TOPIC_JOINT_STATES = "/joint_states"
 TOPIC_COMMAND = "/forward_position_controller/commands"
+TOPIC_GRIPPER_COMMAND = "/gripper_controller/commands"
+TOPIC_INSTRUCTION = "/instruction"
 CAMERA_NAMESPACES = {"scene": "/camera", "wrist": "/wrist_camera"}
 
 _T_CLOCK = "rosgraph_msgs/msg/Clock"
@@ -47,6 +55,7 @@ _T_JOINT = "sensor_msgs/msg/JointState"
 _T_IMAGE = "sensor_msgs/msg/Image"
 _T_INFO = "sensor_msgs/msg/CameraInfo"
 _T_F64 = "std_msgs/msg/Float64MultiArray"
+_T_STR = "std_msgs/msg/String"
 
 _TYPESTORE = get_typestore(Stores.ROS2_HUMBLE)
 _STORAGE = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -79,7 +88,12 @@ class BagRecorder:
         cameras: dict[str, CameraSpec],
         storage: str = "mcap",
         metadata: dict[str, str] | None = None,
+        state_names: tuple[str, ...] | list[str] | None = None,
+        gripper_joints: tuple[str, ...] | list[str] = (),
     ) -> None:
+        """`joint_names`: the arm command's joints; `state_names`: /joint_states' names (default: the
+        same; with a hand, the arm's then the fingers'); `gripper_joints`: the gripper command's joints
+        (a /gripper_controller/commands topic is added when given)."""
         if storage not in _STORAGE:
             raise ValueError(f"storage must be one of {list(_STORAGE)}, got {storage!r}")
         unknown = [c for c in cameras if c not in CAMERA_NAMESPACES]
@@ -87,10 +101,17 @@ class BagRecorder:
             raise ValueError(f"unknown camera(s) {unknown}; expected a subset of {list(CAMERA_NAMESPACES)}")
         self.path = Path(path)
         self.joint_names = list(joint_names)
+        self._state_names = list(state_names) if state_names is not None else None
+        self.gripper_joints = list(gripper_joints)
         self.cameras = dict(cameras)
         self._types = _TYPESTORE.types
         self._writer = Writer(self.path, version=8, storage_plugin=_STORAGE[storage])
-        meta = {"joint_names": ",".join(self.joint_names), **(metadata or {})}
+        meta = {"joint_names": ",".join(self.state_names)}
+        if self.state_names != self.joint_names:
+            meta["command_joint_names"] = ",".join(self.joint_names)
+        if self.gripper_joints:
+            meta["gripper_joint_names"] = ",".join(self.gripper_joints)
+        meta.update(metadata or {})
         for key, value in meta.items():
             self._writer.set_custom_data(str(key), str(value))
         self._writer.open()
@@ -98,6 +119,10 @@ class BagRecorder:
         self._c_clock = add(TOPIC_CLOCK, _T_CLOCK, typestore=_TYPESTORE)
         self._c_joint = add(TOPIC_JOINT_STATES, _T_JOINT, typestore=_TYPESTORE)
         self._c_cmd = add(TOPIC_COMMAND, _T_F64, typestore=_TYPESTORE)
+        self._c_grip = (
+            add(TOPIC_GRIPPER_COMMAND, _T_F64, typestore=_TYPESTORE) if self.gripper_joints else None
+        )
+        self._c_instr: object | None = None  # added with the first prompt
         self._c_img = {
             c: add(CAMERA_NAMESPACES[c] + "/image_raw", _T_IMAGE, typestore=_TYPESTORE) for c in cameras
         }
@@ -106,6 +131,11 @@ class BagRecorder:
         }
         self._empty = np.zeros(0)
         self._closed = False
+
+    @property
+    def state_names(self) -> list[str]:
+        """/joint_states' names: `state_names` as given, else (following it) `joint_names`."""
+        return self._state_names if self._state_names is not None else self.joint_names
 
     def set_metadata(self, key: str, value: str) -> None:
         """Add or replace a custom_data entry (e.g. the outcome, known only at the end)."""
@@ -131,7 +161,7 @@ class BagRecorder:
     def write_joint_state(self, t: float, q: np.ndarray, qd: np.ndarray) -> None:
         msg = self._types[_T_JOINT](
             header=self._header(t, ""),
-            name=self.joint_names,
+            name=self.state_names,
             position=np.ascontiguousarray(q, dtype=np.float64),
             velocity=np.ascontiguousarray(qd, dtype=np.float64),
             effort=self._empty,
@@ -145,6 +175,21 @@ class BagRecorder:
         dim = self._types["std_msgs/msg/MultiArrayDimension"](label="", size=len(q), stride=len(q))
         layout = self._types["std_msgs/msg/MultiArrayLayout"](dim=[dim], data_offset=0)
         self._write(self._c_cmd, t, self._types[_T_F64](layout=layout, data=q), _T_F64)
+
+    def write_gripper_command(self, t: float, values: np.ndarray | float) -> None:
+        """The gripper's setpoint (one value per gripper joint, or one for all) as the runtime sends it."""
+        if self._c_grip is None:
+            raise ValueError("write_gripper_command: this recorder has no gripper_joints")
+        v = np.ascontiguousarray(np.broadcast_to(np.asarray(values, np.float64), (len(self.gripper_joints),)))
+        dim = self._types["std_msgs/msg/MultiArrayDimension"](label="", size=len(v), stride=len(v))
+        layout = self._types["std_msgs/msg/MultiArrayLayout"](dim=[dim], data_offset=0)
+        self._write(self._c_grip, t, self._types[_T_F64](layout=layout, data=v), _T_F64)
+
+    def write_instruction(self, t: float, text: str) -> None:
+        """The prompt in force from `t` on (std_msgs/String on /instruction)."""
+        if self._c_instr is None:
+            self._c_instr = self._writer.add_connection(TOPIC_INSTRUCTION, _T_STR, typestore=_TYPESTORE)
+        self._write(self._c_instr, t, self._types[_T_STR](data=str(text)), _T_STR)
 
     def write_image(self, camera: str, t: float, rgb: np.ndarray) -> None:
         spec = self.cameras[camera]
@@ -216,6 +261,12 @@ class Demo:
     clock_t: np.ndarray
     images: dict[str, CameraStream] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    command_names: tuple[str, ...] = ()
+    gripper_names: tuple[str, ...] = ()
+    gripper_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gripper_q: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    instruction_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    instructions: list[str] = field(default_factory=list)
 
     @staticmethod
     def _hold(src_t: np.ndarray, values: np.ndarray, t: np.ndarray | float, what: str) -> np.ndarray:
@@ -236,6 +287,10 @@ class Demo:
     def command_at(self, t: np.ndarray | float) -> np.ndarray:
         """Joint position command in force at time(s) `t` (zero-order hold)."""
         return self._hold(self.command_t, self.command_q, t, "command_at")
+
+    def gripper_at(self, t: np.ndarray | float) -> np.ndarray:
+        """Gripper command in force at time(s) `t` (zero-order hold); needs a bag with a gripper."""
+        return self._hold(self.gripper_t, self.gripper_q, t, "gripper_at")
 
 
 def _stamp_s(header: object) -> float:
@@ -266,12 +321,16 @@ def read_bag(path: str | Path) -> Demo:
         joint_qd: list[np.ndarray] = []
         cmd_t: list[float] = []
         cmd_q: list[np.ndarray] = []
+        grip_t: list[float] = []
+        grip_q: list[np.ndarray] = []
+        instr_t: list[float] = []
+        instr: list[str] = []
         clock_t: list[float] = []
         cams: dict[str, tuple[list[float], list[np.ndarray]]] = {}
         cam_k: dict[str, np.ndarray] = {}
         for conn, stamp_ns, raw in reader.messages():
             topic = conn.topic
-            if conn.msgtype not in (_T_CLOCK, _T_JOINT, _T_F64, _T_IMAGE, _T_INFO):
+            if conn.msgtype not in (_T_CLOCK, _T_JOINT, _T_F64, _T_IMAGE, _T_INFO, _T_STR):
                 continue
             msg = _TYPESTORE.deserialize_cdr(raw, conn.msgtype)
             if conn.msgtype == _T_JOINT:
@@ -292,6 +351,12 @@ def read_bag(path: str | Path) -> Demo:
             elif conn.msgtype == _T_F64 and topic == TOPIC_COMMAND:
                 cmd_t.append(stamp_ns * 1e-9)
                 cmd_q.append(np.asarray(msg.data, dtype=np.float64))
+            elif conn.msgtype == _T_F64 and topic == TOPIC_GRIPPER_COMMAND:
+                grip_t.append(stamp_ns * 1e-9)
+                grip_q.append(np.asarray(msg.data, dtype=np.float64))
+            elif conn.msgtype == _T_STR and topic == TOPIC_INSTRUCTION:
+                instr_t.append(stamp_ns * 1e-9)
+                instr.append(str(msg.data))
             elif conn.msgtype == _T_CLOCK:
                 clock_t.append(msg.clock.sec + msg.clock.nanosec * 1e-9)
             elif conn.msgtype == _T_IMAGE:
@@ -307,6 +372,8 @@ def read_bag(path: str | Path) -> Demo:
                     topic.rsplit("/", 1)[0].lstrip("/"), np.asarray(msg.k, dtype=float).reshape(3, 3)
                 )
     d = len(order)
+    command_names = tuple(n for n in custom.get("command_joint_names", "").split(",") if n) or order
+    gripper_names = tuple(n for n in custom.get("gripper_joint_names", "").split(",") if n)
     images = {
         name: CameraStream(
             t=np.asarray(ts, dtype=float),
@@ -322,8 +389,18 @@ def read_bag(path: str | Path) -> Demo:
         joint_q=np.asarray(joint_q, dtype=float).reshape(-1, d),
         joint_qd=np.asarray(joint_qd, dtype=float).reshape(-1, d),
         command_t=np.asarray(cmd_t, dtype=float),
-        command_q=np.asarray(cmd_q, dtype=float).reshape(-1, d),
+        command_q=np.asarray(cmd_q, dtype=float).reshape(-1, len(command_names)),
         clock_t=np.asarray(clock_t, dtype=float),
         images=images,
         metadata=custom,
+        command_names=command_names,
+        gripper_names=gripper_names,
+        gripper_t=np.asarray(grip_t, dtype=float),
+        gripper_q=(
+            np.asarray(grip_q, dtype=float).reshape(len(grip_q), -1)
+            if grip_q
+            else np.zeros((0, len(gripper_names)))
+        ),
+        instruction_t=np.asarray(instr_t, dtype=float),
+        instructions=instr,
     )

@@ -4,7 +4,10 @@
 
 writes one bag directory per episode, `<out>/<task>_seed<seed>` (MCAP by default), with the topics of
 wam_control.sim.bag. `record_episode()` records any controller (a callable returning the next joint
-position target), not only the expert.
+position target), not only the expert. Every bag starts with the task's prompt on /instruction (also
+in the metadata as `prompt`); with the hand (task pick_place), /joint_states carries the finger joints
+and the gripper setpoint goes on /gripper_controller/commands (both fingers), as the runtime sends it
+with config/fr3_hand.yaml.
 """
 
 from __future__ import annotations
@@ -39,17 +42,24 @@ def record_episode(
     recorder: BagRecorder,
     max_time_s: float,
     stop_after_success_s: float | None = 0.5,
+    gripper: Callable[[], float] | None = None,
 ) -> bool:
     """Run `controller` on the (already reset) arm, writing every tick to `recorder`; return success.
 
     Per tick at sim time t: /clock, /joint_states (measured at t), the command computed at t, then
     the step; images are written at the sim time they were rendered (including the one at reset).
+    `gripper` (with the hand): called after `controller` each tick for the finger setpoint (m per
+    finger), which is written and applied with the joint command. The task's prompt is written first.
     """
+    if gripper is not None and not arm.has_hand:
+        raise ValueError("record_episode: gripper given but the arm has no hand")
+    if arm.task.prompt:
+        recorder.write_instruction(arm.time, arm.task.prompt)
 
     def observe(rendered: tuple[str, ...]) -> None:
         t = arm.time
         recorder.write_clock(t)
-        _, q, qd = arm.joint_state()
+        _, q, qd = arm.all_joint_state()
         recorder.write_joint_state(t, q, qd)
         for cam in rendered:
             image, stamp = arm.frame(cam)
@@ -60,7 +70,12 @@ def record_episode(
     while arm.time < max_time_s - 1e-9:
         command = controller()
         recorder.write_command(arm.time, command)
-        observe(arm.step(command))
+        if gripper is not None:
+            g = float(gripper())
+            recorder.write_gripper_command(arm.time, g)
+            observe(arm.step(command, gripper=g))
+        else:
+            observe(arm.step(command))
         if stop_after_success_s is not None:
             held = held + arm.control_period if arm.task.success() else 0.0
             if held >= stop_after_success_s - 1e-9:
@@ -115,11 +130,24 @@ def main(argv: list[str] | None = None) -> int:
                 "control_hz": str(arm.control_hz),
                 "camera_hz": str(arm.camera_hz),
                 "cameras": ",".join(cameras),
+                "prompt": arm.task.prompt,
             }
             with BagRecorder(
-                path, arm.joint_names, camera_specs(arm), storage=args.storage, metadata=meta
+                path,
+                arm.joint_names,
+                camera_specs(arm),
+                storage=args.storage,
+                metadata=meta,
+                state_names=arm.all_joint_state()[0],
+                gripper_joints=arm.finger_names,
             ) as rec:
-                ok = record_episode(arm, expert.act, rec, arm.task.horizon_s)
+                ok = record_episode(
+                    arm,
+                    expert.act,
+                    rec,
+                    arm.task.horizon_s,
+                    gripper=(lambda: expert.gripper) if arm.has_hand else None,
+                )
                 rec.set_metadata("success", str(ok).lower())
                 rec.set_metadata("duration_s", f"{arm.time:.3f}")
             successes += ok
