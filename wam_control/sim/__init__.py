@@ -1,7 +1,8 @@
 """sim layer (see docs/architecture.md): a MuJoCo FR3-like arm that speaks Gazebo's ROS 2 topics.
 
-- `arm.SimArm`: the simulator API (reset/step/joint_state/frame/render, disturbance hooks).
-- `tasks`: "reach" and "push", seeded, with success tests.
+- `arm.SimArm`: the simulator API (reset/step/joint_state/frame/render, disturbance hooks); with
+  `hand=True` (default for pick_place) a parallel two-finger gripper (docs/sim.md).
+- `tasks`: "reach", "push" and "pick_place" (needs the hand scene), seeded, with prompts and success tests.
 - `expert.Expert`: scripted DLS-IK expert with a jerk-limited joint command.
 - `bag`: ROS 2 bag recorder (`BagRecorder`) and reader (`read_bag` -> `Demo`).
 - `record`: `wam-control record` (expert demonstrations as bags).
