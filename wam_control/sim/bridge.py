@@ -437,8 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
     log.info(
-        "sim %s (seed %d) over %s, %s clock, %g Hz control, cameras %s at %g Hz",
-        args.task, args.seed, transport, args.clock, args.control_hz, list(arm.cameras), args.camera_hz,
+        "sim %s (seed %d%s) over %s, %s clock, %g Hz control, cameras %s at %g Hz; prompt %r",
+        args.task, args.seed, ", with the hand" if arm.has_hand else "", transport, args.clock,
+        args.control_hz, list(arm.cameras), args.camera_hz, arm.task.prompt,
     )  # fmt: skip
     try:
         bridge.run(stop, args.duration)
