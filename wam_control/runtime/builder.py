@@ -112,6 +112,9 @@ class RuntimeParts:
     imagination: Any = None
     """ImaginationPreview (the controller's result hook) or None."""
     tokenizer: Any = None
+    """InstructionTokenizer for a model that takes a language prompt (the nodes hand it to ControllerIO)."""
+    model_path: str = ""
+    """The model file the controller runs (or whose contract a remote backend serves)."""
 
     def close(self) -> None:
         if self.imagination is not None:
@@ -311,7 +314,7 @@ def build(
     if spec.tokenizer is not None and spec.config.instruction:
         # Tokenized here, once, at start-up; ~/instruction replaces it while running.
         controller.set_instruction(spec.config.instruction, spec.tokenizer.encode(spec.config.instruction))
-    return RuntimeParts(controller, inference_worker, monitor, preview, spec.tokenizer)
+    return RuntimeParts(controller, inference_worker, monitor, preview, spec.tokenizer, spec.model_path)
 
 
 def build_runtime(

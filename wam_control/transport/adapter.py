@@ -28,12 +28,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from wam_control.config import RobotConfig
 from wam_control.transport import messages as M
+
+if TYPE_CHECKING:
+    from wam_control.runtime.builder import RuntimeParts
 
 log = logging.getLogger(__name__)
 
@@ -508,32 +511,12 @@ def _is_holding(controller: Any) -> bool:
     return bool(getattr(f, "holding", True)) and float(np.max(np.abs(f.v), initial=0.0)) < 1e-9
 
 
-@dataclass
-class Runtime:
-    """What a node runs: the controller and the optional WAM extras it was built with (both nodes hand
-    `surprise` and `imagination` to their `ControllerIO`)."""
-
-    controller: Any
-    model_path: str
-    surprise: Any = None
-    """SurpriseMonitor (already attached to the controller), or None when surprise.enabled is false."""
-    imagination: Any = None
-    """ImaginationPreview (the controller's result hook), or None when imagination.enabled is false."""
-    tokenizer: Any = None
-    """InstructionTokenizer for a model that takes a language prompt (the nodes hand it to ControllerIO)."""
-
-    def close(self) -> None:
-        if self.imagination is not None:
-            self.imagination.close()
-        self.controller.close()
-
-
 def build_runtime(
     config: RobotConfig,
     model_path: str | os.PathLike[str] | None = None,
     backend: str | None = None,
     worker: str | None = None,
-) -> Runtime:
+) -> RuntimeParts:
     """The runtime Controller for `config` with its model (contract checked), inference worker, and the
     surprise monitor / imagination preview when the config enables them, from the runtime builder
     (`wam_control.runtime.builder`, the one place a controller is assembled). Every file is checked
@@ -541,5 +524,5 @@ def build_runtime(
     from wam_control.runtime.builder import Overrides
     from wam_control.runtime.builder import build_runtime as build
 
-    spec, parts = build(config, model_path, Overrides(backend=backend, worker=worker, surprise="required"))
-    return Runtime(parts.controller, spec.model_path, parts.surprise, parts.imagination, parts.tokenizer)
+    _, parts = build(config, model_path, Overrides(backend=backend, worker=worker, surprise="required"))
+    return parts
