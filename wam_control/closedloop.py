@@ -5,9 +5,13 @@ transport at once: every tick it hands the controller a joint state through `on_
 camera frames through `on_image`, exactly the calls the DDS / rclpy adapters make, and applies the
 returned command as a forward position controller would. Only serialization is missing.
 
+The per-tick loop and both drivers are runtime.episode's (`EpisodeStepper`, `run_lockstep`,
+`run_realtime`); this module makes the arm an environment of them (`ArmEnvironment`, and
+`DisturbedArm` for the surprise bench) and adds the trace, seam and success observers (`ClosedLoopEpisode`).
+
 Two clocks:
 
-- realtime: a `FixedRateLoop` on the monotonic clock calls `ClosedLoopEpisode.tick`, the inference
+- realtime: a `FixedRateLoop` on the monotonic clock ticks the episode (`run_realtime`), the inference
   runs in a real `ThreadWorker`, and a camera thread renders frames from snapshots of the sim (as a
   camera would: the control loop never waits for a render). If the loop misses grid slots, the sim
   catches up with the held command, so sim time stays equal to wall time.
@@ -26,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,10 +41,19 @@ from wam_control.policy.contract import ModelContract
 from wam_control.runtime.builder import RuntimeSpec
 from wam_control.runtime.clock import Clock, SimClock
 from wam_control.runtime.controller import Controller
+from wam_control.runtime.episode import (
+    EpisodeStepper,
+    EpisodeTrace,
+    SeamObserver,
+    SuccessObserver,
+    TraceObserver,
+    run_lockstep,
+    run_realtime,
+)
 from wam_control.runtime.replay import BackendModel
 from wam_control.runtime.worker import InferenceRequest, InferenceResult
 
-__all__ = ["BackendModel"]  # re-exported: the lockstep drivers' model
+__all__ = ["BackendModel", "EpisodeTrace"]  # re-exported: the lockstep drivers' model, the trace
 
 EVAL_SEED_BASE = 100_000
 """Evaluation episodes use seeds from here on; training data uses seeds 0-9999 (see models/)."""
@@ -214,22 +227,120 @@ class CameraThread:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The arm as an environment of the episode driver (runtime.episode)
+
+DISTURBANCES = ("teleport", "camera", "occluder", "joint")
+"""What `DisturbedArm` can do to the arm (see `disturb`)."""
+
+
+class ArmEnvironment:
+    """The MuJoCo arm as a forward position controller would run it (runtime.episode's `Environment`):
+    the joint state in each tick, the command held until the next one, frames as they are rendered
+    (lockstep: the arm's own renders; real time: a `CameraThread` from snapshots at 15 Hz)."""
+
+    def __init__(
+        self, arm: Any, cameras: Sequence[str], *, camera: CameraThread | None = None,
+        images: list[tuple[float, str, np.ndarray]] | None = None,
+    ) -> None:  # fmt: skip
+        self.arm = arm
+        self.cameras = tuple(cameras)
+        self.camera = camera
+        self.images = images
+        """When a list: every frame the controller receives from the arm is appended (copies)."""
+        self.cmd = arm.joint_state()[1]
+        """The command the servos hold (the position at reset until the first command)."""
+        self.q = self.cmd.copy()
+        self.qd = np.zeros_like(self.q)
+        self._camera_period = 1.0 / 15.0
+        self._next_frame_t = 0.0
+
+    def _feed_frames(self, controller: Any, rendered: Sequence[str]) -> None:
+        for cam in rendered:
+            image, stamp = self.arm.frame(cam)
+            controller.on_image(cam, image, stamp)
+            if self.images is not None:
+                self.images.append((stamp, cam, image.copy()))
+
+    def begin(self, controller: Any) -> None:
+        if self.camera is None:
+            self._feed_frames(controller, self.cameras)  # the frame rendered at reset
+        else:
+            self.camera.capture(self.arm.time)
+            self._next_frame_t = self._camera_period
+
+    def observe(self, controller: Any, tick: int) -> None:
+        names, self.q, self.qd = self.arm.joint_state()
+        controller.on_joint_state(names, self.q, self.qd, self.arm.time)
+
+    def act(self, command: Any) -> None:
+        if command is not None:
+            np.copyto(self.cmd, command.positions)
+
+    def step(self, controller: Any) -> None:
+        rendered = self.arm.step(self.cmd)
+        if self.camera is None:
+            if rendered:
+                self._feed_frames(controller, rendered)
+        elif self.arm.time >= self._next_frame_t - 1e-9:
+            self.camera.capture(self.arm.time)
+            self._next_frame_t += self._camera_period
+
+    def success(self) -> bool:
+        return bool(self.arm.task.success())
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.q, self.qd
+
+    def command(self) -> np.ndarray:
+        return self.cmd
+
+
+def disturb(arm: Any, kind: str, rng: np.random.Generator) -> None:
+    """One disturbance of `DISTURBANCES`, drawn from `rng`: the task's object jumps 15-25 cm, the scene
+    camera moves 5-10 cm, an occluder appears, or a shoulder/elbow joint freezes."""
+    if kind == "teleport":
+        task = arm.task
+        cur = task.target() if hasattr(task, "target") else task.object()
+        low = getattr(task, "low", None)
+        high = getattr(task, "high", None)
+        for _ in range(100):
+            if low is not None and high is not None:
+                p = rng.uniform(low, high)
+            else:
+                p = cur + np.append(rng.uniform(-0.2, 0.2, 2), 0.0)
+            if 0.15 <= float(np.linalg.norm(p - cur)) <= 0.25:
+                break
+        arm.teleport_object(p)
+    elif kind == "camera":
+        d = rng.normal(size=3)
+        arm.move_camera(d / np.linalg.norm(d) * rng.uniform(0.05, 0.10))
+    elif kind == "occluder":
+        arm.set_occluder(True)
+    elif kind == "joint":
+        arm.block_joint(int(rng.choice([0, 1, 3])), True)
+    else:
+        raise ValueError(f"unknown disturbance {kind!r}; expected one of {list(DISTURBANCES)}")
+
+
+class DisturbedArm(ArmEnvironment):
+    """The arm with one disturbance (`disturb`) applied just before tick `inject_tick` is observed."""
+
+    def __init__(
+        self, arm: Any, cameras: Sequence[str], kind: str, inject_tick: int, rng: np.random.Generator
+    ) -> None:
+        super().__init__(arm, cameras)
+        self.kind = kind
+        self.inject_tick = int(inject_tick)
+        self.rng = rng
+
+    def observe(self, controller: Any, tick: int) -> None:
+        if tick == self.inject_tick:
+            disturb(self.arm, self.kind, self.rng)
+        super().observe(controller, tick)
+
+
+# ---------------------------------------------------------------------------------------------------
 # One episode
-
-
-@dataclass
-class EpisodeTrace:
-    """Per tick (row i = tick i from the episode start): the command sent and the measured position."""
-
-    t: np.ndarray
-    q_cmd: np.ndarray
-    q_meas: np.ndarray
-    qd_meas: np.ndarray
-    version: np.ndarray
-    busy: np.ndarray
-    """The model was computing a chunk at the end of this tick."""
-    images: list[tuple[float, str, np.ndarray]] = field(default_factory=list)
-    """(sim time, camera, frame) of every frame the controller received (kept when asked)."""
 
 
 @dataclass
@@ -264,11 +375,9 @@ class EpisodeResult:
 
 
 class ClosedLoopEpisode:
-    """The per-tick work of one episode: sim catch-up, joint state in, controller tick, command out.
-
-    `tick(k)` is what the fixed-rate loop (or the lockstep driver) calls with the grid index k; row k of
-    the trace is filled. The episode is `done` once success held for `settle_s` or the horizon passed.
-    """
+    """One episode of the arm: an `ArmEnvironment`, the trace, seam and success observers and the
+    episode stepper (runtime.episode) that either driver ticks (`tick(k)`, grid index k; row k of the
+    trace is filled). The episode is `done` once success held for `settle_s` or the horizon passed."""
 
     def __init__(
         self,
@@ -282,109 +391,39 @@ class ClosedLoopEpisode:
     ) -> None:
         self.arm = arm
         self.c = controller
-        self.t0_clock = 0.0
-        """Clock reading at tick 0, to turn result arrival times into ticks."""
         self.dt = arm.control_period
         self.max_ticks = int(round(horizon_s / self.dt))
-        self.settle_ticks = max(1, int(round(settle_s / self.dt)))
         self.camera = camera
-        self.cameras = tuple(controller.config.cameras)
-        n, d = self.max_ticks + 1, len(arm.joint_names)
-        self.trace = EpisodeTrace(
-            t=np.arange(n) * self.dt,
-            q_cmd=np.full((n, d), np.nan),
-            q_meas=np.full((n, d), np.nan),
-            qd_meas=np.full((n, d), np.nan),
-            version=np.zeros(n, np.int64),
-            busy=np.zeros(n, bool),
+        images: list[tuple[float, str, np.ndarray]] = []
+        self.env = ArmEnvironment(
+            arm, controller.config.cameras, camera=camera, images=images if keep_images else None
         )
-        self.keep_images = keep_images
-        self._cmd = arm.joint_state()[1]
-        self._sim_tick = 0
-        self._held = 0
-        self.success_tick = -1
-        self.done = threading.Event()
-        self.last_tick = -1
-        self._seams_seen = 0
-        self._seam_due: list[int] = []
-        self.seam_jumps = np.zeros(4096)
-        self.seam_jerks = np.zeros(4096)
-        self.n_seams = 0
-        self._camera_period = 1.0 / 15.0
-        self._next_frame_t = 0.0
-        if camera is None:
-            self._feed_frames(self.cameras)  # the frame rendered at reset
-        else:
-            camera.capture(arm.time)
-            self._next_frame_t = self._camera_period
+        self.tracer = TraceObserver(
+            controller, self.max_ticks + 1, len(arm.joint_names), self.dt, self.env.state, self.env.command
+        )
+        self.trace = self.tracer.trace
+        self.trace.images = images
+        self.seams = SeamObserver(controller)
+        self.success = SuccessObserver(self.env, max(1, int(round(settle_s / self.dt))), self.max_ticks)
+        self.stepper = EpisodeStepper(
+            self.env, controller, [self.tracer, self.seams, self.success], dt=self.dt, max_tick=self.max_ticks
+        )
+        self.done = self.stepper.done
 
-    def _feed_frames(self, rendered: Sequence[str]) -> None:
-        for cam in rendered:
-            image, stamp = self.arm.frame(cam)
-            self.c.on_image(cam, image, stamp)
-            if self.keep_images:
-                self.trace.images.append((stamp, cam, image.copy()))
+    @property
+    def last_tick(self) -> int:
+        return self.stepper.last_tick
 
-    def _step_sim(self) -> None:
-        rendered = self.arm.step(self._cmd)
-        self._sim_tick += 1
-        if self.camera is None:
-            if rendered:
-                self._feed_frames(rendered)
-        elif self.arm.time >= self._next_frame_t - 1e-9:
-            self.camera.capture(self.arm.time)
-            self._next_frame_t += self._camera_period
+    @property
+    def t0_clock(self) -> float:
+        return self.stepper.t0_clock
+
+    @property
+    def success_tick(self) -> int:
+        return self.success.success_tick
 
     def tick(self, k: int) -> None:
-        if self.done.is_set():
-            return
-        k = min(int(k), self.max_ticks)
-        if self.last_tick < 0:
-            # Tick 0 is when the loop started, which is not when this object was made.
-            self.t0_clock = self.c.clock.now() - k * self.dt
-        # Slots the loop missed: the robot kept executing the last command meanwhile.
-        while self._sim_tick < k:
-            self._step_sim()
-        names, q, qd = self.arm.joint_state()
-        self.c.on_joint_state(names, q, qd, self.arm.time)
-        cmd = self.c.tick(k)
-        if cmd is not None:
-            np.copyto(self._cmd, cmd.positions)
-        tr = self.trace
-        tr.q_cmd[k] = self._cmd
-        tr.q_meas[k] = q
-        tr.qd_meas[k] = qd
-        sched = self.c.scheduler
-        tr.version[k] = sched.version
-        tr.busy[k] = self.c.worker.busy
-        self._track_seams(k, sched)
-        self.last_tick = k
-        if self.arm.task.success():
-            self._held += 1
-            if self._held == 1:
-                self.success_tick = k
-            if self._held >= self.settle_ticks:
-                self.done.set()
-                return
-        else:
-            self._held = 0
-            self.success_tick = -1
-        if k >= self.max_ticks:
-            self.done.set()
-            return
-        self._step_sim()
-
-    def _track_seams(self, k: int, sched: Any) -> None:
-        seams = sched.counters["seams"]
-        if seams != self._seams_seen:
-            self._seams_seen = seams
-            self._seam_due.append(k + 3)  # jerk is measured over the seam tick and the two after it
-        while self._seam_due and k >= self._seam_due[0]:
-            self._seam_due.pop(0)
-            if self.n_seams < len(self.seam_jumps):
-                self.seam_jumps[self.n_seams] = sched.seam_jump_last
-                self.seam_jerks[self.n_seams] = sched.seam_jerk_last
-                self.n_seams += 1
+        self.stepper.tick(k)
 
     def result(
         self, seed: int, mode: str, rec: RecordingWorker, loop: Any = None, keep_trace: bool = False
@@ -394,7 +433,7 @@ class ClosedLoopEpisode:
         n = rec.n
         obs = rec.obs_tick[:n].copy()
         arrival_tick = np.rint((rec.arrival_s[:n] - self.t0_clock) / self.dt).astype(np.int64)
-        success = self.success_tick >= 0 and self._held >= self.settle_ticks
+        success = self.success.succeeded
         info = self.arm.task.info()
         return EpisodeResult(
             seed=seed,
@@ -403,8 +442,8 @@ class ClosedLoopEpisode:
             task_time_s=self.success_tick * self.dt if success else math.nan,
             duration_s=self.last_tick * self.dt,
             ticks=self.last_tick + 1,
-            seam_jumps=self.seam_jumps[: self.n_seams].copy(),
-            seam_jerks=self.seam_jerks[: self.n_seams].copy(),
+            seam_jumps=self.seams.jumps[: self.seams.n].copy(),
+            seam_jerks=self.seams.jerks[: self.seams.n].copy(),
             interventions=dict(c.filter.interventions()),
             starvation_events=int(sched["starvation_events"]),
             starved_ticks=int(sched["starved_ticks"]),
@@ -493,13 +532,7 @@ def run_lockstep_episode(
     assert rec is not None
     controller.start()
     ep = ClosedLoopEpisode(arm, controller, horizon_s or arm.task.horizon_s, keep_images=keep_images)
-    k = 0
-    while not ep.done.is_set():
-        clock.set(k * dt)
-        ep.tick(k)
-        if progress is not None and k % 250 == 0:
-            progress(ep)
-        k += 1
+    run_lockstep(ep.stepper, clock, dt=dt, progress=None if progress is None else (lambda _s: progress(ep)))
     controller.close()
     return ep.result(seed, mode, rec, keep_trace=keep_trace)
 
@@ -517,23 +550,17 @@ def run_realtime_episode(
 ) -> EpisodeResult:
     """One episode in real time: `controller` (started, its worker ready) ticked by a FixedRateLoop in
     its own thread, frames from a camera thread. Blocks until the episode is done."""
-    from wam_control.runtime.loop import FixedRateLoop
-
     arm.reset(seed)
     rec.clear()
     camera = CameraThread(arm, controller.config.cameras, controller.on_image)
     if keep_images:
         camera.keep = []
     ep = ClosedLoopEpisode(arm, controller, horizon_s or arm.task.horizon_s, camera=camera)
-    loop = FixedRateLoop(
-        controller.config.control_hz, ep.tick, controller.clock, controller.config.loop, name="wam-demo-loop"
-    )
     try:
-        loop.start()
-        while not ep.done.wait(0.25):
-            if progress is not None:
-                progress(ep)
-        stats = loop.stop()
+        stats = run_realtime(
+            ep.stepper, controller.config.control_hz, controller.config.loop, name="wam-demo-loop",
+            progress=None if progress is None else (lambda _s: progress(ep)),
+        )  # fmt: skip
     finally:
         camera.close()
     if camera.error:
@@ -545,6 +572,67 @@ def run_realtime_episode(
         float(np.median(camera.render_s) * 1e3) if camera.render_s else math.nan
     )
     return result
+
+
+def run_lockstep_episodes(
+    arm: Any,
+    spec: RuntimeSpec,
+    model: Callable[[InferenceRequest], PolicyOutput],
+    seeds: Sequence[int],
+    *,
+    modes: Sequence[str] = ("async",),
+    lat_ticks: int = 1,
+    horizon_s: float | None = None,
+    keep_trace: bool = False,
+    keep_images: bool = False,
+    progress: Callable[[ClosedLoopEpisode], None] | None = None,
+    on_result: Callable[[int, str, EpisodeResult], None] | None = None,
+) -> dict[str, list[EpisodeResult]]:
+    """`run_lockstep_episode` for every seed, in every mode per seed (the same seed for each mode);
+    `on_result(seed, mode, result)` after each (printing). Results per mode."""
+    out: dict[str, list[EpisodeResult]] = {m: [] for m in modes}
+    for seed in seeds:
+        for mode in modes:
+            r = run_lockstep_episode(
+                arm, spec, model, seed, mode=mode, lat_ticks=lat_ticks, horizon_s=horizon_s,
+                keep_trace=keep_trace, keep_images=keep_images, progress=progress,
+            )  # fmt: skip
+            out[mode].append(r)
+            if on_result is not None:
+                on_result(seed, mode, r)
+    return out
+
+
+def run_realtime_episodes(
+    arm: Any,
+    spec: RuntimeSpec,
+    rec: RecordingWorker,
+    seeds: Sequence[int],
+    *,
+    horizon_s: float | None = None,
+    keep_images: bool = False,
+    progress: Callable[[ClosedLoopEpisode], None] | None = None,
+    on_result: Callable[[int, str, EpisodeResult], None] | None = None,
+) -> list[EpisodeResult]:
+    """`run_realtime_episode` for every seed on one started, ready worker (`rec` around it): a fresh
+    controller (and surprise monitor) per episode from the runtime builder; a request still in flight
+    at the end of an episode is waited for, so it cannot land in the next one."""
+    from wam_control.runtime.builder import build
+
+    results = []
+    for seed in seeds:
+        controller = build(spec, rec.clock, rec).controller
+        controller.start()
+        r = run_realtime_episode(
+            arm, controller, rec, seed, horizon_s=horizon_s, keep_images=keep_images, progress=progress
+        )
+        controller.stop()
+        if rec.busy:
+            rec.wait_result(spec.config.timeouts.inference_deadline_s)
+        results.append(r)
+        if on_result is not None:
+            on_result(seed, "async", r)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -313,8 +313,8 @@ def _local_triton(config: Any, model_path: Path) -> Any:
 
 
 def _run_realtime(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResult], str, str]:
-    from wam_control.closedloop import RecordingWorker, make_arm, run_realtime_episode
-    from wam_control.runtime.builder import build, default_worker_factory
+    from wam_control.closedloop import RecordingWorker, make_arm, run_realtime_episodes
+    from wam_control.runtime.builder import default_worker_factory
     from wam_control.runtime.clock import MonotonicClock
 
     config, contract = spec.config, spec.contract
@@ -330,25 +330,11 @@ def _run_realtime(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResu
     )
     arm = make_arm(config, contract, args.task, camera_hz=0.0)
     progress = _Progress(args.episodes)
-    results = []
     try:
-        for i in range(args.episodes):
-            controller = build(spec, clock, rec).controller  # a fresh monitor per episode
-            controller.start()
-            r = run_realtime_episode(
-                arm,
-                controller,
-                rec,
-                args.seed + i,
-                horizon_s=args.horizon_s,
-                keep_images=True,
-                progress=progress,
-            )
-            controller.stop()
-            if worker.busy:  # a request of this episode must not land in the next one
-                worker.wait_result(config.timeouts.inference_deadline_s)
-            progress.done(r)
-            results.append(r)
+        results = run_realtime_episodes(
+            arm, spec, rec, range(args.seed, args.seed + args.episodes), horizon_s=args.horizon_s,
+            keep_images=True, progress=progress, on_result=lambda _s, _m, r: progress.done(r),
+        )  # fmt: skip
     finally:
         rec.close()
         arm.close()
@@ -356,7 +342,7 @@ def _run_realtime(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResu
 
 
 def _run_lockstep(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResult], str, str]:
-    from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
+    from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episodes
 
     config, contract = spec.config, spec.contract
     be = spec.load_backend()
@@ -375,17 +361,19 @@ def _run_lockstep(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResu
     _say(f"  inference: {describe}; measured {compute_ms:.2f} ms per call -> latency {lat} tick(s)")
     arm = make_arm(config, contract, args.task, camera_hz=15.0)
     progress = _Progress(args.episodes)
-    results = []
+    n_calls = 0
+
+    def done(_seed: int, _mode: str, r: EpisodeResult) -> None:
+        nonlocal n_calls
+        r.compute_s = np.asarray(model.compute_s[n_calls:])  # the backend's own time, this episode
+        n_calls = len(model.compute_s)
+        progress.done(r)
+
     try:
-        for i in range(args.episodes):
-            n_calls = len(model.compute_s)
-            r = run_lockstep_episode(
-                arm, spec, model, args.seed + i, lat_ticks=lat, horizon_s=args.horizon_s,
-                keep_trace=True, keep_images=True, progress=progress,
-            )  # fmt: skip
-            r.compute_s = np.asarray(model.compute_s[n_calls:])
-            progress.done(r)
-            results.append(r)
+        results = run_lockstep_episodes(
+            arm, spec, model, range(args.seed, args.seed + args.episodes), lat_ticks=lat,
+            horizon_s=args.horizon_s, keep_trace=True, keep_images=True, progress=progress, on_result=done,
+        )["async"]  # fmt: skip
     finally:
         be.close()
         arm.close()

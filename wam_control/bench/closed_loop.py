@@ -52,7 +52,7 @@ def run(
 
     `spec` (runtime.builder.resolve): config, contract and whether the async controller runs a surprise
     monitor. `backend` None: the privileged expert oracle (wam_control/sim/oracle.py) plays the policy."""
-    from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episode
+    from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episodes
 
     config, contract = spec.config, spec.contract
     lat = latency_ticks(compute_ms, delay_ms, config.control_hz)
@@ -62,23 +62,21 @@ def run(
 
         backend = ExpertOracle(arm, contract, config.control_hz)
     model = BackendModel(backend)
-    out: dict[str, list[EpisodeResult]] = {m: [] for m in modes}
-    try:
-        for i in range(episodes):
-            row = []
-            for mode in modes:
-                r = run_lockstep_episode(
-                    arm, spec, model, seed + i, mode=mode, lat_ticks=lat, horizon_s=horizon_s
-                )  # fmt: skip
-                out[mode].append(r)
-                how = (
-                    f"ok {r.task_time_s:.2f} s"
-                    if r.success
-                    else f"FAIL ({r.final_distance_m * 100:.1f} cm off)"
-                )
-                row.append(f"{mode} {how}")
+    row: list[str] = []
+
+    def line(s: int, mode: str, r: EpisodeResult) -> None:
+        how = f"ok {r.task_time_s:.2f} s" if r.success else f"FAIL ({r.final_distance_m * 100:.1f} cm off)"
+        row.append(f"{mode} {how}")
+        if mode == modes[-1]:
             if progress:
-                print(f"  seed {seed + i}: " + ", ".join(row), flush=True)
+                print(f"  seed {s}: " + ", ".join(row), flush=True)
+            row.clear()
+
+    try:
+        out = run_lockstep_episodes(
+            arm, spec, model, range(seed, seed + episodes), modes=modes, lat_ticks=lat, horizon_s=horizon_s,
+            on_result=line,
+        )  # fmt: skip
     finally:
         arm.close()
     return out, model.compute_s, lat

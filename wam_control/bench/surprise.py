@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-KINDS = ("teleport", "camera", "occluder", "joint")
+from wam_control.closedloop import DISTURBANCES as KINDS
+
 CALIBRATION_SEED = 100100
 """First calibration seed: evaluation seeds of the sim start at 100000, training data stays below 10000;
 100100-100149 is the model card's calibration range."""
@@ -128,8 +129,10 @@ class SurpriseRig:
         record_ramp: dict[int, list[float]] | None = None,
         record_frame: list[float] | None = None,
     ) -> Episode:
+        from wam_control.closedloop import DisturbedArm
         from wam_control.runtime.builder import build
         from wam_control.runtime.clock import SimClock
+        from wam_control.runtime.episode import EpisodeStepper, SurpriseObserver, run_lockstep
         from wam_control.runtime.replay import scripted_worker_factory
         from wam_control.runtime.surprise import SurpriseMonitor
 
@@ -152,80 +155,27 @@ class SurpriseRig:
         parts = build(self.spec, clock, scripted_worker_factory(self.model, self.latency_ticks), monitor=monitor)
         ctl, worker = parts.controller, parts.worker
         ctl.start()
-        slow = self.surprise_config.slow_threshold
         n = int(round(duration_s / self.dt))
         inject = int(round(inject_s / self.dt)) if kind != "nominal" else n
-        ep = Episode(seed, kind, inject, n)
-        names = arm.joint_names
-        trips_before = 0
-        scored = 0
-        frames = 0
-        last_peak = 0.0
-        for cam in self.cameras:
-            ctl.on_image(cam, *arm.frame(cam))
-        for tick in range(n):
-            clock.set(t0 + tick * self.dt)
-            if tick == inject:
-                self._inject(kind, rng)
-            _, q, qd = arm.joint_state()
-            ctl.on_joint_state(names, q, qd, arm.time)
-            cmd = ctl.tick(tick)
-            for cam in arm.step(cmd.positions if cmd is not None else arm.command()):
-                ctl.on_image(cam, *arm.frame(cam))
-            if monitor.counters["observations_scored"] != scored:
-                scored = monitor.counters["observations_scored"]
-                ep.raw_ticks.append(tick)
-                ep.raw.append(monitor.raw)
-            if monitor.counters["frames_scored"] != frames:
-                frames = monitor.counters["frames_scored"]
-                ep.frame_ticks.append(tick)
-                ep.frame_z.append(monitor.frame_z)
-            trips = monitor.counters["trips"]
-            # A trip resets the monitor within the tick that reached it: read its peak, not only its score.
-            score = monitor.peak_score if monitor.peak_score > last_peak else monitor.score
-            last_peak = monitor.peak_score
-            if tick < inject:
-                ep.peak_before = max(ep.peak_before, score)
-                if (score >= slow or trips > 0) and ep.first_alarm_tick < 0:
-                    ep.first_alarm_tick = tick
-                trips_before = trips
-            else:
-                ep.peak_after = max(ep.peak_after, score)
-                # Only observations taken after the injection can show it: an alarm still standing
-                # from before is not a detection.
-                seen = score >= slow and monitor.last_update_tick >= inject
-                if (seen or trips > trips_before) and ep.first_alarm_after_inject < 0:
-                    ep.first_alarm_after_inject = tick
-                ep.tripped_after_inject = trips > trips_before
-            ep.scores.append(score)
-        ep.success = bool(arm.task.success())
+        env = DisturbedArm(arm, self.cameras, kind, inject, rng)
+        watch = SurpriseObserver(monitor, self.surprise_config.slow_threshold, inject)
+        run_lockstep(EpisodeStepper(env, ctl, [watch], dt=self.dt), clock, t0=t0, ticks=n, dt=self.dt)
+        ep = Episode(
+            seed, kind, inject, n,
+            first_alarm_tick=watch.first_alarm_tick,
+            first_alarm_after_inject=watch.first_alarm_after_inject,
+            tripped_after_inject=watch.tripped_after_inject,
+            peak_before=watch.peak_before,
+            peak_after=watch.peak_after,
+            success=env.success(),
+            scores=watch.scores,
+            raw_ticks=watch.raw_ticks,
+            raw=watch.raw,
+            frame_ticks=watch.frame_ticks,
+            frame_z=watch.frame_z,
+        )  # fmt: skip
         worker.close()
         return ep
-
-    def _inject(self, kind: str, rng: np.random.Generator) -> None:
-        arm = self.arm
-        if kind == "teleport":
-            task = arm.task
-            cur = task.target() if hasattr(task, "target") else task.object()
-            low = getattr(task, "low", None)
-            high = getattr(task, "high", None)
-            for _ in range(100):
-                if low is not None and high is not None:
-                    p = rng.uniform(low, high)
-                else:
-                    p = cur + np.append(rng.uniform(-0.2, 0.2, 2), 0.0)
-                if 0.15 <= float(np.linalg.norm(p - cur)) <= 0.25:
-                    break
-            arm.teleport_object(p)
-        elif kind == "camera":
-            d = rng.normal(size=3)
-            arm.move_camera(d / np.linalg.norm(d) * rng.uniform(0.05, 0.10))
-        elif kind == "occluder":
-            arm.set_occluder(True)
-        elif kind == "joint":
-            arm.block_joint(int(rng.choice([0, 1, 3])), True)
-        else:
-            raise ValueError(f"unknown disturbance {kind!r}; expected one of {list(KINDS)}")
 
     def close(self) -> None:
         self.arm.close()

@@ -7,8 +7,9 @@ Pieces, all deterministic and sleep-free:
   with per-chunk disagreement (real model samples differ from call to call) and, when given a prefix,
   continues it the way a model trained with real-time chunking does.
 - `FirstOrderPlant`: joint positions that follow the commands with a first-order lag.
-- `Replay`: feeds joint states (from the plant or a recording) and images into the controller,
-  advances the `SimClock`, calls `tick()`, steps the plant and logs every command.
+- `Replay`: an environment of the episode driver (runtime.episode): feeds joint states (from the plant
+  or a recording) and images into the controller; `run` drives it in lockstep on the `SimClock`
+  (`run_lockstep`) and logs every command.
 """
 
 from __future__ import annotations
@@ -380,9 +381,28 @@ class Replay:
             for cam in c.config.cameras:
                 c.on_image(cam, self._image, stamp)
 
+    # -- the Environment protocol (runtime.episode): the plant follows the command within its tick
+    def begin(self, controller: Any) -> None:
+        return None
+
+    def observe(self, controller: Any, tick: int) -> None:
+        self._feed(tick, self.t0 + tick * self.dt)
+
+    def act(self, command: Any) -> None:
+        if command is not None:
+            self.plant.step(command.positions)
+
+    def step(self, controller: Any) -> None:
+        return None
+
+    def success(self) -> bool:
+        return False
+
     def run(
         self, n: int, start: int | None = None, after_tick: Callable[[int], None] | None = None
     ) -> ReplayLog:
+        from wam_control.runtime.episode import CallbackObserver, EpisodeStepper, run_lockstep
+
         start = self.tick_now if start is None else start
         d = self.c.dof
         log = ReplayLog(
@@ -395,27 +415,27 @@ class Replay:
             faulted=np.zeros(n, bool),
             version=np.zeros(n, int),
         )
-        for i in range(n):
-            tick = start + i
+
+        def before(tick: int) -> None:
             self.tick_now = tick + 1
-            now = self.t0 + tick * self.dt
-            if now > self.clock.now():
-                self.clock.set(now)
             for fn in self.hooks.pop(tick, ()):
                 fn(self)
-            self._feed(tick, now)
-            cmd = self.c.tick(tick)
+
+        def record(tick: int, cmd: Any) -> None:
+            i = tick - start
             if cmd is not None:
                 log.q_cmd[i] = cmd.positions
                 log.v_cmd[i] = cmd.velocities
                 log.a_cmd[i] = cmd.accelerations
-                self.plant.step(cmd.positions)
             log.q_meas[i] = self.plant.q
             log.holding[i] = self.c.filter.holding
             log.faulted[i] = self.c.filter.fault is not None
             log.version[i] = self.c.scheduler.version
             if after_tick is not None:
                 after_tick(tick)
+
+        stepper = EpisodeStepper(self, self.c, [CallbackObserver(before, record)], dt=self.dt)
+        run_lockstep(stepper, self.clock, t0=self.t0, start=start, ticks=n)
         return log
 
 
