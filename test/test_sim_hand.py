@@ -217,9 +217,9 @@ def test_expert_grasps_lifts_holds_and_places() -> None:
         assert not arm.task.touching() and np.all(arm.gripper_state()[1] > arm.task.cube_half)
 
 
-@pytest.mark.parametrize("seed", [7])
-def test_expert_solves_pick_place(seed: int) -> None:
-    with SimArm(task="pick_place", seed=seed, cameras=()) as arm:
+@pytest.mark.parametrize(("task", "seed"), [("pick_place", 7), ("push", 1)])
+def test_expert_solves_in_the_hand_scene(task: str, seed: int) -> None:
+    with SimArm(task=task, seed=seed, cameras=(), hand=True) as arm:
         ok, t = run_expert_episode(arm, Expert(arm), seed)
         assert ok, (seed, t, arm.task.info())
 

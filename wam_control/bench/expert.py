@@ -7,7 +7,8 @@ at the control period. Final line ends with `success_rate=...` over all episodes
 
 `--task pick_place` runs the hand scene (docs/sim.md); it also reports the finger setpoint's peak
 velocity and acceleration as fractions of config/fr3_hand.yaml's finger limits (0.05 m/s, 0.5 m/s^2).
-`--task all` is reach and push (the published line in docs/benchmarks/expert.md).
+`--task all` is reach and push (the published line in docs/benchmarks/expert.md). `--hand` runs reach
+and push in the hand scene too (the expert pushes with the fingers closed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--task", choices=("reach", "push", "pick_place", "all"), default="all")
     ap.add_argument("--control-hz", type=float, default=500.0, help="default: control_hz of config/fr3.yaml")
+    ap.add_argument("--hand", action="store_true", help="reach/push in the scene with the gripper")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -44,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     grip_peak = np.zeros(2)
     any_hand = False
     for task in tasks:
-        arm = SimArm(task=task, seed=args.seed, control_hz=args.control_hz, cameras=())
+        arm = SimArm(
+            task=task,
+            seed=args.seed,
+            control_hz=args.control_hz,
+            cameras=(),
+            hand=True if args.hand else None,
+        )
         expert = Expert(arm)
         dt = arm.control_period
         oks, durations = [], []

@@ -129,7 +129,8 @@ class Expert:
         if dist > 1e-3:
             self._u = d / dist
         u = self._u
-        standoff = task.puck_radius + 0.012 + 0.004  # puck + pusher radius + clearance
+        # puck + pusher radius (the rod; with the hand, the closed fingers' half-diagonal) + clearance
+        standoff = task.puck_radius + (0.019 if self.arm.has_hand else 0.012) + 0.004
         z_hover, z_push = 0.09, 0.018
         pre = obj - u * (standoff + 0.045)
         rel = obj - p[:2]
@@ -258,6 +259,9 @@ class Expert:
             goal, speed = self._plan_reach(p)
         elif self.arm.task.name == "push":
             goal, speed = self._plan_push(p)
+            if self.arm.has_hand:  # push with the fingers closed
+                self._grip_target = 0.0
+                self._step_gripper()
         elif self.arm.task.name == "pick_place":
             goal, speed, yaw_err = self._plan_pick_place(p, rot)
             self._step_gripper()
