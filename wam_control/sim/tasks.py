@@ -75,6 +75,7 @@ class Task:
         model.geom_rgba[model.geom("zone").id, 3] = 0.0
         for colour in CUBE_COLOURS:
             model.geom_rgba[model.geom(f"cube_{colour}").id, 3] = 0.0
+            model.body_gravcomp[model.body(f"cube_{colour}").id] = 1.0  # parked ones float, never fall
         self._cube_qadr = [model.joint(f"cube_{c}").qposadr[0] for c in CUBE_COLOURS]
 
     def _park_cubes(self) -> None:
