@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-hw", type=int, nargs=2, default=(96, 96), metavar=("H", "W"))
     ap.add_argument("--cameras", default="scene,wrist", help="comma-separated subset of scene,wrist")
     ap.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    ap.add_argument(
+        "--hand",
+        action="store_true",
+        help="reach/push in the scene with the gripper (pick_place always has it)",
+    )
     ap.add_argument("--keep-failures", action="store_true", help="keep bags of episodes the expert failed")
     args = ap.parse_args(argv)
     if args.episodes < 1:
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         camera_hz=args.camera_hz,
         image_hw=tuple(args.image_hw),
         cameras=cameras,
+        hand=True if args.hand else None,
     )
     expert = Expert(arm)
     kept = successes = 0
@@ -131,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 "camera_hz": str(arm.camera_hz),
                 "cameras": ",".join(cameras),
                 "prompt": arm.task.prompt,
+                "hand": str(arm.has_hand).lower(),
             }
             with BagRecorder(
                 path,
