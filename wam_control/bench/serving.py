@@ -42,24 +42,27 @@ def _robot(
     try:
         from wam_control.closedloop import RecordingWorker
         from wam_control.config import load_config, preset_path
-        from wam_control.policy import read_contract
+        from wam_control.runtime.builder import Overrides, build, resolve
         from wam_control.runtime.clock import MonotonicClock
-        from wam_control.runtime.controller import Controller
         from wam_control.runtime.loop import FixedRateLoop
         from wam_control.runtime.worker import make_worker
 
         config = load_config(preset_path(config_name))
-        contract = read_contract(model)
+        # Inference only: no surprise monitor or preview, whatever the preset enables.
+        spec = resolve(config, model, Overrides(backend=backend, worker="thread", surprise="off",
+                                                imagination=False, backend_options=options))  # fmt: skip
+        contract = spec.contract
         clock = MonotonicClock()
         worker = make_worker(
-            "thread", model, contract, clock, deadline_s=config.timeouts.inference_deadline_s,
-            backend=backend, backend_options=options, warmup=3,
+            "thread", spec.model_path, contract, clock, deadline_s=config.timeouts.inference_deadline_s,
+            backend=spec.backend, backend_options=dict(spec.backend_options), warmup=3,
         )  # fmt: skip
+        # The recording wrapper (compute time per request) is the worker the controller is built with.
         rec = RecordingWorker(worker, contract, clock, capacity=int(seconds * 100) + 100)
         rec.start()
         if not worker.wait_ready(120.0):
             raise RuntimeError(f"worker not ready: {worker.health().get('last_error')}")
-        controller = Controller(config, contract, rec, clock)
+        controller = build(spec, clock, rec).controller
         rng = np.random.default_rng(idx)
         q = np.array([0.0, -0.3, 0.0, -2.0, 0.0, 1.8, 0.8]) + rng.normal(0, 0.05, 7)
         frames = [
