@@ -253,3 +253,36 @@ def test_record_pick_place_bag_has_fingers_gripper_commands_and_prompt(tmp_path:
     assert prompt == demo.metadata["prompt"] and any(f"{c} " in prompt for c in CUBE_COLOURS)
     # the fingers measured in /joint_states close on the 4 cm cube while carrying it
     assert np.min(demo.joint_q[:, 7]) == pytest.approx(0.02, abs=0.002)
+
+
+def test_expert_resyncs_mid_task_and_recovers_a_dropped_cube() -> None:
+    """A fresh expert (a DAgger teacher, a restart) takes the phase from the sim: carrying -> it carries
+    on; the cube dropped back on the table -> it picks it up again and still places it."""
+    with SimArm(task="pick_place", seed=4, cameras=()) as arm:
+        expert = Expert(arm)
+        arm.reset(4)
+        expert.reset()
+        assert expert.phase == "approach"
+        while expert.phase != "move":
+            arm.step(expert.act(), gripper=expert.gripper)
+            assert arm.time < 10.0, f"stuck in {expert.phase}"
+        for _ in range(100):
+            arm.step(expert.act(), gripper=expert.gripper)
+        snap = expert.snapshot()
+        fresh = Expert(arm)  # reset() seeds from the measured state and syncs the phase
+        assert fresh.phase == "move" and fresh.gripper == pytest.approx(0.0)
+        for _ in range(50):  # imagining ahead and restoring leaves the plan where it was
+            expert.act()
+        expert.restore(snap)
+        assert expert.snapshot()["phase"] == "move" and np.array_equal(expert.snapshot()["q"], snap["q"])
+        # the cube falls out: put it back on the table, away from the fingers
+        cube = arm.task.cube()
+        arm.teleport_object(np.array([cube[0], cube[1] + 0.05, arm.task.cube_half + 0.0005]))
+        arm.set_gripper(GRIPPER_OPEN)
+        for _ in range(100):
+            arm.step(arm.command())
+        assert fresh.sync_phase() == "approach"
+        t_end = arm.time + 20.0
+        while not arm.task.success() and arm.time < t_end:
+            arm.step(fresh.act(), gripper=fresh.gripper)
+        assert arm.task.success(), (fresh.phase, arm.task.info())

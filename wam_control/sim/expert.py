@@ -103,6 +103,63 @@ class Expert:
             self.gripper = float(np.mean(self.arm.gripper_command()))
         self._grip_target = self.gripper
         self._grip_v = 0.0
+        if self.arm.task.name == "pick_place":
+            self.sync_phase()
+
+    # ------------------------------------------------------------------ planner state
+    def sync_phase(self) -> str:
+        """pick_place: set the phase from what the sim shows now (a DAgger teacher labelling a state the
+        student reached, or a restart mid-task): the cube held between closed fingers -> lift / move /
+        place by where it is; in the zone, resting and released -> retreat / done; otherwise approach.
+        The finger setpoint becomes the one in force. Returns the phase."""
+        task = self.arm.task
+        p = self.arm.ee_pose()[0]
+        cube, zone = task.cube(), task.zone()  # type: ignore[attr-defined]
+        half = task.cube_half  # type: ignore[attr-defined]
+        fingers = float(np.mean(self.arm.gripper_state()[1]))
+        self.gripper = float(np.mean(self.arm.gripper_command()))
+        self._grip_target, self._grip_v, self._phase_t = self.gripper, 0.0, 0.0
+        self._hold = p.copy()
+        z_carry = 0.15
+        held = (
+            np.linalg.norm(cube - p) < 0.03 and half - 0.006 < fingers < half + 0.004 and task.touching()  # type: ignore[attr-defined]
+        )
+        if held:
+            over_zone = np.linalg.norm(p[:2] - zone[:2]) < 0.006
+            if over_zone:
+                self.phase = "place"
+            elif p[2] > z_carry - 0.01:
+                self.phase = "move"
+            else:
+                self.phase = "lift"
+        elif task.in_zone() and task.resting() and not task.touching():  # type: ignore[attr-defined]
+            self.phase = "done" if p[2] > z_carry - 0.01 else "retreat"
+            self._grip_target = GRIPPER_OPEN
+        else:
+            self.phase = "approach"
+            self._grip_target = GRIPPER_OPEN
+        return self.phase
+
+    def snapshot(self) -> dict[str, object]:
+        """The planner's whole state (command, limiter, phase, gripper), for `restore` after imagining
+        a chunk ahead (a teacher labelling the student's state must not advance the real plan)."""
+        return {
+            "q": self.q.copy(), "v": self.v.copy(), "a": self.a.copy(), "phase": self.phase,
+            "phase_t": self._phase_t, "hold": self._hold.copy(), "u": self._u.copy(),
+            "gripper": self.gripper, "grip_target": self._grip_target, "grip_v": self._grip_v,
+        }  # fmt: skip
+
+    def restore(self, state: dict[str, object]) -> None:
+        self.q[:] = state["q"]  # type: ignore[index]
+        self.v[:] = state["v"]  # type: ignore[index]
+        self.a[:] = state["a"]  # type: ignore[index]
+        self.phase = str(state["phase"])
+        self._phase_t = float(state["phase_t"])  # type: ignore[arg-type]
+        self._hold = np.array(state["hold"], dtype=float)
+        self._u = np.array(state["u"], dtype=float)
+        self.gripper = float(state["gripper"])  # type: ignore[arg-type]
+        self._grip_target = float(state["grip_target"])  # type: ignore[arg-type]
+        self._grip_v = float(state["grip_v"])  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ kinematics
     def _fk(self) -> tuple[np.ndarray, np.ndarray]:
