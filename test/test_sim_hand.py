@@ -123,6 +123,9 @@ def test_finger_limits_match_the_config_and_joint_states_carry_the_fingers() -> 
         assert arm.gripper_state()[1] == pytest.approx([0.0, 0.0], abs=1e-3)  # closed on nothing
         arm.set_gripper(1.0)  # clamped to the range
         assert arm._grip_target == pytest.approx([GRIPPER_OPEN, GRIPPER_OPEN])
+        with pytest.raises(ValueError, match="finite"):  # a rejected step changes nothing, gripper included
+            arm.step(np.full(7, np.nan), gripper=0.0)
+        assert arm._grip_target == pytest.approx([GRIPPER_OPEN, GRIPPER_OPEN])
         for bad in (np.nan, [0.01, 0.02, 0.03], np.inf):
             with pytest.raises(ValueError, match="finite"):
                 arm.set_gripper(bad)

@@ -182,8 +182,6 @@ class SimArm:
     def step(self, q_target: np.ndarray, gripper: float | np.ndarray | None = None) -> tuple[str, ...]:
         """Apply `q_target` (and `gripper`, with the hand) and advance one control period; return the
         cameras rendered this step."""
-        if gripper is not None:
-            self.set_gripper(gripper)
         q = np.asarray(q_target, dtype=float)
         if q.shape != (len(JOINT_NAMES),):
             raise ValueError(
@@ -191,6 +189,8 @@ class SimArm:
             )
         if not np.all(np.isfinite(q)):
             raise ValueError(f"q_target must be finite, got {q.tolist()}")
+        if gripper is not None:  # after the arm's checks: a rejected step changes nothing
+            self.set_gripper(gripper)
         np.copyto(self._cmd, q)
         np.copyto(self._cmd, self._held, where=self._blocked)
         self.data.ctrl[self._act] = self._cmd
