@@ -395,3 +395,29 @@ def test_configure_failure_names_the_cause_and_stays_unconfigured(
     assert rc == 0
     line = next(ln for ln in out.splitlines() if "configure failed" in ln)
     assert named in line, line
+
+
+def test_executor_parameter() -> None:
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from wam_control.transport.rclpy_node import make_executor
+
+    context = Context()
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        assert isinstance(make_executor("single", context), SingleThreadedExecutor)
+        auto = make_executor("auto", context)
+        try:
+            from rclpy.experimental import EventsExecutor  # noqa: F401
+        except ImportError:
+            assert isinstance(auto, SingleThreadedExecutor)
+        else:  # Kilted: C++ wait and dispatch, the least GIL time next to the control thread
+            assert type(auto).__name__ == "EventsExecutor"
+            assert type(make_executor("events", context)).__name__ == "EventsExecutor"
+        with pytest.raises(ValueError, match="executor"):
+            make_executor("multi", context)
+    finally:
+        context.try_shutdown()

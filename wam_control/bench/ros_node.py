@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=3.0)
     ap.add_argument("--startup-timeout-s", type=float, default=60.0)
     ap.add_argument("--only", choices=("ros", "dds"), help="measure one path only")
+    ap.add_argument("--ros-executor", choices=("auto", "events", "single"), default="auto",
+                    help="the rclpy node's `executor` parameter (default auto: EventsExecutor where available)")
     ap.add_argument("--domain-id", type=int, help="default: a private one, 100 + pid %% 100")
     ap.add_argument("--out", type=Path, help="folder for the controllers' logs (default: a temp folder)")
     args = ap.parse_args(argv)
@@ -255,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                 log = open(out / f"{path}.log", "wb")  # noqa: SIM115 (closed below, after the process)
                 if path == "ros":
                     cmd = [sys.executable, "-m", "wam_control.transport.ros_node",  # = the wam_controller script
-                           *ros_arguments(controller_parameters(str(cfg_file)), params_dir=out)]  # fmt: skip
+                           *ros_arguments([*controller_parameters(str(cfg_file)), {"executor": args.ros_executor}],
+                                          params_dir=out)]  # fmt: skip
                 else:
                     cmd = [sys.executable, "-m", "wam_control.transport.dds_node", "--config", str(cfg_file),
                            "--domain-id", str(domain)]  # fmt: skip
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             f"rate_ratio_ros_vs_dds={r.command_rate_hz / d.command_rate_hz:.3f}",
             f"interval_p99_ratio_ros_vs_dds={r.interval_p99_ms / d.interval_p99_ms:.3f}",
         ]
-    fields.append(f"control_hz={config.control_hz:g}")
+    fields.append(f"ros_executor={args.ros_executor} control_hz={config.control_hz:g}")
     print(" ".join(fields))
     return 0
 

@@ -4,10 +4,13 @@ A thin adapter over the same Controller, converters and QoS profiles as `wam-con
 (`adapter.py`); only subscriptions, publishers, parameters, the service and the lifecycle are rclpy's.
 
 Threads. The control loop runs in its own thread on monotonic deadlines (`ControlRunner`), never in an
-rclpy timer (timers follow the ROS clock and jitter with the executor). The node is spun by a
-*single-threaded* executor: every callback only stores the latest value, so one thread serves them
-all, and no executor thread pool competes with the control thread for the GIL (measured with the
-multi-threaded executor: ~11 commands/s instead of 500; docs/benchmarks/ros_node.md).
+rclpy timer (timers follow the ROS clock and jitter with the executor). The node is spun by one
+executor thread: every callback only stores the latest value, so one thread serves them all, and no
+executor thread pool competes with the control thread for the GIL (measured with the multi-threaded
+executor: ~11 commands/s instead of 500). Which one (parameter `executor`): rclpy's EventsExecutor
+where this rclpy has it (`rclpy.experimental`, Kilted), which does its waiting and dispatch in C++
+and so holds the GIL least (p99 command interval 3.1-3.5 ms vs 4.2-4.7 ms with the
+SingleThreadedExecutor, same run, docs/benchmarks/ros_node.md); else the SingleThreadedExecutor.
 
 Shutdown. rclpy's own signal handler would shut the context down while the control thread still
 publishes. `main` installs its own SIGINT/SIGTERM handlers instead: the spin loop ends, the node brakes
@@ -57,6 +60,8 @@ class WamControllerNode(LifecycleNode):  # type: ignore[misc]
                       "(default: the package's config/)")  # fmt: skip
         self._declare("autostart", False, "configure and activate right after start (ros2 run)")
         self._declare("diagnostics_period_s", 1.0, "period of /diagnostics in seconds")
+        self._declare("executor", "auto", "auto | events | single: rclpy's EventsExecutor (auto: where "
+                      "available) or SingleThreadedExecutor")  # fmt: skip
         self.runtime: Any = None
         self.controller: Any = None
         self.io: Any = None
@@ -261,6 +266,22 @@ class _Latest:
         return msg
 
 
+def make_executor(kind: str, context: Any = None) -> Any:
+    """`events`: rclpy's EventsExecutor (experimental in Kilted; C++ wait and dispatch); `single`:
+    SingleThreadedExecutor; `auto`: events where this rclpy has it."""
+    if kind not in ("auto", "events", "single"):
+        raise ValueError(f"parameter executor: expected auto, events or single, got {kind!r}")
+    if kind != "single":
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:
+            if kind == "events":
+                raise ValueError("parameter executor: events, but this rclpy has no EventsExecutor") from None
+        else:
+            return EventsExecutor(context=context)
+    return SingleThreadedExecutor(context=context)
+
+
 def run(args: list[str] | None = None) -> int:
     """`wam_controller` (ros2 run / the launch file): spin until SIGINT/SIGTERM, then stop in order."""
     configure_fast_dds()  # before the participant exists (see fastdds_profile.xml)
@@ -273,7 +294,13 @@ def run(args: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     node = WamControllerNode()
-    executor = SingleThreadedExecutor()
+    try:
+        executor = make_executor(str(node.get_parameter("executor").value))
+    except ValueError as exc:
+        node.get_logger().error(str(exc))
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
     executor.add_node(node)
     try:
         autostart = bool(node.get_parameter("autostart").value)
