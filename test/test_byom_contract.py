@@ -170,6 +170,9 @@ def test_config_refusals_for_a_model_without_a_head(models: dict[str, Path]) -> 
 
     with pytest.raises(ValueError, match="surprise.enabled is true but the model has no world-model head"):
         build_runtime(on, models["minimum"])
+    # A backend given as an override (`wam-control run --backend triton`) is judged like the config's.
+    with pytest.raises(ValueError, match="inference.backend triton runs models with the prefix"):
+        build_runtime(cfg, models["minimum"], backend="triton")
 
 
 def test_extra_dofs_must_be_mapped_in_the_config(models: dict[str, Path]) -> None:

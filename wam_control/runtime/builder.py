@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,7 +174,9 @@ def resolve(
 
     contract = read_contract(path)
     check_contract(contract, config)
-    problems = refusals(contract, config)
+    # Refusals judge the backend that will run (an override included), not only the config's.
+    effective = replace(config, inference=replace(config.inference, backend=backend))
+    problems = refusals(contract, effective)
     if problems:
         raise ValueError(f"{config.source} with model {path}: " + "; ".join(problems))
     for part, line in model_plan(contract, config):
