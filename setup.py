@@ -16,7 +16,7 @@ extras = {
     # Native TensorRT: the PyPI wheels fetch libraries from NVIDIA's index.
     "tensorrt": ["tensorrt>=10.0", "cuda-python>=12.0,<13", "onnx>=1.17"],
     # Training / export. torch is pinned: an unpinned spec pulls the CUDA build on CPU machines.
-    "train": ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.2", "tqdm>=4.60"],
+    "train": ["torch==2.13.0", "onnx>=1.17", "onnxscript>=0.2", "tqdm>=4.60", "tokenizers>=0.20"],
     # ROS 2 wire format without ROS: the BytesMachine speed-up relies on this exact version.
     "dds": ["cyclonedds==11.0.1"],
     # Language prompts for models with an instruction_tokens input (contract v2): <model>.tokenizer.json.

@@ -27,7 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from wam_control.policy.contract import INPUT_NAMES, OUTPUT_NAMES, ModelContract, read_contract
+from wam_control.policy.contract import (
+    INPUT_NAMES,
+    INSTRUCTION_INPUT,
+    OUTPUT_NAMES,
+    ModelContract,
+    read_contract,
+)
 from wam_control.policy.engine_cache import atomic_write
 
 DEFAULT_OPSET = 18
@@ -73,7 +79,17 @@ def _random_inputs(model: Any, batch: int, seed: int) -> tuple[Any, ...]:
     )
     plen = plen.to(torch.int64)
     plen[0] = 0
-    return images, state, prefix, plen
+    if not cfg.has_instruction:
+        return images, state, prefix, plen
+    # Token ids with some padding (id 0) at the end, never all padding.
+    tokens = torch.randint(1, cfg.vocab_size, (batch, cfg.max_instruction_tokens), generator=g)
+    lengths = torch.randint(1, cfg.max_instruction_tokens + 1, (batch, 1), generator=g)
+    tokens = torch.where(torch.arange(cfg.max_instruction_tokens).unsqueeze(0) < lengths, tokens, 0)
+    return images, state, prefix, plen, tokens
+
+
+def input_names(model: Any) -> tuple[str, ...]:
+    return (*INPUT_NAMES, INSTRUCTION_INPUT) if model.config.has_instruction else INPUT_NAMES
 
 
 class _Quiet:
@@ -114,7 +130,8 @@ def to_onnx_proto(model: Any, *, opset: int = DEFAULT_OPSET, max_batch: int = 64
     # torch.export specialises size-1 dimensions, so trace with batch 2 to keep the batch symbolic.
     example = _random_inputs(model, batch=2, seed=1234)
     batch = torch.export.Dim("batch", min=1, max=max_batch)
-    dyn = {name: {0: batch} for name in INPUT_NAMES}
+    names = input_names(model)
+    dyn = {name: {0: batch} for name in names}
     with _Quiet(), torch.no_grad():
         program = torch.onnx.export(
             model.eval(),
@@ -123,7 +140,7 @@ def to_onnx_proto(model: Any, *, opset: int = DEFAULT_OPSET, max_batch: int = 64
             dynamo=True,
             external_data=False,
             opset_version=opset,
-            input_names=list(INPUT_NAMES),
+            input_names=list(names),
             output_names=list(OUTPUT_NAMES),
             dynamic_shapes=dyn,
             verbose=False,
@@ -153,7 +170,7 @@ def parity_check(
         inputs = _random_inputs(model, batch=3, seed=seed)
         with torch.no_grad():
             ref = [t.numpy() for t in model.eval()(*inputs)]
-        got = sess.run(list(OUTPUT_NAMES), {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs)})
+        got = sess.run(list(OUTPUT_NAMES), {n: t.numpy() for n, t in zip(input_names(model), inputs)})
         for name, r, g in zip(OUTPUT_NAMES, ref, got):
             if r.shape != g.shape:
                 raise ExportError(f"parity: output {name} shape {g.shape} != PyTorch {r.shape}")
@@ -194,6 +211,8 @@ def export_onnx(
     t0 = time.perf_counter()
     out = Path(path)
     model = model.eval()
+    if model.config.has_instruction and not model.tokenizer_json:
+        raise ExportError("the model takes instruction_tokens but carries no tokenizer (model.tokenizer_json)")
     target = _to_fp16(model) if fp16 else model
     proto = to_onnx_proto(target, opset=opset, max_batch=max_batch)
     data = dict(training_data or {})
@@ -220,9 +239,17 @@ def export_onnx(
     with tempfile.TemporaryDirectory() as td:
         probe = Path(td) / "probe.onnx"
         probe.write_bytes(blob)
+        if model.config.has_instruction:
+            from wam_control.model.prompt import write_tokenizer
+
+            write_tokenizer(model.tokenizer_json, probe)
         read_contract(probe, verify_weights=True)
         parity = parity_check(model, probe, fp16=fp16) if check_parity else {}
     atomic_write(out, blob)
+    if model.config.has_instruction:
+        from wam_control.model.prompt import write_tokenizer
+
+        write_tokenizer(model.tokenizer_json, out)
     ckpt = None
     if write_checkpoint and not fp16:
         ckpt = out.with_suffix(".pt")
@@ -255,13 +282,18 @@ def make_test_model(
 ) -> Path:
     """Write a random-init, contract-valid ONNX (+ .pt checkpoint) at `path`; returns the path.
 
-    Deterministic in its arguments. If `path` already holds a model made by this function with the same
+    A prompt model (`max_instruction_tokens=L`, `vocab_size` defaults to the sim prompts' word-level
+    tokenizer's) gets that tokenizer beside it. Deterministic in its arguments. If `path` already holds a model made by this function with the same
     arguments and the same model/export code, it is reused (no re-export), so a session-scoped fixture or
     a shared cache directory makes repeated calls free. Not a trained policy: its actions are noise
     around the state.
     """
     from wam_control.model.wam import WAMConfig, build_model
 
+    if config.get("max_instruction_tokens") and not config.get("vocab_size"):
+        from wam_control.model.prompt import PromptEncoder, build_tokenizer, task_prompts
+
+        config["vocab_size"] = PromptEncoder(build_tokenizer(task_prompts()), 1).vocab_size
     cfg = WAMConfig(
         joint_names=tuple(joint_names),
         camera_names=tuple(camera_names),
@@ -284,6 +316,10 @@ def make_test_model(
         except ValueError:
             pass  # unreadable or stale: rebuild below
     model = build_model(cfg, seed=seed)
+    if cfg.has_instruction:
+        from wam_control.model.prompt import build_tokenizer, task_prompts
+
+        model.tokenizer_json = build_tokenizer(task_prompts())
     # Non-trivial statistics so tests see joint-dependent scales (a zero/one init hides bugs).
     d = cfg.num_joints
     rng = np.random.default_rng(seed)

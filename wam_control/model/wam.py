@@ -1,7 +1,8 @@
 """The distilled World-Action Model (PyTorch), shaped exactly like the ONNX contract (DESIGN.md §3).
 
-    images uint8 [B,N,H,W,3] ─► ImageEncoder (per camera, shared) ─┐
-    state  float32 [B,D] ─► normalise ─► Linear ───────────────────┴► fuse MLP ─► latent z [B,C] (LayerNorm)
+    images uint8 [B,N,H,W,3] ─► ImageEncoder (per camera, shared; FiLM by the prompt) ─┐
+    state  float32 [B,D] ─► normalise ─► Linear ──────────────────────────────────────┤
+    instruction_tokens int64 [B,L] ─► embedding, masked mean ─► prompt feature ───────┴► fuse MLP ─► latent z [B,C]
     z + masked prefix (residuals to state, mask channel) ─► ActionHead MLP ─► residuals [B,H,D]
         actions = state + residual * residual_scale, then steps < prefix_len := action_prefix (in-graph)
     z + actions (relative to state, normalised) ─► WorldHead MLP ─► latent_pred [B,K,C]
@@ -13,6 +14,15 @@ measured state, so an untrained or uncertain model stays near where the arm is. 
 residuals times a 0/1 mask plus the mask itself, so "no prefix" is distinguishable from "prefix equals
 the state" (never zero-padding semantics), and the first prefix_len output steps are overwritten with
 the prefix in-graph so the contract "continue the committed actions" holds exactly, not approximately.
+
+Contract v2 parts (optional, off by default so the bundled v1 models are unchanged):
+- extra DOFs (`extra_dofs`, e.g. ("gripper",)): appended to the arm joints in `state` and `actions`
+  (D = len(joint_names) + len(extra_dofs)); exported as `state_names` / `action_names`.
+- language prompt (`max_instruction_tokens` > 0, `vocab_size`): token ids from the word-level
+  tokenizer beside the model (model/prompt.py). Pad id 0 is masked out of a mean of embeddings: for
+  the handful of task/colour words a prompt carries here, a bag of words is what matters, and it is
+  two ONNX ops. The prompt feature enters the fuse MLP and scales/shifts the last conv features per
+  channel (FiLM), so "which colour" can select image features before they are flattened.
 """
 
 from __future__ import annotations
@@ -57,11 +67,21 @@ class WAMConfig:
     hidden_dim: int = 512
     head_blocks: int = 2  # residual MLP blocks in the action head (world head: half, at least 1)
     model_name: str = "wam-small"
+    extra_dofs: tuple[str, ...] = ()  # contract v2 action/state DOFs after the arm joints (a gripper)
+    max_instruction_tokens: int = 0  # L of instruction_tokens; 0: no prompt input (contract v1 shape)
+    vocab_size: int = 0  # tokenizer vocabulary (pad id 0), with max_instruction_tokens
+    instruction_dim: int = 64
 
     def __post_init__(self) -> None:
         self.joint_names = tuple(self.joint_names)
         self.camera_names = tuple(self.camera_names)
         self.conv_channels = tuple(self.conv_channels)
+        self.extra_dofs = tuple(self.extra_dofs)
+        if self.max_instruction_tokens < 0 or (self.max_instruction_tokens > 0) != (self.vocab_size > 1):
+            raise ValueError(
+                f"max_instruction_tokens {self.max_instruction_tokens} and vocab_size {self.vocab_size}: "
+                "a prompt input needs both (> 0 and > 1), no prompt neither"
+            )
         self.latent_offsets = tuple(self.latent_offsets) or default_latent_offsets(self.horizon)
         if max(self.latent_offsets) > self.horizon:
             raise ValueError(f"latent_offsets {self.latent_offsets} reach past horizon {self.horizon}")
@@ -70,7 +90,16 @@ class WAMConfig:
 
     @property
     def num_joints(self) -> int:
-        return len(self.joint_names)
+        """Width of `state` and `actions`: the arm joints and the extra DOFs."""
+        return len(self.joint_names) + len(self.extra_dofs)
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return (*self.joint_names, *self.extra_dofs)
+
+    @property
+    def has_instruction(self) -> bool:
+        return self.max_instruction_tokens > 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,7 +148,10 @@ class ImageEncoder(nn.Module):
         self.num_cameras = len(cfg.camera_names)
         self.out_dim = self.num_cameras * cfg.image_feature_dim
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.channels = cin
+
+    def forward(self, images: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        """`film` [B, 2*channels] (the prompt's gamma, beta), or None."""
         b, n, h, w, c = images.shape
         dtype = self.linear.weight.dtype
         # Cast first: the uint8 input must go straight into a Cast node. TensorRT's ONNX parser takes
@@ -127,28 +159,62 @@ class ImageEncoder(nn.Module):
         # the graph unbuildable (policy.trt_lint checks this on every export).
         x = images.to(dtype).reshape(b * n, h, w, c).permute(0, 3, 1, 2)
         x = x * self.pix_scale.to(dtype) + self.pix_shift.to(dtype)
-        return torch.relu(self.linear(self.convs(x).flatten(1))).reshape(b, -1)
+        x = self.convs(x)
+        if film is not None:
+            gamma, beta = film.to(dtype).repeat_interleave(n, dim=0).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+            x = torch.relu(x * (1.0 + gamma) + beta)
+        return torch.relu(self.linear(x.flatten(1))).reshape(b, -1)
+
+
+class InstructionEncoder(nn.Module):
+    """int64 token ids [B,L] (pad id 0) -> prompt feature [B,E]: the mean of the non-pad embeddings."""
+
+    def __init__(self, cfg: WAMConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.instruction_dim)
+        self.proj = nn.Sequential(nn.Linear(cfg.instruction_dim, cfg.instruction_dim), nn.ReLU())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        dtype = self.embed.weight.dtype
+        mask = (tokens != 0).to(dtype).unsqueeze(-1)
+        e = (self.embed(tokens) * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        return self.proj(e)
 
 
 class ObservationEncoder(nn.Module):
-    """(images, normalised state) -> latent z [B,C]. Copy this module for a target (EMA) encoder."""
+    """(images, normalised state[, prompt tokens]) -> latent z [B,C]. Copy this module for a target
+    (EMA) encoder."""
 
     def __init__(self, cfg: WAMConfig) -> None:
         super().__init__()
         self.image = ImageEncoder(cfg)
         self.state = nn.Sequential(nn.Linear(cfg.num_joints, 64), nn.ReLU())
-        self.fuse_in = nn.Linear(self.image.out_dim + 64, cfg.hidden_dim)
+        self.instruction = InstructionEncoder(cfg) if cfg.has_instruction else None
+        self.film = nn.Linear(cfg.instruction_dim, 2 * self.image.channels) if cfg.has_instruction else None
+        if self.film is not None:  # start as the identity: the prompt earns its influence
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+        prompt_dim = cfg.instruction_dim if cfg.has_instruction else 0
+        self.fuse_in = nn.Linear(self.image.out_dim + 64 + prompt_dim, cfg.hidden_dim)
         self.fuse = nn.Sequential(
             nn.ReLU(),
             nn.Linear(cfg.hidden_dim, cfg.latent_dim),
             nn.LayerNorm(cfg.latent_dim),
         )
 
-    def forward(self, images: torch.Tensor, state_norm: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, state_norm: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         dtype = self.fuse_in.weight.dtype
-        return self.fuse(
-            self.fuse_in(torch.cat([self.image(images), self.state(state_norm.to(dtype))], dim=-1))
-        )
+        parts = [self.state(state_norm.to(dtype))]
+        film = None
+        if self.instruction is not None and self.film is not None:
+            if tokens is None:
+                raise ValueError("this model takes instruction_tokens")
+            prompt = self.instruction(tokens)
+            film = self.film(prompt)
+            parts.append(prompt)
+        return self.fuse(self.fuse_in(torch.cat([self.image(images, film), *parts], dim=-1)))
 
 
 class ResidualMLP(nn.Module):
@@ -222,6 +288,8 @@ class WorldActionModel(nn.Module):
         self.register_buffer("state_std", torch.ones(d))
         self.register_buffer("residual_scale", torch.full((d,), 0.1))
         self.register_buffer("steps", torch.arange(cfg.horizon), persistent=False)
+        self.tokenizer_json: str | None = None
+        """The prompt tokenizer (model/prompt.py) of a model with a prompt input; saved with it."""
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -239,9 +307,11 @@ class WorldActionModel(nn.Module):
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
 
-    def encode(self, images: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, images: torch.Tensor, state: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Latent of an observation (float32 [B,C]); what a target encoder computes for future frames."""
-        return self.encoder(images, self.normalize_state(state)).float()
+        return self.encoder(images, self.normalize_state(state), tokens).float()
 
     def prefix_mask(self, prefix_len: torch.Tensor) -> torch.Tensor:
         plen = prefix_len.clamp(0, self.config.horizon)
@@ -256,10 +326,15 @@ class WorldActionModel(nn.Module):
         return self.world_head(latent.to(dt), res.to(dt)).float()
 
     def forward_train(
-        self, images: torch.Tensor, state: torch.Tensor, action_prefix: torch.Tensor, prefix_len: torch.Tensor
+        self,
+        images: torch.Tensor,
+        state: torch.Tensor,
+        action_prefix: torch.Tensor,
+        prefix_len: torch.Tensor,
+        instruction_tokens: torch.Tensor | None = None,
     ) -> WAMTrainOutput:
         dt = self.compute_dtype
-        z = self.encoder(images, self.normalize_state(state))
+        z = self.encoder(images, self.normalize_state(state), instruction_tokens)
         mask = self.prefix_mask(prefix_len)
         maskf = mask.to(torch.float32).unsqueeze(-1)
         prefix_res = (action_prefix - state.unsqueeze(1)) / self.residual_scale * maskf
@@ -271,9 +346,14 @@ class WorldActionModel(nn.Module):
         return WAMTrainOutput(actions, actions_raw, residual, z.float(), latent_pred, mask)
 
     def forward(
-        self, images: torch.Tensor, state: torch.Tensor, action_prefix: torch.Tensor, prefix_len: torch.Tensor
+        self,
+        images: torch.Tensor,
+        state: torch.Tensor,
+        action_prefix: torch.Tensor,
+        prefix_len: torch.Tensor,
+        instruction_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.forward_train(images, state, action_prefix, prefix_len)
+        out = self.forward_train(images, state, action_prefix, prefix_len, instruction_tokens)
         return out.actions, out.latent, out.latent_pred
 
     def num_parameters(self) -> int:
@@ -306,8 +386,10 @@ def contract_for(
     model: WorldActionModel, weights_sha256: str, training_data: Mapping[str, Any] | None = None
 ) -> ModelContract:
     cfg = model.config
+    # The v1 architecture has every part a version 1 file has; a prompt or extra DOFs need version 2.
+    v2 = cfg.has_instruction or bool(cfg.extra_dofs)
     return ModelContract(
-        contract_version=1,  # the bundled architecture has every part: a version 1 file (unchanged)
+        contract_version=2 if v2 else 1,
         model_name=cfg.model_name,
         joint_names=tuple(cfg.joint_names),
         camera_names=tuple(cfg.camera_names),
@@ -321,6 +403,9 @@ def contract_for(
         latent_dim=cfg.latent_dim,
         weights_sha256=weights_sha256,
         training_data=dict(training_data or {}),
+        max_instruction_tokens=cfg.max_instruction_tokens,
+        action_names=cfg.action_names if cfg.extra_dofs else (),
+        state_names=cfg.action_names if cfg.extra_dofs else (),
     )
 
 
@@ -343,6 +428,7 @@ def save_checkpoint(
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "training_data": dict(training_data or {}),
+        "tokenizer": model.tokenizer_json or "",
     }
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(payload, tmp)
@@ -367,4 +453,5 @@ def load_checkpoint(path: str) -> tuple[WorldActionModel, dict[str, Any]]:
         )
     model = build_model(WAMConfig.from_dict(payload["config"]), seed=None)
     model.load_state_dict(payload["state_dict"])
+    model.tokenizer_json = payload.get("tokenizer") or None
     return model.eval(), dict(payload.get("training_data") or {})
