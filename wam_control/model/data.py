@@ -13,6 +13,11 @@ first moment every stream has a sample. For each observation at time t:
 - `future[i]` = index of the observation at t + latent_offsets[i] * action_dt (clamped to the last
   observation of the episode): its latent is the world-model target.
 
+With a gripper (`SampleSpec.gripper_joint`, a contract v2 extra DOF named "gripper"), the state gets
+that finger joint's measured position as its last column and the actions the gripper setpoint in force
+(/gripper_controller/commands, first value), as the runtime's command vector carries it. Each
+episode's prompt (the bag's `prompt` metadata, /instruction) is kept in `episodes[i]["prompt"]`.
+
 Frames are stored once (uint8) and referenced by index, so a dataset of ~20k observations of one
 96x96 camera is ~0.5 GB at most and usually far less. `load_dataset` decodes a folder of bags once and
 caches the result as an .npz keyed by the bag names/sizes and the sampling spec.
@@ -47,6 +52,7 @@ class SampleSpec:
     action_dt: float
     latent_offsets: tuple[int, ...]
     obs_dt: float
+    gripper_joint: str = ""  # the extra DOF "gripper": its finger joint in /joint_states ("" = none)
 
     def __post_init__(self) -> None:
         ratio = self.action_dt / self.obs_dt
@@ -68,6 +74,7 @@ class SampleSpec:
             "action_dt": self.action_dt,
             "latent_offsets": list(self.latent_offsets),
             "obs_dt": self.obs_dt,
+            **({"gripper_joint": self.gripper_joint} if self.gripper_joint else {}),
         }
 
 
@@ -250,6 +257,25 @@ def episode_from_bag(
     pick = [demo.joint_names.index(j) for j in spec.joint_names]
     if len(demo.command_t) == 0 or len(demo.joint_t) == 0:
         raise ValueError(f"bag {path}: needs /joint_states and command messages, found none")
+    cmd_names = tuple(demo.command_names) or tuple(demo.joint_names)
+    missing = [j for j in spec.joint_names if j not in cmd_names]
+    if missing:
+        raise ValueError(
+            f"bag {path}: joints {missing} have no command recorded (commands: {list(cmd_names)})"
+        )
+    joint_q = demo.joint_q[:, pick]
+    command_q = demo.command_q[:, [cmd_names.index(j) for j in spec.joint_names]]
+    if spec.gripper_joint:
+        if spec.gripper_joint not in demo.joint_names:
+            raise ValueError(
+                f"bag {path}: gripper joint {spec.gripper_joint!r} is not in /joint_states "
+                f"(has {list(demo.joint_names)})"
+            )
+        if len(demo.gripper_t) == 0:
+            raise ValueError(f"bag {path}: no gripper commands (/gripper_controller/commands) recorded")
+        finger = demo.joint_q[:, demo.joint_names.index(spec.gripper_joint)]
+        joint_q = np.concatenate([joint_q, finger[:, None]], axis=1)
+        command_q = np.concatenate([command_q, demo.gripper_at(demo.command_t)[:, :1]], axis=1)
     streams = []
     for cam in spec.camera_names:
         topic_ns = CAMERA_NAMESPACES.get(cam, "/" + cam).lstrip("/")
@@ -276,9 +302,7 @@ def episode_from_bag(
     t1 = float(demo.joint_t[-1])
     n = int(math.floor((t1 - t0) / spec.obs_dt + 1e-6)) + 1
     obs_t = t0 + np.arange(max(n, 0)) * spec.obs_dt
-    arrays = episode_arrays(
-        spec, obs_t, frame_t, demo.joint_t, demo.joint_q[:, pick], demo.command_t, demo.command_q[:, pick]
-    )
+    arrays = episode_arrays(spec, obs_t, frame_t, demo.joint_t, joint_q, demo.command_t, command_q)
     md = demo.metadata
     info = {
         "source": md.get("controller", "bag"),
@@ -287,6 +311,7 @@ def episode_from_bag(
         "task": md.get("task"),
         "success": md.get("success") == "true",
         "duration_s": round(t1 - t0, 3),
+        "prompt": md.get("prompt", ""),
     }
     return frames, arrays, info
 

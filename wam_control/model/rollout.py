@@ -9,6 +9,11 @@ the latest camera frame (zero-order hold, as the runtime sees it) and the measur
 Used by `wam-control distill` (DAgger: a labeler gives the teacher's chunk at every observation) and
 for the bundled model's evaluation and surprise calibration (`record_latents`: the model is also run
 at every observation so that the latent actually observed at t + offset is known for each prediction).
+
+A model with the gripper DOF (`RolloutConfig.gripper`): the state carries the first finger's position
+after the arm joints and the last action column is the finger setpoint (`arm.step(q, gripper=g)`), as
+the runtime's command vector with config/fr3_hand.yaml. A prompted model gets the task's prompt
+(`arm.task.prompt`, or `RolloutConfig.prompt` to override it) through `prompt_encoder`.
 """
 
 from __future__ import annotations
@@ -23,10 +28,16 @@ from wam_control.model.data import SampleSpec, episode_arrays
 
 
 class Policy(Protocol):
-    """images uint8 [N,H,W,3], state float32 [D], prefix float32 [H,D], prefix_len -> (actions, latent, latent_pred)."""
+    """images uint8 [N,H,W,3], state float32 [D], prefix float32 [H,D], prefix_len[, tokens int64 [L]]
+    -> (actions, latent, latent_pred)."""
 
     def __call__(
-        self, images: np.ndarray, state: np.ndarray, prefix: np.ndarray, prefix_len: int
+        self,
+        images: np.ndarray,
+        state: np.ndarray,
+        prefix: np.ndarray,
+        prefix_len: int,
+        tokens: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
@@ -40,7 +51,12 @@ class TorchPolicy:
         self.model = model.eval()
 
     def __call__(
-        self, images: np.ndarray, state: np.ndarray, prefix: np.ndarray, prefix_len: int
+        self,
+        images: np.ndarray,
+        state: np.ndarray,
+        prefix: np.ndarray,
+        prefix_len: int,
+        tokens: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         torch = self._torch
         with torch.no_grad():
@@ -49,6 +65,7 @@ class TorchPolicy:
                 torch.from_numpy(state[None]),
                 torch.from_numpy(prefix[None]),
                 torch.tensor([prefix_len], dtype=torch.int64),
+                None if tokens is None else torch.from_numpy(tokens[None]),
             )
         return a[0].numpy(), z[0].numpy(), zp[0].numpy()
 
@@ -63,9 +80,16 @@ class BackendPolicy:
         self.backend = backend
 
     def __call__(
-        self, images: np.ndarray, state: np.ndarray, prefix: np.ndarray, prefix_len: int
+        self,
+        images: np.ndarray,
+        state: np.ndarray,
+        prefix: np.ndarray,
+        prefix_len: int,
+        tokens: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        out = self.backend.infer(self._input(images, state, prefix, int(prefix_len)))
+        out = self.backend.infer(
+            self._input(images, state, prefix, int(prefix_len), instruction_tokens=tokens)
+        )
         return out.actions, out.latent, out.latent_pred
 
 
@@ -83,6 +107,9 @@ class RolloutConfig:
     settle_s: float = 0.5  # success must hold this long (as in `wam-control bench expert`)
     max_time_s: float | None = None  # None: the task's horizon
     record_latents: bool = False
+    gripper: bool = False  # the model's last state/action column is the gripper (first finger, m)
+    prompt_encoder: Callable[[str], np.ndarray] | None = None  # a prompted model: text -> token ids
+    prompt: str | None = None  # None: the task's own prompt
 
 
 @dataclass
@@ -171,7 +198,22 @@ def run_episode(
         )
     h = cfg.horizon
     max_t = arm.task.horizon_s if cfg.max_time_s is None else cfg.max_time_s
-    _, q, _ = arm.joint_state()
+    if cfg.gripper and not arm.has_hand:
+        raise ValueError("RolloutConfig.gripper: the arm has no hand")
+    if cfg.gripper and labeler is not None:
+        raise ValueError("teacher labels with a gripper column are not implemented (DAgger is reach-only)")
+    na = len(arm.joint_names)
+
+    def measured() -> np.ndarray:
+        q = arm.joint_state()[1]
+        return np.append(q, arm.gripper_state()[1][0]) if cfg.gripper else q
+
+    tokens = None
+    if cfg.prompt_encoder is not None:
+        tokens = np.asarray(
+            cfg.prompt_encoder(arm.task.prompt if cfg.prompt is None else cfg.prompt), np.int64
+        )
+    q = measured()
     d = len(q)
     frames: list[np.ndarray] = []
     frame_t: list[float] = []
@@ -197,7 +239,7 @@ def run_episode(
     held = 0.0
     while arm.time < max_t - 1e-9:
         if tick % tps == 0:
-            _, q, _ = arm.joint_state()
+            q = measured()
             images = frames[-1]
             state = q.astype(np.float32)
             obs_t.append(arm.time)
@@ -212,7 +254,7 @@ def run_episode(
                     start = (tick - chunk_tick) // tps
                     p = max(0, min(cfg.prefix_len, h - start))
                     prefix[:p] = chunk[start : start + p]
-                actions, latent, latent_pred = policy(images, state, prefix, p if replan else 0)
+                actions, latent, latent_pred = policy(images, state, prefix, p if replan else 0, tokens)
                 if cfg.record_latents:
                     latents.append(np.asarray(latent, np.float32).copy())
                 if replan:
@@ -227,7 +269,7 @@ def run_episode(
         prev_cmd, last_cmd = last_cmd, cmd.astype(np.float64)
         cmd_t.append(arm.time)
         cmd_q.append(last_cmd)
-        rendered = arm.step(last_cmd)
+        rendered = arm.step(last_cmd[:na], gripper=float(last_cmd[na])) if cfg.gripper else arm.step(last_cmd)
         if rendered:
             grab()
         tick += 1

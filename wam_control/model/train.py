@@ -13,6 +13,12 @@ Three terms, one optimiser step each:
 - prefix conditioning: every sample gets a random prefix length 0..max_prefix with its ground-truth
   prefix, so the head learns to continue a committed prefix (the graph then copies it exactly).
 
+Contract v2 models: `--gripper-joint fr3_finger_joint1` adds the extra DOF "gripper" (that finger's
+position in the state, the gripper setpoint in the actions); `--instruction-tokens L` adds a prompt
+input, with a word-level tokenizer over the sim's prompts and the data's (model/prompt.py); every
+observation is trained with its episode's prompt. Several `--data` folders make one dataset (several
+tasks).
+
 Bags are decoded once into `<out>/dataset.npz` and training runs from memory. `--resume` continues
 from `<out>/train_state.pt` (weights, EMA target, optimiser, step, RNG state). The result is
 `<out>/model.pt` (the torch checkpoint the backends read), `<out>/training_report.json` and, with
@@ -104,19 +110,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def normalization_from(ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def normalization_from(
+    ds: Dataset, num_arm_joints: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-joint state mean/std and the RMS of action - state over the chunk (the residual scale).
 
     The floors keep a joint that barely moves in the data (e.g. the wrist roll) from getting a tiny
-    scale that would turn its noise into large normalised targets."""
+    scale that would turn its noise into large normalised targets. Columns after the first
+    `num_arm_joints` (extra DOFs: a finger, in metres over a 4 cm stroke) get floors 10x smaller."""
+    n = ds.state.shape[1] if num_arm_joints is None else num_arm_joints
+    std_floor = np.where(np.arange(ds.state.shape[1]) < n, 0.05, 0.005)
+    res_floor = np.where(np.arange(ds.state.shape[1]) < n, 0.01, 0.001)
     mean = ds.state.mean(axis=0)
-    std = np.maximum(ds.state.std(axis=0), 0.05)
+    std = np.maximum(ds.state.std(axis=0), std_floor)
     res = ds.actions - ds.state[:, None, :]
-    scale = np.maximum(np.sqrt((res**2).mean(axis=(0, 1))), 0.01)
+    scale = np.maximum(np.sqrt((res**2).mean(axis=(0, 1))), res_floor)
     return mean.astype(np.float32), std.astype(np.float32), scale.astype(np.float32)
 
 
-def spec_for(cfg: WAMConfig, obs_dt: float) -> SampleSpec:
+GRIPPER_DOF = "gripper"
+
+
+def spec_for(cfg: WAMConfig, obs_dt: float, gripper_joint: str = "") -> SampleSpec:
+    if cfg.extra_dofs and (cfg.extra_dofs != (GRIPPER_DOF,) or not gripper_joint):
+        raise ValueError(
+            f"extra DOFs {list(cfg.extra_dofs)}: the data knows one, {GRIPPER_DOF!r}, with its finger joint "
+            "(--gripper-joint)"
+        )
     return SampleSpec(
         joint_names=tuple(cfg.joint_names),
         camera_names=tuple(cfg.camera_names),
@@ -125,7 +145,24 @@ def spec_for(cfg: WAMConfig, obs_dt: float) -> SampleSpec:
         action_dt=cfg.action_dt,
         latent_offsets=tuple(cfg.latent_offsets),
         obs_dt=obs_dt,
+        gripper_joint=gripper_joint if cfg.extra_dofs else "",
     )
+
+
+def episode_tokens(model: WorldActionModel, ds: Dataset) -> np.ndarray | None:
+    """int64 [episodes, L]: each episode's prompt tokenized for `model` (None: it takes no prompt)."""
+    cfg = model.config
+    if not cfg.has_instruction:
+        return None
+    if not model.tokenizer_json:
+        raise ValueError("the model takes a prompt but has no tokenizer")
+    from wam_control.model.prompt import PromptEncoder
+
+    enc = PromptEncoder(model.tokenizer_json, cfg.max_instruction_tokens)
+    missing = [i for i, e in enumerate(ds.episodes) if not e.get("prompt")]
+    if missing:
+        raise ValueError(f"{len(missing)} episodes have no prompt (first: {ds.episodes[missing[0]]})")
+    return np.stack([enc.encode(str(e["prompt"])) for e in ds.episodes])
 
 
 class Trainer:
@@ -163,12 +200,18 @@ class Trainer:
             self.p = w / w.sum()
         self.rng = np.random.default_rng(cfg.seed)
         self.step_count = 0
+        self.ep_tokens = episode_tokens(model, ds)
 
     # ------------------------------------------------------------------ batches
     def _obs(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.from_numpy(self.ds.frames[self.ds.obs_frame[idx]]).to(self.device)
         state = torch.from_numpy(self.ds.state[idx]).to(self.device)
         return images, state
+
+    def _tokens(self, idx: np.ndarray) -> torch.Tensor | None:
+        if self.ep_tokens is None:
+            return None
+        return torch.from_numpy(self.ep_tokens[self.ds.episode[idx]]).to(self.device)
 
     def losses(
         self, idx: np.ndarray, plen: np.ndarray, wm_k: np.ndarray | None
@@ -179,7 +222,8 @@ class Trainer:
         actions = torch.from_numpy(self.ds.actions[idx]).to(self.device)
         executed = torch.from_numpy(self.ds.executed[idx]).to(self.device)
         plen_t = torch.from_numpy(plen.astype(np.int64)).to(self.device)
-        out = m.forward_train(images, state, actions, plen_t)
+        tokens = self._tokens(idx)
+        out = m.forward_train(images, state, actions, plen_t, tokens)
         target_res = (actions - state.unsqueeze(1)) / m.residual_scale
         free = (~out.prefix_mask).unsqueeze(-1).float()
         act_loss = ((out.residual - target_res) ** 2 * free).sum() / (
@@ -192,13 +236,14 @@ class Trainer:
             fut = self.ds.future[idx]  # [B,K]
             f_img, f_state = self._obs(fut.reshape(-1))
             with torch.no_grad():
-                tgt = self.target(f_img, m.normalize_state(f_state)).float().reshape(pred.shape)
+                tgt = self.target(f_img, m.normalize_state(f_state), self._tokens(fut.reshape(-1)))
+                tgt = tgt.float().reshape(pred.shape)
             wm_loss = ((pred - tgt) ** 2).mean()
         else:
             fut = self.ds.future[idx, wm_k]
             f_img, f_state = self._obs(fut)
             with torch.no_grad():
-                tgt = self.target(f_img, m.normalize_state(f_state)).float()
+                tgt = self.target(f_img, m.normalize_state(f_state), self._tokens(fut)).float()
             wm_loss = ((pred[torch.from_numpy(rows), torch.from_numpy(wm_k)] - tgt) ** 2).mean()
         total = act_loss + self.cfg.wm_weight * wm_loss
         return total, {"loss": total, "action": act_loss, "wm": wm_loss}
@@ -244,6 +289,8 @@ class Trainer:
             return {}
         m = self.model.eval()
         h, k = m.config.horizon, len(m.config.latent_offsets)
+        na = len(m.config.joint_names)  # arm joints (rad); extra DOFs (a finger, m) reported apart
+        se_extra = torch.zeros((), dtype=torch.float64)
         se = torch.zeros(h, dtype=torch.float64)
         se_prefix = torch.zeros((), dtype=torch.float64)
         n_prefix = 0
@@ -256,16 +303,21 @@ class Trainer:
             images, state = self._obs(b)
             actions = torch.from_numpy(self.ds.actions[b]).to(self.device)
             zeros = torch.zeros(len(b), dtype=torch.int64, device=self.device)
-            out = m.forward_train(images, state, actions, zeros)
-            se += ((out.actions - actions) ** 2).mean(dim=2).sum(dim=0).double().cpu()
+            tokens = self._tokens(b)
+            out = m.forward_train(images, state, actions, zeros, tokens)
+            se += ((out.actions - actions)[..., :na] ** 2).mean(dim=2).sum(dim=0).double().cpu()
+            if actions.shape[-1] > na:
+                se_extra += ((out.actions - actions)[..., na:] ** 2).mean(dim=(1, 2)).sum().double().cpu()
             if p > 0:
-                outp = m.forward_train(images, state, actions, zeros + p)
-                se_prefix += ((outp.actions[:, p:] - actions[:, p:]) ** 2).mean().double().cpu() * len(b)
+                outp = m.forward_train(images, state, actions, zeros + p, tokens)
+                se_prefix += (
+                    (outp.actions[:, p:, :na] - actions[:, p:, :na]) ** 2
+                ).mean().double().cpu() * len(b)
                 n_prefix += len(b)
             executed = torch.from_numpy(self.ds.executed[b]).to(self.device)
             pred = m.predict_latents(out.latent, state, executed)
             f_img, f_state = self._obs(self.ds.future[b].reshape(-1))
-            obs = m.encode(f_img, f_state).reshape(pred.shape)
+            obs = m.encode(f_img, f_state, self._tokens(self.ds.future[b].reshape(-1))).reshape(pred.shape)
             wm += ((pred - obs) ** 2).mean(dim=2).sum(dim=0).double().cpu()
             wm_copy += ((out.latent.unsqueeze(1) - obs) ** 2).mean(dim=2).sum(dim=0).double().cpu()
             n += len(b)
@@ -275,6 +327,7 @@ class Trainer:
             "action_rmse_rad": float(torch.sqrt(se.sum() / (n * h))),
             "action_rmse_rad_per_step": [round(float(v), 5) for v in rmse],
             "action_rmse_rad_with_prefix": float(torch.sqrt(se_prefix / max(1, n_prefix))) if p > 0 else None,
+            "extra_dof_rmse": float(torch.sqrt(se_extra / n)) if m.config.extra_dofs else None,
             "wm_mse_per_offset": [round(float(v), 5) for v in wm / n],
             "wm_mse_copy_baseline_per_offset": [round(float(v), 5) for v in wm_copy / n],
         }
@@ -292,6 +345,7 @@ class Trainer:
             "rng": json.dumps(rng_state),
             "torch_rng": torch.get_rng_state(),
             "train_config": json.dumps(self.cfg.to_dict()),
+            "tokenizer": self.model.tokenizer_json or "",
         }
 
     def save_state(self, path: Path) -> None:
@@ -406,6 +460,32 @@ def print_summary(report: dict[str, Any], prefix: str = "train") -> None:
     print(line)
 
 
+def load_datasets(
+    data: list[str], spec: SampleSpec, out: Path, successful_only: bool, progress: bool
+) -> Dataset:
+    """One dataset from one or several folders of bags / .npz files (each folder cached in `out`);
+    the whole is cached as `<out>/dataset.npz` (what `wam-control distill --data` takes)."""
+    from wam_control.model.data import concat, save_dataset
+
+    if len(data) == 1:
+        return load_dataset(
+            data[0], spec, cache=out / "dataset.npz", successful_only=successful_only, progress=progress
+        )
+    parts = [
+        load_dataset(
+            d,
+            spec,
+            cache=out / f"dataset.{Path(d).name}.npz",
+            successful_only=successful_only,
+            progress=progress,
+        )
+        for d in data
+    ]
+    ds = concat(parts)
+    save_dataset(ds, out / "dataset.npz", {"spec": spec.to_dict(), "sources": [str(d) for d in data]})
+    return ds
+
+
 def model_from_args(
     preset: str,
     init: str | None,
@@ -448,7 +528,17 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wam-control train", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="folder of recorded bags, or a dataset .npz")
+    ap.add_argument(
+        "--data", required=True, nargs="+", help="folder(s) of recorded bags, or dataset .npz file(s)"
+    )
+    ap.add_argument(
+        "--gripper-joint",
+        default="",
+        help="add the extra DOF 'gripper': this finger joint (fr3_finger_joint1)",
+    )
+    ap.add_argument(
+        "--instruction-tokens", type=int, default=0, help="add a language prompt input of this many tokens"
+    )
     ap.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, report, model)")
     steps = ap.add_mutually_exclusive_group()
     steps.add_argument("--steps", type=int, help="optimiser steps (default 3000)")
@@ -478,12 +568,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(max(1, args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
-    overrides = {
+    overrides: dict[str, Any] = {
         "horizon": args.horizon,
         "action_dt": args.action_dt,
         "max_prefix": args.max_prefix,
         "model_name": args.model_name,
     }
+    tokenizer_json = None
+    if args.gripper_joint:
+        overrides["extra_dofs"] = (GRIPPER_DOF,)
+    if args.instruction_tokens > 0:
+        from wam_control.model.prompt import PromptEncoder, build_tokenizer, task_prompts
+
+        tokenizer_json = build_tokenizer(task_prompts())
+        overrides["max_instruction_tokens"] = args.instruction_tokens
+        overrides["vocab_size"] = PromptEncoder(tokenizer_json, 1).vocab_size
     cameras = tuple(c for c in args.cameras.split(",") if c)
     resume_state = None
     if args.resume:
@@ -493,28 +592,27 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         resume_state = read_train_state(state_path)
         model = build_model(WAMConfig.from_dict(resume_state["config"]), seed=None)
+        model.tokenizer_json = resume_state.get("tokenizer") or tokenizer_json
     else:
         try:
             model = model_from_args(args.preset, args.init, FR3_JOINTS, cameras, overrides, args.seed)
         except (ValueError, FileNotFoundError) as exc:
             print(f"wam-control train: {exc}", file=sys.stderr)
             return 2
-    spec = spec_for(model.config, args.obs_dt)
+        if model.config.has_instruction and not model.tokenizer_json:
+            model.tokenizer_json = tokenizer_json
     t0 = time.perf_counter()
     try:
-        ds = load_dataset(
-            args.data,
-            spec,
-            cache=args.out / "dataset.npz",
-            successful_only=not args.all_episodes,
-            progress=not args.no_progress,
-        )
+        spec = spec_for(model.config, args.obs_dt, args.gripper_joint)
+        ds = load_datasets(args.data, spec, args.out, not args.all_episodes, not args.no_progress)
+        episode_tokens(model, ds)  # every episode has a prompt, if the model takes one
     except (FileNotFoundError, ValueError) as exc:
         print(f"wam-control train: {exc}", file=sys.stderr)
         return 2
     decode_s = time.perf_counter() - t0
     if not args.resume and not args.init:
-        model.set_normalization(*(torch.from_numpy(a) for a in normalization_from(ds)))
+        norm = normalization_from(ds, len(model.config.joint_names))
+        model.set_normalization(*(torch.from_numpy(a) for a in norm))
     if args.epochs is not None:
         n_train = len(ds.split_episodes(args.val_fraction, args.seed)[0])
         n_steps = max(1, math.ceil(args.epochs * n_train / args.batch_size))
@@ -548,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = ds.summary()
     training_data = {
         "kind": "behaviour cloning + world model on recorded demonstrations",
-        "data": str(args.data),
+        "data": " ".join(str(d) for d in args.data),
         **{k: v for k, v in summary.items() if v is not None},
         "obs_dt": args.obs_dt,
         "steps": res.report["steps"],
@@ -559,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "wam-control train " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": model.config.to_dict(),
         "parameters": model.num_parameters(),
-        "data": {**summary, "source": str(args.data), "decode_s": round(decode_s, 1)},
+        "data": {**summary, "source": [str(d) for d in args.data], "decode_s": round(decode_s, 1)},
         **res.report,
         "history": res.history,
     }
