@@ -37,6 +37,7 @@ from wam_control.model.data import Dataset, DatasetBuilder, SampleSpec, concat, 
 from wam_control.model.rollout import (
     BackendPolicy,
     ExpertLabeler,
+    LookaheadLabeler,
     ModelLabeler,
     RolloutConfig,
     TorchPolicy,
@@ -121,7 +122,14 @@ def collect(
         builder.add(
             ep.frames,
             episode_samples(ep, spec),
-            {"source": "dagger", "seed": s, "success": ep.success, "duration_s": round(ep.time_s, 3)},
+            {
+                "source": "dagger",
+                "seed": s,
+                "task": arm.task.name,
+                "success": ep.success,
+                "duration_s": round(ep.time_s, 3),
+                "prompt": arm.task.prompt,
+            },
         )
         if bar is not None:
             bar.set_postfix(success=f"{ok / n:.3f}")
@@ -153,7 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--dagger-share", type=float, default=0.5, help="share of each batch drawn from DAgger samples"
     )
-    ap.add_argument("--task", default="reach", choices=("reach",))
+    ap.add_argument(
+        "--task",
+        default="reach",
+        choices=("reach", "push", "pick_place"),
+        help="the student's rollouts; a model with the gripper column is labelled by the expert taking "
+        "over the physics for each chunk (LookaheadLabeler)",
+    )
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--episodes", type=int, default=40, help="student rollouts per iteration")
     ap.add_argument("--steps", type=int, default=400, help="optimiser steps per iteration")
@@ -215,12 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wam-control distill: {exc}", file=sys.stderr)
         return 2
     cfg = model.config
-    spec = spec_for(cfg, cfg.action_dt)
+    gripper = bool(cfg.extra_dofs)
+    gripper_joint = "fr3_finger_joint1" if gripper else ""
+    spec = spec_for(cfg, cfg.action_dt, gripper_joint)
     base: Dataset | None = None
     if args.data:
         try:
             base = concat(
-                load_dataset(d, spec_for(cfg, args.data_obs_dt), cache=out / f"data{i}.npz")
+                load_dataset(d, spec_for(cfg, args.data_obs_dt, gripper_joint), cache=out / f"data{i}.npz")
                 for i, d in enumerate(args.data)
             )
         except (FileNotFoundError, ValueError) as exc:
@@ -237,10 +253,22 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed_start,
         image_hw=(cfg.image_height, cfg.image_width),
         cameras=cfg.camera_names,
+        hand=True if gripper else None,
     )
-    labeler = (
-        teacher if teacher is not None else ExpertLabeler(arm, cfg.horizon, cfg.action_dt, args.label_dt)
-    )
+    if teacher is not None:
+        labeler = teacher
+    elif gripper or args.task == "pick_place":
+        labeler = LookaheadLabeler(arm, cfg.horizon, cfg.action_dt)
+    else:
+        labeler = ExpertLabeler(arm, cfg.horizon, cfg.action_dt, args.label_dt)
+    prompt_encoder = None
+    if cfg.has_instruction:
+        from wam_control.model.prompt import PromptEncoder
+
+        if not model.tokenizer_json:
+            print("wam-control distill: the student takes a prompt but has no tokenizer", file=sys.stderr)
+            return 2
+        prompt_encoder = PromptEncoder(model.tokenizer_json, cfg.max_instruction_tokens).encode
     rcfg = RolloutConfig(
         horizon=cfg.horizon,
         action_dt=cfg.action_dt,
@@ -248,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         replan_steps=args.replan_steps,
         prefix_len=min(args.prefix_len, cfg.max_prefix),
         max_time_s=args.max_time_s,
+        gripper=gripper,
+        prompt_encoder=prompt_encoder,
     )
     if args.init is None:
         if base is None:
@@ -256,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        model.set_normalization(*(torch.from_numpy(a) for a in normalization_from(base)))
+        norm = normalization_from(base, len(cfg.joint_names))
+        model.set_normalization(*(torch.from_numpy(a) for a in norm))
 
     t_start = time.perf_counter()
     iterations: list[dict[str, Any]] = []

@@ -166,6 +166,69 @@ class ExpertLabeler:
         return self._out.copy()
 
 
+class LookaheadLabeler:
+    """The privileged expert as a teacher for tasks whose planner is a state machine (pick_place, and
+    any task with the gripper column): from the state the student reached, the expert takes the arm over
+    in the physics itself for one chunk (its phase read from the sim, `Expert.sync_phase`), and its
+    commands (arm joints, then the finger setpoint) are the label. The sim is saved before and restored
+    after, bit for bit, with no rendering in between, so the student's episode is untouched. Costs one
+    chunk of physics per observation (~15x the episode's own simulation)."""
+
+    gripper = True
+
+    def __init__(self, arm: Any, horizon: int, action_dt: float) -> None:
+        import mujoco
+
+        from wam_control.sim.expert import Expert
+
+        if not arm.has_hand:
+            raise ValueError("LookaheadLabeler: the arm has no hand")
+        self._mujoco = mujoco
+        self.arm = arm
+        self.expert = Expert(arm)
+        self.horizon = horizon
+        ticks = action_dt * arm.control_hz
+        self.per_step = round(ticks)
+        if self.per_step < 1 or abs(ticks - self.per_step) > 1e-6:
+            raise ValueError(f"action_dt {action_dt} is not a whole number of sim ticks")
+        self._saved = mujoco.MjData(arm.model)
+        self._out = np.zeros((horizon, len(arm.joint_names) + 1), np.float32)
+
+    def reset(self) -> None:
+        return None
+
+    def __call__(self, images: np.ndarray, q: np.ndarray, q_cmd: np.ndarray, v_cmd: np.ndarray) -> np.ndarray:
+        arm, e, mj = self.arm, self.expert, self._mujoco
+        na = len(arm.joint_names)
+        mj.mj_copyData(self._saved, arm.model, arm.data)
+        internals = (arm._cmd.copy(), arm._grip_target.copy(), arm._grip_cmd.copy(), arm._blocked.copy(),
+                     arm._held.copy(), arm.camera_hz)  # fmt: skip
+        try:
+            arm.camera_hz = 0.0  # no rendering while looking ahead
+            e.q[:] = q_cmd[:na]
+            e.v[:] = np.clip(v_cmd[:na], -e.v_max, e.v_max)
+            e.a[:] = 0.0
+            e.sync_phase()
+            self._out[0, :na] = q_cmd[:na]
+            self._out[0, na] = q_cmd[na]
+            for k in range(1, self.horizon):
+                for _ in range(self.per_step):
+                    arm.step(e.act(), gripper=e.gripper)
+                self._out[k, :na] = e.q
+                self._out[k, na] = e.gripper
+        finally:
+            mj.mj_copyData(arm.data, arm.model, self._saved)
+            (
+                arm._cmd[:],
+                arm._grip_target[:],
+                arm._grip_cmd[:],
+                arm._blocked[:],
+                arm._held[:],
+                arm.camera_hz,
+            ) = internals
+        return self._out.copy()
+
+
 class ModelLabeler:
     """A (larger) WAM as the teacher: its chunk for the observation, without a prefix."""
 
@@ -200,8 +263,8 @@ def run_episode(
     max_t = arm.task.horizon_s if cfg.max_time_s is None else cfg.max_time_s
     if cfg.gripper and not arm.has_hand:
         raise ValueError("RolloutConfig.gripper: the arm has no hand")
-    if cfg.gripper and labeler is not None:
-        raise ValueError("teacher labels with a gripper column are not implemented (DAgger is reach-only)")
+    if cfg.gripper and labeler is not None and not getattr(labeler, "gripper", False):
+        raise ValueError("this teacher gives no gripper column; use LookaheadLabeler")
     na = len(arm.joint_names)
 
     def measured() -> np.ndarray:
