@@ -66,3 +66,26 @@ def test_decoder_path(test_model_path: Path) -> Path:
     torch.manual_seed(0)
     dec = LatentDecoder(DecoderConfig(latent_dim=contract.latent_dim, image_height=48, image_width=48))
     return export_decoder(dec, default_decoder_path(test_model_path), contract, camera="scene")
+
+
+@pytest.fixture(scope="session")
+def prompt_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init contract v2 model for config/fr3_hand.yaml: FR3 joints + the "gripper" DOF in state
+    and actions, scene + wrist 96x96, a 16-token prompt input (tokenizer beside it), compact widths."""
+    pytest.importorskip("torch", reason="torch ([train] extra) is needed to build the test model")
+    pytest.importorskip("tokenizers", reason="tokenizers ([prompt] extra) is needed for a prompted model")
+    from wam_control.model.export import make_test_model
+
+    path = tmp_path_factory.mktemp("prompt_model") / "wam_prompt_test.onnx"
+    make_test_model(
+        path,
+        joint_names=FR3_JOINTS,
+        camera_names=FR3_CAMERAS,
+        extra_dofs=("gripper",),
+        max_instruction_tokens=16,
+        conv_channels=(8, 16, 32, 64),
+        image_feature_dim=128,
+        hidden_dim=256,
+        model_name="wam-prompt-test",
+    )
+    return path
