@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from wam_control.runtime.controller import Controller
 from wam_control.runtime.episode import (
     EpisodeStepper,
     EpisodeTrace,
+    Observer,
     SeamObserver,
     SuccessObserver,
     TraceObserver,
@@ -251,8 +252,25 @@ class ArmEnvironment:
         """The command the servos hold (the position at reset until the first command)."""
         self.q = self.cmd.copy()
         self.qd = np.zeros_like(self.q)
+        self.gripper: float | None = None
+        """The gripper setpoint of the last command (m per finger); None: none sent yet (the arm's own
+        setpoint holds)."""
+        self._gripper_col: int | None = None
+        self._full_state = False
         self._camera_period = 1.0 / 15.0
         self._next_frame_t = 0.0
+
+    def _bind(self, controller: Any) -> None:
+        """What /joint_states carries and where the gripper is in the command vector, from the
+        controller's joints: the arm's finger joints join the joint state when the controller tracks
+        any joint beyond the arm's (a model with a gripper state); the command column of a finger joint
+        is the gripper setpoint (config extra_dofs, e.g. gripper -> fr3_finger_joint1)."""
+        arm_joints = set(self.arm.joint_names)
+        tracked = tuple(getattr(controller, "tracked_joints", ()))
+        fingers = tuple(getattr(self.arm, "finger_names", ()))
+        self._full_state = bool(fingers) and any(j not in arm_joints for j in tracked)
+        cols = [i for i, j in enumerate(getattr(controller, "command_joints", ())) if j in fingers]
+        self._gripper_col = cols[0] if cols else None
 
     def _feed_frames(self, controller: Any, rendered: Sequence[str]) -> None:
         for cam in rendered:
@@ -262,6 +280,7 @@ class ArmEnvironment:
                 self.images.append((stamp, cam, image.copy()))
 
     def begin(self, controller: Any) -> None:
+        self._bind(controller)
         if self.camera is None:
             self._feed_frames(controller, self.cameras)  # the frame rendered at reset
         else:
@@ -269,15 +288,23 @@ class ArmEnvironment:
             self._next_frame_t = self._camera_period
 
     def observe(self, controller: Any, tick: int) -> None:
-        names, self.q, self.qd = self.arm.joint_state()
-        controller.on_joint_state(names, self.q, self.qd, self.arm.time)
+        if self._full_state:  # arm + finger joints, as the sim bridge publishes /joint_states
+            names, q, qd = self.arm.all_joint_state()
+            controller.on_joint_state(names, q, qd, self.arm.time)
+            n = len(self.arm.joint_names)
+            self.q, self.qd = q[:n], qd[:n]
+        else:
+            names, self.q, self.qd = self.arm.joint_state()
+            controller.on_joint_state(names, self.q, self.qd, self.arm.time)
 
     def act(self, command: Any) -> None:
         if command is not None:
-            np.copyto(self.cmd, command.positions)
+            np.copyto(self.cmd, command.positions[: len(self.cmd)])
+            if self._gripper_col is not None:
+                self.gripper = float(command.positions[self._gripper_col])
 
     def step(self, controller: Any) -> None:
-        rendered = self.arm.step(self.cmd)
+        rendered = self.arm.step(self.cmd, gripper=self.gripper)
         if self.camera is None:
             if rendered:
                 self._feed_frames(controller, rendered)
@@ -340,6 +367,127 @@ class DisturbedArm(ArmEnvironment):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Prompts and what the policy did with the task's objects
+
+LIFT_M = 0.02
+"""A cube counts as lifted once its bottom was this far above the table."""
+MOVED_M = 0.02
+"""A cube counts as moved once its centre left its start by this much (xy) or it was lifted."""
+
+
+def prompt_colour(prompt: str) -> str:
+    """The one cube colour `prompt` names ("" when it names none or several)."""
+    from wam_control.sim.tasks import CUBE_COLOURS
+
+    words = set(prompt.lower().replace(",", " ").replace(".", " ").split())
+    named = [c for c in CUBE_COLOURS if c in words]
+    return named[0] if len(named) == 1 else ""
+
+
+def give_prompt(controller: Any, tokenizer: Any, arm: Any, prompt: str | None = None) -> str:
+    """The episode's prompt to a controller whose model takes one, through the path `~/instruction`
+    takes (policy.instruction.InstructionInput): `prompt` when given (an override, e.g. the wrong-prompt
+    control), else the task's own (`arm.task.prompt`, drawn by the seed). A model without a prompt
+    input gets none ("" returned); an override for such a model is an error."""
+    from wam_control.policy.instruction import InstructionInput
+
+    if tokenizer is None:
+        if prompt:
+            raise ValueError(f"a prompt was given ({prompt!r}) but the model takes no language prompt")
+        return ""
+    text = prompt if prompt else str(getattr(arm.task, "prompt", ""))
+    problem = InstructionInput(controller, tokenizer).set(text)
+    if problem:
+        raise ValueError(f"prompt {text!r}: {problem}")
+    return text.strip()
+
+
+class CubeObserver(Observer):
+    """pick_place: per cube, how high its bottom got (lifted?) and how far it left its start, from
+    tick 0 on; `outcome(prompt)` then says what the policy did with the cubes (EpisodeResult.extras)."""
+
+    def __init__(self, arm: Any) -> None:
+        from wam_control.sim.tasks import CUBE_COLOURS
+
+        self.task = arm.task
+        self.colours = CUBE_COLOURS
+        n = len(CUBE_COLOURS)
+        self.start = np.array([self.task.cube(i) for i in range(n)])
+        self.max_lift = np.zeros(n)
+        self.max_shift = np.zeros(n)
+
+    def after_tick(self, tick: int, command: Any) -> bool:
+        for i in range(len(self.colours)):
+            c = self.task.cube(i)
+            self.max_lift[i] = max(self.max_lift[i], float(c[2]) - self.task.cube_half)
+            self.max_shift[i] = max(self.max_shift[i], float(np.linalg.norm(c[:2] - self.start[i, :2])))
+        return False
+
+    def outcome(self, prompt: str) -> dict[str, float | int | str]:
+        task, cols = self.task, self.colours
+        zone = task.zone()
+        cubes = np.array([task.cube(i) for i in range(len(cols))])
+        d = np.abs(cubes[:, :2] - zone[:2])
+        inside = np.all(d <= task.zone_half - task.zone_margin, axis=1)
+        dist = np.linalg.norm(cubes[:, :2] - zone[:2], axis=1)
+        lifted = self.max_lift > LIFT_M
+        moved = lifted | (self.max_shift > MOVED_M)
+
+        def names(mask: np.ndarray) -> str:
+            return "+".join(c for c, m in zip(cols, mask) if m) or "none"
+
+        target = task.colour
+        asked = prompt_colour(prompt) if prompt else target
+        ti = cols.index(target)
+        pi = cols.index(asked) if asked else -1
+        others = np.ones(len(cols), bool)
+        others[ti] = False
+        if pi >= 0:
+            others[pi] = False
+        return {
+            "task_target": target,
+            "prompt_target": asked or "none",
+            "lifted": names(lifted),
+            "in_zone": names(inside),
+            "closest": cols[int(np.argmin(dist))],
+            "task_target_lifted": int(lifted[ti]),
+            "task_target_in_zone": int(inside[ti]),
+            "prompt_target_lifted": int(lifted[pi]) if pi >= 0 else -1,
+            "prompt_target_in_zone": int(inside[pi]) if pi >= 0 else -1,
+            "other_lifted": int(bool(np.any(lifted & others))),
+            "nothing_moved": int(not np.any(moved)),
+        }
+
+
+EXTRA_RATES = (
+    "task_target_lifted", "task_target_in_zone", "prompt_target_lifted", "prompt_target_in_zone",
+    "other_lifted", "nothing_moved",
+)  # fmt: skip
+"""Per-episode 0/1 extras (`EpisodeResult.extras`, pick_place) whose rate `extras_summary` gives."""
+
+
+def extras_summary(results: Sequence[EpisodeResult]) -> dict[str, float]:
+    """`<key>_rate` over the episodes for each of EXTRA_RATES the episodes have (pick_place; -1 = not
+    applicable, e.g. a prompt that names no cube, is left out of its rate); {} for reach and push."""
+    out: dict[str, float] = {}
+    for key in EXTRA_RATES:
+        vals = [int(r.extras[key]) for r in results if key in r.extras and int(r.extras[key]) >= 0]
+        if any(key in r.extras for r in results):
+            out[f"{key}_rate"] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def describe_extras(extras: dict[str, float | int | str]) -> str:
+    """A few words for the per-episode line ("" without extras)."""
+    if "lifted" not in extras:
+        return ""
+    return (
+        f"[task {extras['task_target']}, prompt {extras['prompt_target']}: lifted {extras['lifted']}, "
+        f"in zone {extras['in_zone']}, closest {extras['closest']}]"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
 # One episode
 
 
@@ -368,6 +516,10 @@ class EpisodeResult:
     trace: EpisodeTrace | None = None
     loop: Any = None
     final_distance_m: float = math.nan
+    prompt: str = ""
+    """The prompt the model was given ("" for a model without a prompt input)."""
+    extras: dict[str, float | int | str] = field(default_factory=dict)
+    """Per-task outcome (pick_place: `CubeObserver.outcome`); printable as key=value."""
 
     @property
     def interventions_total(self) -> int:
@@ -388,6 +540,7 @@ class ClosedLoopEpisode:
         settle_s: float = SETTLE_S,
         camera: CameraThread | None = None,
         keep_images: bool = False,
+        prompt: str = "",
     ) -> None:
         self.arm = arm
         self.c = controller
@@ -405,9 +558,13 @@ class ClosedLoopEpisode:
         self.trace.images = images
         self.seams = SeamObserver(controller)
         self.success = SuccessObserver(self.env, max(1, int(round(settle_s / self.dt))), self.max_ticks)
-        self.stepper = EpisodeStepper(
-            self.env, controller, [self.tracer, self.seams, self.success], dt=self.dt, max_tick=self.max_ticks
-        )
+        self.prompt = prompt
+        self.cubes = CubeObserver(arm) if getattr(arm.task, "name", "") == "pick_place" else None
+        observers: list[Any] = [self.tracer, self.seams]
+        if self.cubes is not None:
+            observers.append(self.cubes)
+        observers.append(self.success)
+        self.stepper = EpisodeStepper(self.env, controller, observers, dt=self.dt, max_tick=self.max_ticks)
         self.done = self.stepper.done
 
     @property
@@ -458,6 +615,8 @@ class ClosedLoopEpisode:
             trace=self.trace if keep_trace else None,
             loop=loop,
             final_distance_m=float(info.get("distance", math.nan)),  # type: ignore[arg-type]
+            prompt=self.prompt,
+            extras=self.cubes.outcome(self.prompt) if self.cubes is not None else {},
         )
 
 
@@ -481,7 +640,40 @@ def surprise_summary(results: Sequence[EpisodeResult]) -> str | None:
     return line + f"{slow} slow-down(s) in {slowed} episode(s), {trips} trip(s) (brake + latch)"
 
 
-def make_arm(config: RobotConfig, contract: ModelContract, task: str, *, camera_hz: float) -> Any:
+def wants_hand(config: RobotConfig, contract: ModelContract, task: str) -> bool:
+    """The hand scene: the task needs the hand (pick_place), or the model or the config has a gripper
+    (an extra DOF mapped to a finger joint of the sim's hand)."""
+    from wam_control.sim.arm import FINGER_NAMES
+    from wam_control.sim.tasks import HAND_TASKS
+
+    if task in HAND_TASKS:
+        return True
+    extra = {*contract.extra_actions, *contract.extra_states}
+    if any(n in config.extra_dofs and config.extra_joint(n) in FINGER_NAMES for n in extra):
+        return True
+    return any(config.extra_joint(n) in FINGER_NAMES for n in config.extra_dofs)
+
+
+def make_oracle(arm: Any, spec: RuntimeSpec) -> Any:
+    """The privileged expert oracle (sim/oracle.py) for `spec`'s contract, its gripper setpoints inside
+    the safety filter's envelope of the gripper joint (position margin included)."""
+    import dataclasses
+
+    from wam_control.sim.oracle import ExpertOracle
+
+    config, contract = spec.config, spec.contract
+    grip_range = None
+    if contract.extra_actions:
+        joint = config.extra_joint(contract.extra_actions[0])
+        lim = dataclasses.replace(config, joints=(joint,)).limit_arrays()
+        grip_range = (float(lim.q_min[0]), float(lim.q_max[0]))
+    return ExpertOracle(arm, contract, config.control_hz, gripper_range=grip_range)
+
+
+def make_arm(
+    config: RobotConfig, contract: ModelContract, task: str, *, camera_hz: float, hand: bool | None = None
+) -> Any:
+    """The sim arm for `task` with the model's cameras and image size; `hand` None: `wants_hand`."""
     from wam_control.sim.arm import CAMERAS, SimArm
 
     unknown = [c for c in contract.camera_names if c not in CAMERAS]
@@ -494,7 +686,24 @@ def make_arm(config: RobotConfig, contract: ModelContract, task: str, *, camera_
         camera_hz=camera_hz,
         image_hw=(contract.image_height, contract.image_width),
         cameras=tuple(contract.camera_names),
+        hand=wants_hand(config, contract, task) if hand is None else hand,
     )
+
+
+def oracle_contract(config: RobotConfig, contract: ModelContract, task: str) -> ModelContract:
+    """The contract the expert oracle plays with: `contract` (a model's: cameras, horizon, prefix), plus
+    the config's gripper as an extra action and state DOF when the arm has the hand and the contract
+    has none (pick_place needs it); no prompt input (the oracle knows the task)."""
+    import dataclasses
+
+    from wam_control.sim.arm import FINGER_NAMES
+
+    grip = [n for n in config.extra_dofs if config.extra_joint(n) in FINGER_NAMES]
+    out = dataclasses.replace(contract, max_instruction_tokens=0)
+    if contract.extra_actions or not grip or not wants_hand(config, contract, task):
+        return out
+    names = (*contract.joint_names, grip[0])
+    return dataclasses.replace(out, contract_version=2, action_names=names, state_names=names)
 
 
 def run_lockstep_episode(
@@ -509,11 +718,13 @@ def run_lockstep_episode(
     keep_trace: bool = False,
     keep_images: bool = False,
     progress: Callable[[ClosedLoopEpisode], None] | None = None,
+    prompt: str | None = None,
 ) -> EpisodeResult:
     """One deterministic episode on a SimClock: the controller from the runtime builder (`spec`, with
     the `mode` execution strategy), the real model called through a `ScriptedWorker` with a fixed
     latency of `lat_ticks`. The async controller gets a fresh surprise monitor when the spec runs one;
-    the sync baseline gets none (see runtime.builder)."""
+    the sync baseline gets none (see runtime.builder). A model with a prompt input gets the task's
+    prompt, or `prompt` (`give_prompt`)."""
     from wam_control.runtime.builder import build
     from wam_control.runtime.replay import scripted_worker_factory
 
@@ -530,8 +741,11 @@ def run_lockstep_episode(
 
     controller = build(spec, clock, worker, execution=mode).controller
     assert rec is not None
+    given = give_prompt(controller, spec.tokenizer, arm, prompt)
     controller.start()
-    ep = ClosedLoopEpisode(arm, controller, horizon_s or arm.task.horizon_s, keep_images=keep_images)
+    ep = ClosedLoopEpisode(
+        arm, controller, horizon_s or arm.task.horizon_s, keep_images=keep_images, prompt=given
+    )
     run_lockstep(ep.stepper, clock, dt=dt, progress=None if progress is None else (lambda _s: progress(ep)))
     controller.close()
     return ep.result(seed, mode, rec, keep_trace=keep_trace)
@@ -547,15 +761,19 @@ def run_realtime_episode(
     keep_trace: bool = True,
     keep_images: bool = False,
     progress: Callable[[ClosedLoopEpisode], None] | None = None,
+    tokenizer: Any = None,
+    prompt: str | None = None,
 ) -> EpisodeResult:
     """One episode in real time: `controller` (started, its worker ready) ticked by a FixedRateLoop in
-    its own thread, frames from a camera thread. Blocks until the episode is done."""
+    its own thread, frames from a camera thread. Blocks until the episode is done. With `tokenizer`
+    (a model with a prompt input) the controller gets the task's prompt, or `prompt` (`give_prompt`)."""
     arm.reset(seed)
     rec.clear()
+    given = give_prompt(controller, tokenizer, arm, prompt)
     camera = CameraThread(arm, controller.config.cameras, controller.on_image)
     if keep_images:
         camera.keep = []
-    ep = ClosedLoopEpisode(arm, controller, horizon_s or arm.task.horizon_s, camera=camera)
+    ep = ClosedLoopEpisode(arm, controller, horizon_s or arm.task.horizon_s, camera=camera, prompt=given)
     try:
         stats = run_realtime(
             ep.stepper, controller.config.control_hz, controller.config.loop, name="wam-demo-loop",
@@ -587,6 +805,7 @@ def run_lockstep_episodes(
     keep_images: bool = False,
     progress: Callable[[ClosedLoopEpisode], None] | None = None,
     on_result: Callable[[int, str, EpisodeResult], None] | None = None,
+    prompt: str | None = None,
 ) -> dict[str, list[EpisodeResult]]:
     """`run_lockstep_episode` for every seed, in every mode per seed (the same seed for each mode);
     `on_result(seed, mode, result)` after each (printing). Results per mode."""
@@ -595,7 +814,7 @@ def run_lockstep_episodes(
         for mode in modes:
             r = run_lockstep_episode(
                 arm, spec, model, seed, mode=mode, lat_ticks=lat_ticks, horizon_s=horizon_s,
-                keep_trace=keep_trace, keep_images=keep_images, progress=progress,
+                keep_trace=keep_trace, keep_images=keep_images, progress=progress, prompt=prompt,
             )  # fmt: skip
             out[mode].append(r)
             if on_result is not None:
@@ -613,6 +832,7 @@ def run_realtime_episodes(
     keep_images: bool = False,
     progress: Callable[[ClosedLoopEpisode], None] | None = None,
     on_result: Callable[[int, str, EpisodeResult], None] | None = None,
+    prompt: str | None = None,
 ) -> list[EpisodeResult]:
     """`run_realtime_episode` for every seed on one started, ready worker (`rec` around it): a fresh
     controller (and surprise monitor) per episode from the runtime builder; a request still in flight
@@ -624,8 +844,9 @@ def run_realtime_episodes(
         controller = build(spec, rec.clock, rec).controller
         controller.start()
         r = run_realtime_episode(
-            arm, controller, rec, seed, horizon_s=horizon_s, keep_images=keep_images, progress=progress
-        )
+            arm, controller, rec, seed, horizon_s=horizon_s, keep_images=keep_images, progress=progress,
+            tokenizer=spec.tokenizer, prompt=prompt,
+        )  # fmt: skip
         controller.stop()
         if rec.busy:
             rec.wait_result(spec.config.timeouts.inference_deadline_s)

@@ -17,6 +17,17 @@ Both modes see the same seeds (evaluation seeds start at 100000; training data u
 episode succeeds when the task's success condition holds for 0.5 s within the task horizon; its time
 is when that held success began. The final line holds the async numbers and, with `--mode both`, the
 sync ones prefixed `sync_`.
+
+Tasks reach, push and pick_place (`--task`; pick_place defaults to `--config fr3_hand`). With the
+hand (the task needs it, or the model or the config has a gripper) the joint state carries the finger
+joints and the command's gripper column drives the sim's fingers. A model with a prompt input gets
+each episode's task prompt (the sim's, drawn by the seed) through the path `~/instruction` takes;
+`--prompt TEXT` gives it TEXT instead (the wrong-prompt control: success is still the task's check).
+pick_place adds what was done with the cubes to the final line: `task_target_*` (the cube the task
+wants), `prompt_target_*` (the cube the prompt given names) `lifted_rate` (its bottom > 2 cm above the
+table at some time) and `in_zone_rate` (its centre inside the zone at the end), `other_lifted_rate`
+and `nothing_moved_rate` (no cube lifted or moved 2 cm). `--policy oracle` plays reach and pick_place
+with the privileged expert (pick_place: with the config's gripper added to the model's contract).
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from wam_control.closedloop import EVAL_SEED_BASE, EpisodeResult, summarize
+from wam_control.closedloop import EVAL_SEED_BASE, EpisodeResult, extras_summary, summarize
 
 DEFAULT_COMPUTE_MS = 5.0
 
@@ -47,26 +58,35 @@ def run(
     task: str = "reach",
     horizon_s: float | None = None,
     progress: bool = False,
+    prompt: str | None = None,
 ) -> tuple[dict[str, list[EpisodeResult]], list[float], int]:
     """Run `episodes` seeds in every mode; (results per mode, measured compute times s, latency ticks).
 
     `spec` (runtime.builder.resolve): config, contract and whether the async controller runs a surprise
-    monitor. `backend` None: the privileged expert oracle (wam_control/sim/oracle.py) plays the policy."""
-    from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episodes
+    monitor. `backend` None: the privileged expert oracle (wam_control/sim/oracle.py) plays the policy.
+    A model with a prompt input gets each episode's task prompt, or `prompt` (the wrong-prompt control)."""
+    from wam_control.closedloop import (
+        BackendModel,
+        describe_extras,
+        latency_ticks,
+        make_arm,
+        run_lockstep_episodes,
+    )
 
     config, contract = spec.config, spec.contract
     lat = latency_ticks(compute_ms, delay_ms, config.control_hz)
     arm = make_arm(config, contract, task, camera_hz=15.0)
     if backend is None:
-        from wam_control.sim.oracle import ExpertOracle
+        from wam_control.closedloop import make_oracle
 
-        backend = ExpertOracle(arm, contract, config.control_hz)
+        backend = make_oracle(arm, spec)
     model = BackendModel(backend)
     row: list[str] = []
 
     def line(s: int, mode: str, r: EpisodeResult) -> None:
         how = f"ok {r.task_time_s:.2f} s" if r.success else f"FAIL ({r.final_distance_m * 100:.1f} cm off)"
-        row.append(f"{mode} {how}")
+        extra = describe_extras(r.extras)
+        row.append(f"{mode} {how}" + (f" {extra}" if extra else ""))
         if mode == modes[-1]:
             if progress:
                 print(f"  seed {s}: " + ", ".join(row), flush=True)
@@ -75,7 +95,7 @@ def run(
     try:
         out = run_lockstep_episodes(
             arm, spec, model, range(seed, seed + episodes), modes=modes, lat_ticks=lat, horizon_s=horizon_s,
-            on_result=line,
+            on_result=line, prompt=prompt,
         )  # fmt: skip
     finally:
         arm.close()
@@ -105,8 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         help="nominal model compute time in the simulated latency (fixed for determinism)",
     )
     ap.add_argument("--mode", choices=("async", "sync", "both"), default="both")
-    ap.add_argument("--task", choices=("reach", "push"), default="reach")
-    ap.add_argument("--config", default="fr3", help="deployment YAML or preset name")
+    ap.add_argument("--task", choices=("reach", "push", "pick_place"), default="reach")
+    ap.add_argument(
+        "--config",
+        default=None,
+        help="deployment YAML or preset name (default: fr3_hand for pick_place, else fr3)",
+    )
+    ap.add_argument(
+        "--prompt",
+        default=None,
+        help="the prompt every episode gives a prompted model instead of the task's own (the wrong-prompt "
+        "control; success is still the task's check)",
+    )
     ap.add_argument("--model", help="ONNX model (default: inference.model of the config, the bundled model)")
     ap.add_argument(
         "--backend",
@@ -142,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from wam_control.config import load_config, preset_path
     from wam_control.runtime.builder import Overrides, resolve
 
-    config = load_config(preset_path(args.config))
+    config = load_config(preset_path(args.config or ("fr3_hand" if args.task == "pick_place" else "fr3")))
     model_path = Path(args.model or config.inference.model)
     if not model_path.is_file():
         print(f"bench closed-loop: model file {model_path} not found (pass --model PATH)", file=sys.stderr)
@@ -154,12 +184,33 @@ def main(argv: list[str] | None = None) -> int:
     # here: the bench also measures models without one); a file that does not fit the model is reported.
     surprise_mode = "if_calibrated" if args.policy == "model" and not args.no_surprise else "off"
     overrides = Overrides(backend=args.backend, surprise=surprise_mode, imagination=False)  # type: ignore[arg-type]
-    try:
-        spec = resolve(config, model_path, overrides)
-    except ValueError as exc:  # CalibrationError / DecoderError: a file that does not fit the model
-        spec = resolve(config, model_path, Overrides(backend=args.backend, surprise="off", imagination=False))
-        spec.surprise_note = f"OFF: {exc}"
+    if args.policy == "oracle":
+        # The expert plays the model's contract (cameras, horizon, prefix), with the config's gripper
+        # where the task has the hand; it takes no prompt.
+        from wam_control.closedloop import oracle_contract
+        from wam_control.policy import read_contract
+
+        if args.prompt is not None:
+            ap.error("--prompt: the expert oracle takes no prompt (it knows the task); use --policy model")
+        spec = resolve(config, model_path, overrides, contract=oracle_contract(config, read_contract(model_path), args.task))
+        spec.surprise_note = "off (expert oracle)"
+    else:
+        try:
+            spec = resolve(config, model_path, overrides)
+        except ValueError as exc:  # CalibrationError / DecoderError: a file that does not fit the model
+            spec = resolve(config, model_path, Overrides(backend=args.backend, surprise="off", imagination=False))
+            spec.surprise_note = f"OFF: {exc}"
     contract = spec.contract
+    if args.prompt is not None and spec.tokenizer is None:
+        print(f"bench closed-loop: --prompt given but model {model_path.name} takes no language prompt", file=sys.stderr)
+        return 2
+    if args.policy == "model" and args.task == "pick_place" and not contract.extra_actions:
+        print(
+            f"bench closed-loop: pick_place needs a model with a gripper output (contract v2 action_names); "
+            f"{model_path.name} has {list(contract.actions)} (or use --policy oracle)",
+            file=sys.stderr,
+        )
+        return 2
     surprise_note = (
         f"surprise monitor on in async mode ({spec.calibration})"
         if spec.calibration is not None
@@ -186,12 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{surprise_note}",
         flush=True,
     )
+    if contract.extra_actions:
+        print(f"extra DOFs: {', '.join(f'{n}->{config.extra_joint(n)}' for n in contract.extra_actions)}")
+    if spec.tokenizer is not None:
+        print(f"prompt: {args.prompt!r} (override) in every episode" if args.prompt is not None
+              else "prompt: each episode's task prompt (sim task.prompt, by seed)")  # fmt: skip
     t0 = time.perf_counter()
     try:
         results, compute_s, lat = run(
             spec, backend, episodes=args.episodes, seed=args.seed, delay_ms=args.delay_ms,
             compute_ms=args.compute_ms, modes=modes, task=args.task, horizon_s=args.horizon_s,
-            progress=not args.quiet,
+            progress=not args.quiet, prompt=args.prompt,
         )  # fmt: skip
         remote = _remote_split(backend) if server is not None else None
     finally:
@@ -240,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             ("sync_success_rate", _fmt(sums["sync"]["success_rate"])),
             ("sync_mean_time_s", _fmt(sums["sync"]["mean_time_s"])),
         ]
+    # Per-task outcome (pick_place: what was done with which cube), in the main mode, then sync_.
+    for m in (main_mode, *(["sync"] if main_mode == "async" and "sync" in sums else [])):
+        prefix = "" if m == main_mode else "sync_"
+        keys += [(prefix + k, _fmt(v)) for k, v in extras_summary(results[m]).items()]
     keys.append(("compute_p50_ms", f"{np.percentile(comp, 50):.3f}"))
     if remote is not None:  # compute_p50_ms above is the round trip; the server's own compute beside it
         print(

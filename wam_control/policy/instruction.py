@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import numpy as np
 
@@ -65,3 +66,34 @@ class InstructionTokenizer:
         out = np.full(self.length, self.pad_id, np.int64)
         out[: len(ids)] = ids
         return out
+
+
+class InstructionInput:
+    """The one path a prompt takes to a controller, whoever gives it (`~/instruction` in the transport
+    adapter, the config's `instruction:` at start-up, the closed loop's per-episode task prompt):
+    tokenized once per change, set on the controller (`set_instruction(text, ids)`), the text kept.
+
+    `tokenizer`: an `InstructionTokenizer` (anything with `encode(text) -> ids`), None for a model
+    without a prompt input (every prompt is then refused)."""
+
+    NO_PROMPT = "the model takes no language prompt (no instruction_tokens input)"
+
+    def __init__(self, controller: Any, tokenizer: Any = None) -> None:
+        self.controller = controller
+        self.tokenizer = tokenizer
+        self.text = ""
+        """The prompt in force (the last one set; "" before any)."""
+
+    def set(self, text: str) -> str | None:
+        """Give `text` (stripped) to the controller unless it is the prompt in force; None when it is
+        in force now, else why it was refused (no prompt input, empty prompt)."""
+        text = text.strip()
+        if self.tokenizer is None:
+            return self.NO_PROMPT
+        if not text:
+            return "empty instruction"
+        if text != self.text:
+            self.controller.set_instruction(text, self.tokenizer.encode(text))
+            self.text = text
+            log.info("instruction: %r (takes effect with the next request)", text)
+        return None

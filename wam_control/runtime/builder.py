@@ -315,7 +315,9 @@ def build(
     )
     if spec.tokenizer is not None and spec.config.instruction:
         # Tokenized here, once, at start-up; ~/instruction replaces it while running.
-        controller.set_instruction(spec.config.instruction, spec.tokenizer.encode(spec.config.instruction))
+        from wam_control.policy.instruction import InstructionInput
+
+        InstructionInput(controller, spec.tokenizer).set(spec.config.instruction)
     return RuntimeParts(controller, inference_worker, monitor, preview, spec.tokenizer, spec.model_path)
 
 

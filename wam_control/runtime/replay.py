@@ -166,8 +166,9 @@ class ScriptedWorker:
 
 
 class BackendModel:
-    """`ScriptedWorker` model: a real `PolicyBackend` run on the request's arrays (its output copied,
-    the frame check's error included); the compute time of every call is kept."""
+    """`ScriptedWorker` model: a real `PolicyBackend` run on the request's arrays, the prompt's tokens
+    included (its output copied, the frame check's error included); the compute time of every call is
+    kept."""
 
     def __init__(self, backend: Any) -> None:
         self.backend = backend
@@ -175,7 +176,13 @@ class BackendModel:
 
     def __call__(self, req: InferenceRequest) -> PolicyOutput:
         t0 = time.perf_counter()
-        out = self.backend.infer(PolicyInput(req.images, req.state, req.action_prefix, int(req.prefix_len)))
+        out = self.backend.infer(
+            PolicyInput(
+                req.images, req.state, req.action_prefix, int(req.prefix_len),
+                request_id=int(req.request_id), obs_tick=int(req.obs_tick),
+                instruction_tokens=req.instruction_tokens,  # a prompted model's (None for others)
+            )
+        )  # fmt: skip
         self.compute_s.append(time.perf_counter() - t0)
         return PolicyOutput(out.actions.copy(), out.latent.copy(), out.latent_pred.copy(), out.frame_error)
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from wam_control.config import RobotConfig
+from wam_control.policy.instruction import InstructionInput
 from wam_control.transport import messages as M
 
 if TYPE_CHECKING:
@@ -106,10 +107,9 @@ class ControllerIO:
         self.joint_names = tuple(self.config.joint_names)
         # Joints read from /joint_states: the arm joints and any extra DOF's joint (a gripper).
         self.state_joints = tuple(getattr(controller, "tracked_joints", self.joint_names))
-        self.tokenizer: Any = None
-        """InstructionTokenizer of a model that takes a language prompt (set by the node)."""
-        self.instruction = ""
-        """The last prompt received (tokenized once per change; the controller applies it)."""
+        self.prompt = InstructionInput(controller)
+        """The prompt path to the controller (tokenized once per change; the controller applies it).
+        Its tokenizer, `tokenizer` here, is set by the node for a model that takes a language prompt."""
         self.extra_outputs = extra_command_outputs(controller)
         self.cameras = {
             name: _Camera(name, topic) for name, topic in self.config.topics.camera_images.items()
@@ -124,6 +124,20 @@ class ControllerIO:
         limits = self.config.limit_arrays()
         self._decel = limits.d_max * self.config.safety.brake_deceleration_fraction
         self._q_min, self._q_max = limits.q_min, limits.q_max
+
+    @property
+    def tokenizer(self) -> Any:
+        """InstructionTokenizer of a model that takes a language prompt (set by the node); None: none."""
+        return self.prompt.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        self.prompt.tokenizer = tokenizer
+
+    @property
+    def instruction(self) -> str:
+        """The last prompt accepted ("" before any)."""
+        return self.prompt.text
 
     # -- inputs ---------------------------------------------------------------------------------------
 
@@ -171,14 +185,9 @@ class ControllerIO:
             text = M.string_from_msg(msg).strip()
         except M.MessageError as exc:
             return self._reject(topic, str(exc))
-        if self.tokenizer is None:
-            return self._reject(topic, "the model takes no language prompt (no instruction_tokens input)")
-        if not text:
-            return self._reject(topic, "empty instruction")
-        if text != self.instruction:
-            self.controller.set_instruction(text, self.tokenizer.encode(text))
-            self.instruction = text
-            log.info("instruction: %r (takes effect with the next request)", text)
+        problem = self.prompt.set(text)
+        if problem:
+            return self._reject(topic, problem)
         self.monitor.accept(topic)
 
     def on_estop(self, msg: Any, topic: str = "~/estop") -> None:
