@@ -75,3 +75,42 @@ def test_dds_demo_refuses_inproc_only_options(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         main(["--transport", "dds", "--record"])
     assert "--record works with --transport inproc only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("transport", ["dds", "ros"])
+def test_dds_demo_prompted_model_gets_the_prompt_and_drives_the_gripper(
+    transport: str, prompt_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """One short pick_place episode with the prompted stand-in model and config/fr3_hand.yaml: the task's
+    prompt crosses DDS on the controller's ~/instruction (its /diagnostics report it back) and the
+    controller's gripper column comes back on /gripper_controller/commands to the sim bridge."""
+    _gl_backend_or_skip()
+    if transport == "ros":
+        pytest.importorskip("rclpy", reason="rclpy (ROS 2): scripts/setup.sh installs it from PyPI")
+    from wam_control.demo import main
+    from wam_control.sim.arm import SimArm
+
+    src = Path(__file__).resolve().parents[1] / "config" / "fr3_hand.yaml"
+    text = src.read_text()
+    assert "surprise:\n      enabled: auto" in text
+    config = tmp_path / "fr3_hand_no_surprise.yaml"
+    config.write_text(text.replace("surprise:\n      enabled: auto", "surprise:\n      enabled: false"))
+    out = tmp_path / "demo"
+    domain = 150 + (os.getpid() + 7) % 70
+    argv = ["--transport", transport, "--tasks", "pick_place:1", "--horizon-s", "1.0", "--model", str(prompt_model_path)]
+    rc = main([*argv, "--config", str(config), "--out", str(out), "--domain-id", str(domain)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    arm = SimArm(task="pick_place", seed=100000, cameras=(), camera_hz=0.0)
+    prompt = arm.task.prompt
+    arm.close()
+    assert "/wam_controller/instruction" in text
+    episode = next(ln for ln in text.splitlines() if "episode 1/1 " in ln)
+    assert repr(prompt) in episode and "exit code 0" in episode
+    final = [ln for ln in text.splitlines() if ln.startswith("success_rate=")]
+    values = dict(kv.split("=") for kv in final[0].split())
+    assert int(values["prompts_delivered"]) == 1, text  # the controller reported this episode's prompt
+    assert int(values["gripper_commands"]) > 50, text  # its gripper setpoints reached the sim bridge
+    assert float(values["command_rate_hz"]) > 50.0
+    assert "reported the episode's own prompt in 1/1" in text
+    assert (out / "gripper.png").stat().st_size > 5000

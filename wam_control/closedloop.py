@@ -488,6 +488,54 @@ def describe_extras(extras: dict[str, float | int | str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The gripper over time (the demo's plots)
+
+
+@dataclass
+class GripperTrace:
+    """Per tick (row i = tick i, NaN where the episode had ended): the gripper setpoint the controller
+    sent (NaN until its first command with a gripper column), the sim's servo setpoint (after the
+    finger speed limit), both finger positions (m from the centre) and, in pick_place, the height of
+    the prompted cube's bottom above the table (m)."""
+
+    t: np.ndarray
+    commanded: np.ndarray
+    servo: np.ndarray
+    fingers: np.ndarray
+    cube_lift: np.ndarray | None = None
+
+
+class GripperObserver(Observer):
+    """Fills a `GripperTrace` from the environment's last gripper command and the arm's hand."""
+
+    def __init__(self, env: ArmEnvironment, n: int, dt: float) -> None:
+        self.env = env
+        self.arm = env.arm
+        n_f = len(getattr(self.arm, "finger_names", ()))
+        task = self.arm.task
+        pick = getattr(task, "name", "") == "pick_place"
+        self.trace = GripperTrace(
+            t=np.arange(n) * dt,
+            commanded=np.full(n, np.nan),
+            servo=np.full(n, np.nan),
+            fingers=np.full((n, n_f), np.nan),
+            cube_lift=np.full(n, np.nan) if pick else None,
+        )
+
+    def after_tick(self, tick: int, command: Any) -> bool:
+        tr, arm = self.trace, self.arm
+        if tick >= tr.t.size:
+            return False
+        g = self.env.gripper
+        tr.commanded[tick] = math.nan if g is None else g
+        tr.servo[tick] = float(arm.gripper_command()[0])
+        tr.fingers[tick] = arm.gripper_state()[1]
+        if tr.cube_lift is not None:
+            tr.cube_lift[tick] = float(arm.task.cube()[2]) - float(arm.task.cube_half)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------
 # One episode
 
 
@@ -520,6 +568,10 @@ class EpisodeResult:
     """The prompt the model was given ("" for a model without a prompt input)."""
     extras: dict[str, float | int | str] = field(default_factory=dict)
     """Per-task outcome (pick_place: `CubeObserver.outcome`); printable as key=value."""
+    gripper: GripperTrace | None = None
+    """The gripper over the episode (an arm with the hand); None without the hand."""
+    task: str = ""
+    """The sim task of the episode ("reach", "push", "pick_place")."""
 
     @property
     def interventions_total(self) -> int:
@@ -560,7 +612,12 @@ class ClosedLoopEpisode:
         self.success = SuccessObserver(self.env, max(1, int(round(settle_s / self.dt))), self.max_ticks)
         self.prompt = prompt
         self.cubes = CubeObserver(arm) if getattr(arm.task, "name", "") == "pick_place" else None
+        self.gripper = (
+            GripperObserver(self.env, self.max_ticks + 1, self.dt) if getattr(arm, "has_hand", False) else None
+        )
         observers: list[Any] = [self.tracer, self.seams]
+        if self.gripper is not None:
+            observers.append(self.gripper)
         if self.cubes is not None:
             observers.append(self.cubes)
         observers.append(self.success)
@@ -617,6 +674,8 @@ class ClosedLoopEpisode:
             final_distance_m=float(info.get("distance", math.nan)),  # type: ignore[arg-type]
             prompt=self.prompt,
             extras=self.cubes.outcome(self.prompt) if self.cubes is not None else {},
+            gripper=self.gripper.trace if self.gripper is not None else None,
+            task=str(getattr(self.arm.task, "name", "")),
         )
 
 

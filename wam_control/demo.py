@@ -22,6 +22,13 @@ gives it and configured/activated through its lifecycle services from this proce
 CPU): the real model is called through the replay `ScriptedWorker`, and its measured latency is
 mapped to a fixed number of ticks.
 
+A model that takes a language prompt and drives the gripper (contract v2, config/fr3_hand.yaml) runs a
+prompted mix of tasks by default (`DEFAULT_MIX`: reach, push and pick_place); `--tasks` picks another
+mix (`reach,push,pick_place:2`: a count per task, else `--episodes` or 1). Each episode's task prompt
+goes to the controller through the path `~/instruction` takes (inproc: policy.instruction's
+InstructionInput; dds/ros: std_msgs/String published on the controller's ~/instruction before it
+starts), and the summary has a line per task. The default configuration is `DEFAULT_CONFIG`.
+
 Evaluation seeds start at 100000; training data uses seeds 0-9999.
 """
 
@@ -46,16 +53,39 @@ from wam_control.closedloop import (
 )
 
 DEFAULT_OUT = Path("out/demo")
+DEFAULT_CONFIG = "fr3"
+"""The demo's configuration (preset name or YAML) when --config is not given. Its inference.model is the
+demo's model: with config/fr3.yaml the bundled reach model (5 reach episodes); switch to "fr3_hand" once
+config/fr3_hand.yaml names the prompted multi-task model, and the demo runs `DEFAULT_MIX`."""
+DEFAULT_MIX = "reach,push,pick_place:2"
+"""The tasks (and episodes of each) run by default when the model takes a prompt and has the gripper."""
+TASK_CHOICES = ("reach", "push", "pick_place")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="wam-control demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--episodes", type=int, default=5, help="closed-loop episodes (default 5)")
+    ap.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="closed-loop episodes (default 5; with a mix: per task without a count, default 1)",
+    )
     ap.add_argument(
         "--seed", type=int, default=EVAL_SEED_BASE, help="seed of the first episode; episode i uses seed+i"
     )
-    ap.add_argument("--task", choices=("reach", "push"), default="reach")
-    ap.add_argument("--config", default="fr3", help="deployment YAML or preset name (default fr3)")
+    ap.add_argument(
+        "--task", choices=TASK_CHOICES, default=None,
+        help="one task (default: reach, or the prompted mix DEFAULT_MIX for a model with a prompt and the gripper)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--tasks",
+        default=None,
+        help=f"a mix of tasks, comma-separated, each with an optional episode count: e.g. {DEFAULT_MIX} "
+        "(episodes run task by task; seeds count on over the whole mix)",
+    )
+    ap.add_argument(
+        "--config", default=DEFAULT_CONFIG, help=f"deployment YAML or preset name (default {DEFAULT_CONFIG})"
+    )
     ap.add_argument("--model", help="ONNX model (default: inference.model of the config, the bundled model)")
     ap.add_argument(
         "--backend",
@@ -100,8 +130,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "model has a calibration file (<model>.surprise.json)",
     )
     args = ap.parse_args(argv)
-    if args.episodes < 1:
+    if args.episodes is not None and args.episodes < 1:
         ap.error("--episodes must be >= 1")
+    if args.task is not None and args.tasks is not None:
+        ap.error("give --task or --tasks, not both")
+    if args.tasks is not None:
+        try:
+            parse_tasks(args.tasks, args.episodes or 1)
+        except ValueError as exc:
+            ap.error(str(exc))
     if args.transport in ("dds", "ros"):
         # The controller is a separate process that runs the configuration as deployed: what this
         # process can observe is the sim, the topics and /diagnostics.
@@ -121,13 +158,82 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+def parse_tasks(text: str, default_count: int) -> list[tuple[str, int]]:
+    """`"reach,push,pick_place:2"` -> [("reach", n), ("push", n), ("pick_place", 2)], n = default_count."""
+    out: list[tuple[str, int]] = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, _, count = item.partition(":")
+        name = name.strip()
+        if name not in TASK_CHOICES:
+            raise ValueError(f"--tasks: unknown task {name!r}; expected some of {', '.join(TASK_CHOICES)}")
+        try:
+            n = int(count) if count.strip() else int(default_count)
+        except ValueError:
+            raise ValueError(f"--tasks: {item!r}: the count after ':' must be an integer") from None
+        if n < 1:
+            raise ValueError(f"--tasks: {item!r}: the count must be >= 1")
+        out.append((name, n))
+    if not out:
+        raise ValueError("--tasks: no task given")
+    return out
+
+
+def prompted_gripper(config: Any, contract: Any) -> bool:
+    """The model takes a language prompt and commands a gripper the configuration maps to the sim's hand:
+    what the prompted mix needs."""
+    from wam_control.sim.arm import FINGER_NAMES
+
+    if not contract.has_instruction:
+        return False
+    return any(n in config.extra_dofs and config.extra_joint(n) in FINGER_NAMES for n in contract.extra_actions)
+
+
+def demo_plan(args: argparse.Namespace, config: Any, contract: Any) -> list[tuple[str, int]]:
+    """(task, episodes) in the order they run: --tasks, else --task, else `DEFAULT_MIX` for a model with
+    a prompt and the gripper, else reach; --episodes is the count of a single task (default 5) and of
+    each task of a mix that gives none."""
+    if args.tasks is not None:
+        return parse_tasks(args.tasks, args.episodes or 1)
+    if args.task is not None:
+        return [(args.task, args.episodes or 5)]
+    if prompted_gripper(config, contract):
+        mix = parse_tasks(DEFAULT_MIX, 1)
+        return mix if args.episodes is None else [(t, args.episodes) for t, _ in mix]
+    return [("reach", args.episodes or 5)]
+
+
+def _episodes(args: argparse.Namespace, plan: list[tuple[str, int]]) -> list[tuple[str, list[int]]]:
+    """Per task of the plan, its seeds: counting on from --seed over the whole plan."""
+    out, seed = [], args.seed
+    for task, n in plan:
+        out.append((task, list(range(seed, seed + n))))
+        seed += n
+    return out
+
+
+def _plan_label(plan: list[tuple[str, int]]) -> str:
+    return plan[0][0] if len(plan) == 1 else "mix of " + ", ".join(f"{t} x{n}" for t, n in plan)
+
+
 class _Progress:
     """One status line per episode, rewritten in place on a terminal."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, tasks: bool = False) -> None:
         self.n = n
         self.tty = sys.stdout.isatty()
         self.i = 0
+        self.tasks = tasks
+        """Name each episode's task (a mix)."""
+
+    def _what(self, task: str) -> str:
+        """The task and a space before the seed, in a mix ("" otherwise)."""
+        return f"{task} " if (self.tasks and task) else ""
+
+    @staticmethod
+    def _prompt(prompt: str, extras: str = "") -> str:
+        return (f"; prompt {prompt!r}" if prompt else "") + (f" {extras}" if extras else "")
 
     def __call__(self, ep: Any) -> None:
         if not self.tty:
@@ -156,11 +262,11 @@ class _Progress:
             if r.success
             else f"failed (distance {r.final_distance_m * 100:.1f} cm)"
         )
+        grip = f", {r.gripper_commands} gripper commands" if r.has_hand else ""
         print(
-            f"{end}  episode {self.i + 1}/{self.n} seed={r.seed}: {how}; {r.commands} commands at "
-            f"{r.command_rate_hz:.0f} Hz, controller up in {r.startup_s:.1f} s, exit code {r.controller_rc}"
-            + " "
-            * 10,
+            f"{end}  episode {self.i + 1}/{self.n} {self._what(r.task)}seed={r.seed}: {how}; "
+            f"{r.commands} commands at {r.command_rate_hz:.0f} Hz{grip}, controller up in {r.startup_s:.1f} s, "
+            f"exit code {r.controller_rc}" + self._prompt(r.prompt) + " " * 10,
             flush=True,
         )
         self.i += 1
@@ -172,9 +278,12 @@ class _Progress:
             if r.success
             else f"failed (distance {r.final_distance_m * 100:.1f} cm)"
         )
+        from wam_control.closedloop import describe_extras
+
         print(
-            f"{end}  episode {self.i + 1}/{self.n} seed={r.seed}: {how}; {r.chunks} chunks, "
-            f"{r.interventions_total} filter interventions, {r.starvation_events} starvations" + " " * 10,
+            f"{end}  episode {self.i + 1}/{self.n} {self._what(r.task)}seed={r.seed}: {how}; "
+            f"{r.chunks} chunks, {r.interventions_total} filter interventions, {r.starvation_events} starvations"
+            + self._prompt(r.prompt, describe_extras(r.extras)) + " " * 10,
             flush=True,
         )
         self.i += 1
@@ -197,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     contract = read_contract(model_path)
     check_contract(contract, config)
+    plan = demo_plan(args, config, contract)
+    groups = _episodes(args, plan)
+    args.task = _plan_label(plan)
+    args.episodes = sum(n for _, n in plan)
+    mixed = len(plan) > 1
     backend = args.backend or config.inference.backend
     if backend == "triton" and args.transport == "inproc":
         config = _local_triton(config, model_path)
@@ -218,8 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_surprise:
         surprise_off = "off"
     surprise = spec if spec.calibration is not None else None
+    what = (
+        f"{args.episodes} episodes, a {'prompted ' if contract.has_instruction else ''}{args.task}"
+        if mixed
+        else f"{args.episodes} {args.task} episode(s)"
+    )
     _say(
-        f"wam-control demo: {args.episodes} {args.task} episode(s), seeds {args.seed}..{args.seed + args.episodes - 1} "
+        f"wam-control demo: {what}, seeds {args.seed}..{args.seed + args.episodes - 1} "
         f"(evaluation seeds; training used 0-9999)\n"
         f"  model {model_path} ({contract.model_name}: {contract.horizon} actions x {contract.action_dt * 1e3:g} ms, "
         f"cameras {list(contract.camera_names)} {contract.image_height}x{contract.image_width})\n"
@@ -232,13 +351,29 @@ def main(argv: list[str] | None = None) -> int:
             else surprise_off
         )
     )
+    if contract.has_instruction:
+        _say(
+            "  prompt: each episode's task prompt goes to the controller "
+            + (
+                f"as std_msgs/String on its ~/instruction ({_instruction_topic(config)}, reliable, transient "
+                "local), published before the controller starts"
+                if args.transport in ("dds", "ros")
+                else "through the path ~/instruction takes (policy.instruction.InstructionInput)"
+            )
+        )
+    if contract.extra_actions:
+        _say(f"  extra DOFs: {', '.join(f'{n} -> {config.extra_joint(n)}' for n in contract.extra_actions)}")
     if args.transport in ("dds", "ros"):
-        dds_results = _run_dds(args, config, contract, model_path)
+        dds_results = _run_dds(args, config, contract, model_path, groups)
         args.out.mkdir(parents=True, exist_ok=True)
-        lines = _dds_summary_lines(args, config, dds_results)
+        lines = _dds_summary_lines(args, config, dds_results, mixed)
+        dds_plots = [] if args.no_plots else _gripper_plot(args, [(e.task, e.seed, e.success, e.prompt, e.gripper)
+                                                                 for e in dds_results])  # fmt: skip
         _say("")
         for line in lines:
             _say(line)
+        if dds_plots:
+            _say(f"plots: {', '.join(str(p) for p in dds_plots)}")
         _say(f"controller logs: {args.out / args.transport}/; wall time {time.perf_counter() - t_start:.1f} s")
         (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
         return 0
@@ -247,17 +382,17 @@ def main(argv: list[str] | None = None) -> int:
             "  one process, real time: FixedRateLoop -> Controller.tick, model in an async ThreadWorker, "
             "sim stepped to the control clock, inputs via on_joint_state/on_image (no serialization)"
         )
-        results, describe, model_note = _run_realtime(args, spec)
+        results, describe, model_note = _run_realtime(args, spec, groups)
     else:
         _say(
             "  one process, lockstep: simulated clock, real model through a ScriptedWorker with a fixed "
             "latency in ticks (deterministic)"
         )
-        results, describe, model_note = _run_lockstep(args, spec)
+        results, describe, model_note = _run_lockstep(args, spec, groups)
 
     summary = summarize(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = _summary_lines(args, config, results, summary, describe, model_note)
+    lines = _summary_lines(args, config, results, summary, describe, model_note, mixed)
     plots: list[Path] = []
     if not args.no_plots:
         plots = _plots(args, spec, results)
@@ -312,7 +447,9 @@ def _local_triton(config: Any, model_path: Path) -> Any:
     return dataclasses.replace(config, inference=dataclasses.replace(config.inference, server=server.url))
 
 
-def _run_realtime(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResult], str, str]:
+def _run_realtime(
+    args: argparse.Namespace, spec: Any, groups: list[tuple[str, list[int]]]
+) -> tuple[list[EpisodeResult], str, str]:
     from wam_control.closedloop import RecordingWorker, make_arm, run_realtime_episodes
     from wam_control.runtime.builder import default_worker_factory
     from wam_control.runtime.clock import MonotonicClock
@@ -328,20 +465,26 @@ def _run_realtime(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResu
     _say(
         f"  inference: {describe} (thread worker, releases GIL: {bool(worker.health().get('releases_gil'))})"
     )
-    arm = make_arm(config, contract, args.task, camera_hz=0.0)
-    progress = _Progress(args.episodes)
+    progress = _Progress(args.episodes, tasks=len(groups) > 1)
+    results: list[EpisodeResult] = []
     try:
-        results = run_realtime_episodes(
-            arm, spec, rec, range(args.seed, args.seed + args.episodes), horizon_s=args.horizon_s,
-            keep_images=True, progress=progress, on_result=lambda _s, _m, r: progress.done(r),
-        )  # fmt: skip
+        for task, seeds in groups:  # one arm per task (its scene and objects), one worker for all
+            arm = make_arm(config, contract, task, camera_hz=0.0)
+            try:
+                results += run_realtime_episodes(
+                    arm, spec, rec, seeds, horizon_s=args.horizon_s, keep_images=True, progress=progress,
+                    on_result=lambda _s, _m, r: progress.done(r),
+                )  # fmt: skip
+            finally:
+                arm.close()
     finally:
         rec.close()
-        arm.close()
     return results, describe, "thread worker, real compute time"
 
 
-def _run_lockstep(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResult], str, str]:
+def _run_lockstep(
+    args: argparse.Namespace, spec: Any, groups: list[tuple[str, list[int]]]
+) -> tuple[list[EpisodeResult], str, str]:
     from wam_control.closedloop import BackendModel, latency_ticks, make_arm, run_lockstep_episodes
 
     config, contract = spec.config, spec.contract
@@ -359,8 +502,7 @@ def _run_lockstep(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResu
     compute_ms = float(np.median(t) * 1e3)
     lat = latency_ticks(compute_ms, 0.0, config.control_hz)
     _say(f"  inference: {describe}; measured {compute_ms:.2f} ms per call -> latency {lat} tick(s)")
-    arm = make_arm(config, contract, args.task, camera_hz=15.0)
-    progress = _Progress(args.episodes)
+    progress = _Progress(args.episodes, tasks=len(groups) > 1)
     n_calls = 0
 
     def done(_seed: int, _mode: str, r: EpisodeResult) -> None:
@@ -369,20 +511,51 @@ def _run_lockstep(args: argparse.Namespace, spec: Any) -> tuple[list[EpisodeResu
         n_calls = len(model.compute_s)
         progress.done(r)
 
+    results: list[EpisodeResult] = []
     try:
-        results = run_lockstep_episodes(
-            arm, spec, model, range(args.seed, args.seed + args.episodes), lat_ticks=lat,
-            horizon_s=args.horizon_s, keep_trace=True, keep_images=True, progress=progress, on_result=done,
-        )["async"]  # fmt: skip
+        for task, seeds in groups:  # one arm per task (its scene and objects)
+            arm = make_arm(config, contract, task, camera_hz=15.0)
+            try:
+                results += run_lockstep_episodes(
+                    arm, spec, model, seeds, lat_ticks=lat, horizon_s=args.horizon_s, keep_trace=True,
+                    keep_images=True, progress=progress, on_result=done,
+                )["async"]  # fmt: skip
+            finally:
+                arm.close()
     finally:
         be.close()
-        arm.close()
     return results, describe, f"lockstep, {lat} tick(s) per inference"
+
+
+def _per_task(rows: list[tuple[str, bool, float, dict[str, Any]]]) -> tuple[list[str], str]:
+    """Summary lines per task (success, mean time to success, pick_place's cube outcome) and the
+    key=value pairs for the final line, from (task, success, time to success, extras) per episode."""
+    from wam_control.closedloop import EXTRA_RATES
+
+    tasks = list(dict.fromkeys(t for t, _, _, _ in rows))
+    width = max(len(t) for t in tasks)
+    lines, keys = [], []
+    for i, task in enumerate(tasks):
+        mine = [r for r in rows if r[0] == task]
+        ok = [r for r in mine if r[1]]
+        mean_t = float(np.mean([r[2] for r in ok])) if ok else math.nan
+        line = f"{task:<{width}}  {len(ok)}/{len(mine)} = {len(ok) / len(mine):.2f}"
+        if ok:
+            line += f"; mean time to success {mean_t:.2f} s"
+        lifted = [int(r[3]["prompt_target_lifted"]) for r in mine if int(r[3].get("prompt_target_lifted", -1)) >= 0]
+        placed = [int(r[3]["prompt_target_in_zone"]) for r in mine if int(r[3].get("prompt_target_in_zone", -1)) >= 0]
+        if lifted:
+            line += f"; prompted cube lifted {sum(lifted)}/{len(lifted)}, in the zone {sum(placed)}/{len(placed)}"
+        lines.append(("  per task            " if i == 0 else " " * 22) + line)
+        keys.append(f"{task}_success_rate={len(ok) / len(mine):.3f} {task}_mean_time_s={mean_t:.3f}")
+        if any(k in r[3] for r in mine for k in EXTRA_RATES) and lifted:
+            keys.append(f"{task}_prompt_target_lifted_rate={float(np.mean(lifted)):.3f}")
+    return lines, " ".join(keys)
 
 
 def _summary_lines(
     args: argparse.Namespace, config: Any, results: list[EpisodeResult], s: dict[str, float], describe: str,
-    model_note: str,
+    model_note: str, mixed: bool = False,
 ) -> list[str]:  # fmt: skip
     n_ok = sum(r.success for r in results)
     delays = np.concatenate([r.delay_ticks for r in results]) * config.control_period * 1e3
@@ -412,6 +585,12 @@ def _summary_lines(
         f"  safety filter       {int(s['interventions'])} interventions ({_top_interventions(results)})",
         f"  starvations         {int(s['starvations'])} ({int(s['starved_ticks'])} ticks without a chunk)",
         f"  surprise monitor    {surprise_summary(results) or 'off'}",
+    ]
+    task_keys = ""
+    if mixed or any(r.prompt for r in results):
+        task_lines, task_keys = _per_task([(r.task, r.success, r.task_time_s, r.extras) for r in results])
+        lines += task_lines
+    lines += [
         f"success_rate={s['success_rate']:.3f} mean_time_s={s['mean_time_s']:.3f} "
         f"compute_p50_ms={s['compute_ms_p50']:.3f} compute_p99_ms={s['compute_ms_p99']:.3f} "
         + (
@@ -420,7 +599,8 @@ def _summary_lines(
             else ""
         )
         + f"seam_jump_p99={s['seam_jump_p99']:.6f} seam_jerk_p99={s['seam_jerk_p99']:.2f} "
-        f"interventions={int(s['interventions'])} starvations={int(s['starvations'])}",
+        f"interventions={int(s['interventions'])} starvations={int(s['starvations'])}"
+        + (f" {task_keys}" if mixed else ""),
     ]
     return lines
 
@@ -446,13 +626,20 @@ def _plots(args: argparse.Namespace, spec: Any, results: list[EpisodeResult]) ->
 
     config, contract, model_path = spec.config, spec.contract, Path(spec.model_path)
     out = args.out
-    # The episode shown in detail: the first successful one, else the first.
-    shown = next((r for r in results if r.success), results[0])
+    # The episode shown in detail: a successful pick_place, else the first successful one, else a
+    # pick_place, else the first.
+    shown = next(
+        (r for r in results if r.success and r.task == "pick_place"),
+        next((r for r in results if r.success), next((r for r in results if r.task == "pick_place"), results[0])),
+    )
     tr = shown.trace
     assert tr is not None
     lim = config.limit_arrays()
     margin = config.safety.position_margin
-    title = f"{args.task} seed {shown.seed} ({'success' if shown.success else 'failure'}), {config.control_hz:g} Hz"
+    title = (
+        f"{shown.task or args.task} seed {shown.seed} ({'success' if shown.success else 'failure'}), "
+        f"{config.control_hz:g} Hz" + (f'\nprompt: "{shown.prompt}"' if shown.prompt else "")
+    )
     paths = [
         plots.joint_trajectories(
             out / "joint_trajectories.png", tr.t, tr.q_cmd, tr.q_meas, config.joint_names,
@@ -470,11 +657,12 @@ def _plots(args: argparse.Namespace, spec: Any, results: list[EpisodeResult]) ->
             title,
         ),
     ]  # fmt: skip
+    paths += _gripper_plot(args, [(r.task, r.seed, r.success, r.prompt, r.gripper) for r in results])
     be = _encoder(spec)
     try:
         ts, ks, err, base = [], [], [], []
         for r in results:
-            encode = _observation_encoder(r, be, contract, config)
+            encode = _observation_encoder(r, be, contract, config, spec.tokenizer)
             t, k, e, b = latent_prediction_errors(r, contract, config.control_hz, encode)
             ts.append(t)
             ks.append(k)
@@ -493,9 +681,34 @@ def _plots(args: argparse.Namespace, spec: Any, results: list[EpisodeResult]) ->
     return paths
 
 
-def _observation_encoder(r: EpisodeResult, be: Any, contract: Any, config: Any) -> Any:
-    """tick -> the model's latent of the observation the controller had at that tick."""
+MAX_GRIPPER_PANELS = 8
+
+
+def _gripper_plot(args: argparse.Namespace, rows: list[tuple[str, int, bool, str, Any]]) -> list[Path]:
+    """gripper.png: per episode with the hand (the first MAX_GRIPPER_PANELS), the gripper setpoint and the
+    finger positions over time, titled with the task, seed, outcome and prompt. [] without the hand."""
+    from wam_control import plots
+
+    panels = [
+        (f"{task} seed {seed} ({'success' if ok else 'failure'})" + (f': "{prompt}"' if prompt else ""), g)
+        for task, seed, ok, prompt, g in rows
+        if g is not None and g.t.size
+    ][:MAX_GRIPPER_PANELS]
+    if not panels:
+        return []
+    return [
+        plots.gripper(
+            args.out / "gripper.png", panels,
+            f"gripper: setpoint and finger positions ({args.task}, {args.transport})",
+        )
+    ]  # fmt: skip
+
+
+def _observation_encoder(r: EpisodeResult, be: Any, contract: Any, config: Any, tokenizer: Any = None) -> Any:
+    """tick -> the model's latent of the observation the controller had at that tick (with the gripper's
+    finger position in the state and the episode's prompt, for a model that takes them)."""
     from wam_control.policy import PolicyInput
+    from wam_control.sim.arm import FINGER_NAMES
 
     tr = r.trace
     assert tr is not None
@@ -503,7 +716,17 @@ def _observation_encoder(r: EpisodeResult, be: Any, contract: Any, config: Any) 
     frames = {c: [(t, img) for t, cam, img in tr.images if cam == c] for c in cams}
     stamps = {c: np.array([t for t, _ in frames[c]]) for c in cams}
     images = np.zeros((len(cams), contract.image_height, contract.image_width, 3), np.uint8)
-    prefix = np.zeros((contract.horizon, contract.num_joints), np.float32)
+    prefix = np.zeros((contract.horizon, contract.action_dim), np.float32)
+    state = np.zeros(contract.state_dim, np.float32)
+    n_arm = contract.num_joints
+    # Extra state DOFs: a finger joint from the gripper trace, anything else 0.
+    extra_cols = [
+        FINGER_NAMES.index(config.extra_joint(n)) if config.extra_joint(n) in FINGER_NAMES else -1
+        for n in contract.extra_states
+    ]
+    tokens = None
+    if contract.has_instruction and tokenizer is not None:
+        tokens = tokenizer.encode(r.prompt)
     dt = config.control_period
 
     def encode(tick: int) -> np.ndarray | None:
@@ -514,20 +737,24 @@ def _observation_encoder(r: EpisodeResult, be: Any, contract: Any, config: Any) 
             if j < 0:
                 return None
             images[i] = frames[c][j][1]
-        state = tr.q_meas[tick].astype(np.float32)
-        prefix[:] = state
-        return np.asarray(be.infer(PolicyInput(images, state, prefix, 0)).latent).copy()
+        state[:n_arm] = tr.q_meas[tick]
+        for i, col in enumerate(extra_cols):
+            g = r.gripper
+            state[n_arm + i] = g.fingers[tick, col] if (g is not None and col >= 0 and tick < g.t.size) else 0.0
+        prefix[:] = np.resize(state, contract.action_dim)
+        inp = PolicyInput(images, state, prefix, 0, instruction_tokens=tokens)
+        return np.asarray(be.infer(inp).latent).copy()
 
     return encode
 
 
 def _record(args: argparse.Namespace, config: Any, contract: Any, results: list[EpisodeResult]) -> list[Path]:
-    from wam_control.sim.arm import SimArm
+    from wam_control.sim.arm import FINGER_NAMES, SimArm
     from wam_control.sim.bag import BagRecorder
     from wam_control.sim.record import camera_specs
 
     arm = SimArm(
-        task=args.task, seed=args.seed, control_hz=config.control_hz, camera_hz=0.0,
+        task=results[0].task or "reach", seed=args.seed, control_hz=config.control_hz, camera_hz=0.0,
         image_hw=(contract.image_height, contract.image_width), cameras=tuple(contract.camera_names),
     )  # fmt: skip
     specs = camera_specs(arm)
@@ -536,20 +763,29 @@ def _record(args: argparse.Namespace, config: Any, contract: Any, results: list[
     for r in results:
         tr = r.trace
         assert tr is not None
-        path = args.out / "bags" / f"{args.task}_seed{r.seed}"
+        task = r.task or args.task
+        path = args.out / "bags" / f"{task}_seed{r.seed}"
         if path.exists():
             import shutil
 
             shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
-            "task": args.task, "seed": str(r.seed), "controller": f"wam-control demo ({args.clock})",
+            "task": task, "seed": str(r.seed), "controller": f"wam-control demo ({args.clock})",
             "model": contract.model_name, "control_hz": str(config.control_hz),
             "cameras": ",".join(contract.camera_names), "success": str(r.success).lower(),
             "duration_s": f"{r.duration_s:.3f}",
         }  # fmt: skip
+        if r.prompt:
+            meta["prompt"] = r.prompt
         images = sorted(tr.images, key=lambda e: e[0])
-        with BagRecorder(path, config.joint_names, specs, metadata=meta) as bag:
+        g = r.gripper  # with the hand: the fingers in /joint_states, the gripper setpoint sent
+        fingers = FINGER_NAMES[: g.fingers.shape[1]] if g is not None else ()
+        state_names = (*config.joint_names, *fingers) if g is not None else None
+        with BagRecorder(path, config.joint_names, specs, metadata=meta, state_names=state_names,
+                         gripper_joints=fingers) as bag:  # fmt: skip
+            if r.prompt:
+                bag.write_instruction(0.0, r.prompt)
             j = 0
             for i in range(r.ticks):
                 t = float(tr.t[i])
@@ -559,7 +795,15 @@ def _record(args: argparse.Namespace, config: Any, contract: Any, results: list[
                 if not np.isfinite(tr.q_meas[i, 0]):
                     continue
                 bag.write_clock(t)
-                bag.write_joint_state(t, tr.q_meas[i], tr.qd_meas[i])
+                if g is not None and i < g.t.size and np.all(np.isfinite(g.fingers[i])):
+                    # finger velocity: the trace keeps positions only, so a backward difference
+                    fqd = (g.fingers[i] - g.fingers[i - 1]) / config.control_period if i > 0 else 0.0 * g.fingers[i]
+                    bag.write_joint_state(t, np.concatenate([tr.q_meas[i], g.fingers[i]]),
+                                          np.concatenate([tr.qd_meas[i], np.nan_to_num(fqd)]))  # fmt: skip
+                    if np.isfinite(g.commanded[i]):
+                        bag.write_gripper_command(t, np.full(len(fingers), g.commanded[i]))
+                else:
+                    bag.write_joint_state(t, tr.q_meas[i], tr.qd_meas[i])
                 bag.write_command(t, tr.q_cmd[i])
         paths.append(path)
     return paths
@@ -587,6 +831,24 @@ class DdsEpisode:
     """The controller's last /diagnostics before the episode ended: {status name: (level, message, values)}."""
     controller_rc: int | None
     controller_log: Path
+    task: str = ""
+    prompt: str = ""
+    """The task prompt published on the controller's ~/instruction before it started ("" for a model
+    without a prompt input)."""
+    has_hand: bool = False
+    gripper_commands: int = 0
+    """Gripper messages the sim bridge received (/gripper_controller/commands) while the episode ran."""
+    gripper: Any = None
+    """closedloop.GripperTrace of the episode (the sim's view; with the hand), from the first command."""
+
+    @property
+    def instruction(self) -> str | None:
+        """The prompt the controller reported in its last /diagnostics (model.instruction); None: not
+        reported (no /diagnostics, or a model without a prompt input)."""
+        entry = _diag_values(self, ": controller")
+        if entry is None or "model.instruction" not in entry[2]:
+            return None
+        return str(entry[2]["model.instruction"])
 
 
 class _DiagnosticsWatch:
@@ -615,7 +877,7 @@ class _DiagnosticsWatch:
             return out
 
 
-def _check_dds_topics(config: Any, cameras: tuple[str, ...]) -> None:
+def _check_dds_topics(config: Any, cameras: tuple[str, ...], extra_actions: tuple[str, ...] = ()) -> None:
     """The sim publishes Gazebo's topic names; the controller subscribes the config's. Say which
     topic disagrees instead of waiting for data that never comes."""
     from wam_control.sim.bag import CAMERA_NAMESPACES
@@ -637,8 +899,26 @@ def _check_dds_topics(config: Any, cameras: tuple[str, ...]) -> None:
         wrong.append(
             f"topics.trajectory_command is {t.trajectory_command!r}, the sim consumes {TOPIC_TRAJECTORY!r}"
         )
+    from wam_control.sim.arm import FINGER_NAMES
+    from wam_control.sim.bridge import TOPIC_GRIPPER_FORWARD, TOPIC_GRIPPER_TRAJECTORY
+
+    for name in extra_actions:
+        dof = config.extra_dofs.get(name)
+        if dof is None or config.extra_joint(name) not in FINGER_NAMES or dof.command_interface == "none":
+            continue
+        want = TOPIC_GRIPPER_FORWARD if dof.command_interface == "forward_position" else TOPIC_GRIPPER_TRAJECTORY
+        if dof.command_topic != want:
+            wrong.append(f"extra_dofs.{name}.command_topic is {dof.command_topic!r}, the sim consumes {want!r}")
     if wrong:
         raise ValueError(f"{config.source}: " + "; ".join(wrong))
+
+
+def _instruction_topic(config: Any) -> str:
+    """The controller's ~/instruction as a full name (node wam_controller, no namespace: what
+    `wam-control run` and robot.launch.py use)."""
+    from wam_control.transport.dds import resolve_name
+
+    return resolve_name(config.topics.instruction, "wam_controller")
 
 
 def _controller_command(args: argparse.Namespace, config: Any, model_path: Path, domain: int,
@@ -658,7 +938,9 @@ def _controller_command(args: argparse.Namespace, config: Any, model_path: Path,
     return cmd
 
 
-def _run_dds(args: argparse.Namespace, config: Any, contract: Any, model_path: Path) -> list[DdsEpisode]:
+def _run_dds(
+    args: argparse.Namespace, config: Any, contract: Any, model_path: Path, groups: list[tuple[str, list[int]]]
+) -> list[DdsEpisode]:
     import os
     import signal
     import subprocess
@@ -670,16 +952,16 @@ def _run_dds(args: argparse.Namespace, config: Any, contract: Any, model_path: P
     from wam_control.transport import qos
     from wam_control.transport.dds import DdsNode
 
-    _check_dds_topics(config, tuple(contract.camera_names))
+    _check_dds_topics(config, tuple(contract.camera_names), tuple(contract.extra_actions))
     domain = args.domain_id if args.domain_id is not None else 100 + os.getpid() % 100
-    arm = make_arm(config, contract, args.task, camera_hz=15.0)
-    node = DdsNode("wam_demo_sim", domain_id=domain)  # pins loopback unless CYCLONEDDS_URI is set
-    bridge = SimBridge(arm, node, M.dds_msg_types(), clock_mode="realtime")
-    diag = _DiagnosticsWatch()
-    node.subscription(config.topics.diagnostics, d.DiagnosticArray_, diag.on_msg, qos.DIAGNOSTICS)
+    types = M.dds_msg_types()
+    instruction_topic = _instruction_topic(config)
     logs = args.out / args.transport
     logs.mkdir(parents=True, exist_ok=True)
     cmd = _controller_command(args, config, model_path, domain, logs)
+    from wam_control.transport.dds import configure_cyclone
+
+    configure_cyclone(True)  # before the first participant, and for the controller's environment
     env = dict(os.environ)
     if args.transport == "ros":
         from wam_control.transport.dds import configure_fast_dds
@@ -707,37 +989,56 @@ def _run_dds(args: argparse.Namespace, config: Any, contract: Any, model_path: P
             f"    wam-control run --config {config.source} --model {model_path} --domain-id {domain}\n"
             f"  (its logs: {logs}/)"
         )
-    horizon = args.horizon_s or arm.task.horizon_s
-    progress = _Progress(args.episodes)
+    progress = _Progress(args.episodes, tasks=len(groups) > 1)
     results: list[DdsEpisode] = []
     try:
-        for i in range(args.episodes):
-            seed = args.seed + i
-            bridge.reset(seed)
-            log_path = logs / f"controller_seed{seed}.log"
-            with open(log_path, "wb") as log_file:
-                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-                if args.transport == "ros":
-                    launcher.drive(args.startup_timeout_s)  # configure + activate, while the sim serves
-                try:
-                    ep = _dds_episode(bridge, proc, diag, horizon, args.startup_timeout_s, progress, log_path)
-                finally:
-                    # SIGTERM: the controller brakes to hold and exits; the sim keeps serving it meanwhile.
-                    if proc.poll() is None:
-                        proc.send_signal(signal.SIGTERM)
-                    _serve_until(bridge, proc, 15.0)
-                    if proc.poll() is None:
-                        proc.kill()
-                    proc.wait(5.0)
-            ep.seed = seed
-            ep.controller_rc = proc.returncode
-            progress.done_dds(ep)
-            results.append(ep)
+        for task, seeds in groups:
+            # Per task: its arm (scene and objects) and a sim participant bridging it (Gazebo's topics),
+            # the /diagnostics reader and, for a prompted model, the ~/instruction writer.
+            arm = make_arm(config, contract, task, camera_hz=15.0)
+            node = DdsNode("wam_demo_sim", domain_id=domain)  # pins loopback unless CYCLONEDDS_URI is set
+            try:
+                bridge = SimBridge(arm, node, types, clock_mode="realtime")
+                diag = _DiagnosticsWatch()
+                node.subscription(config.topics.diagnostics, d.DiagnosticArray_, diag.on_msg, qos.DIAGNOSTICS)
+                prompt_pub = (
+                    node.publisher(instruction_topic, types.String, qos.INSTRUCTION) if contract.has_instruction
+                    else None
+                )  # fmt: skip
+                horizon = args.horizon_s or arm.task.horizon_s
+                for seed in seeds:
+                    bridge.reset(seed)
+                    prompt = str(arm.task.prompt) if prompt_pub is not None else ""
+                    if prompt_pub is not None:
+                        # Latched (reliable, transient local, keep last 1): the controller started next
+                        # gets this episode's prompt, never the previous one's.
+                        prompt_pub.publish(M.string_msg(types, prompt))
+                    log_path = logs / f"controller_seed{seed}.log"
+                    with open(log_path, "wb") as log_file:
+                        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                        if args.transport == "ros":
+                            launcher.drive(args.startup_timeout_s)  # configure + activate, while the sim serves
+                        try:
+                            ep = _dds_episode(bridge, proc, diag, horizon, args.startup_timeout_s, progress,
+                                              log_path)  # fmt: skip
+                        finally:
+                            # SIGTERM: the controller brakes to hold and exits; the sim keeps serving it.
+                            if proc.poll() is None:
+                                proc.send_signal(signal.SIGTERM)
+                            _serve_until(bridge, proc, 15.0)
+                            if proc.poll() is None:
+                                proc.kill()
+                            proc.wait(5.0)
+                    ep.seed, ep.task, ep.prompt = seed, task, prompt
+                    ep.controller_rc = proc.returncode
+                    progress.done_dds(ep)
+                    results.append(ep)
+            finally:
+                node.close()
+                arm.close()
     finally:
         if args.transport == "ros":
             launcher.close()
-        node.close()
-        arm.close()
     return results
 
 
@@ -797,15 +1098,22 @@ def _dds_episode(
     launched = time.monotonic()
     n0 = bridge.commands
     first: float | None = None
-    sim0 = n_first = 0
+    sim0 = n_first = g_first = 0
     held, success_t = 0, math.nan
     start, k, next_progress = time.monotonic(), 0, 0.0
+    hand = bool(getattr(arm, "has_hand", False))
+    grip: list[tuple[float, float, float, np.ndarray, float]] = []  # t, sent, servo, fingers, cube lift
+    pick = getattr(arm.task, "name", "") == "pick_place"
     while True:
         bridge.advance()
         now = time.monotonic()
+        if first is not None and hand:
+            sent = bridge.gripper_setpoint[0] if bridge.gripper_commands > g_first else math.nan
+            lift = float(arm.task.cube()[2]) - float(arm.task.cube_half) if pick else math.nan
+            grip.append((arm.time - sim0, sent, float(arm.gripper_command()[0]), arm.gripper_state()[1], lift))
         if first is None:
             if bridge.commands > n0:
-                first, sim0, n_first = now, arm.time, bridge.commands
+                first, sim0, n_first, g_first = now, arm.time, bridge.commands, bridge.gripper_commands
             elif proc.poll() is not None:
                 raise RuntimeError(
                     f"the controller exited with code {proc.returncode} before commanding the sim; "
@@ -837,18 +1145,32 @@ def _dds_episode(
     end = time.monotonic()
     wall = max(end - (first or end), 1e-9)
     info = arm.task.info()
+    n_grip = bridge.gripper_commands - g_first if first is not None else 0
+    n_arm = bridge.commands - n_first - n_grip if first is not None else 0
+    trace = None
+    if hand and grip:
+        from wam_control.closedloop import GripperTrace
+
+        trace = GripperTrace(
+            t=np.array([g[0] for g in grip]), commanded=np.array([g[1] for g in grip]),
+            servo=np.array([g[2] for g in grip]), fingers=np.array([g[3] for g in grip]),
+            cube_lift=np.array([g[4] for g in grip]) if pick else None,
+        )  # fmt: skip
     return DdsEpisode(
         seed=-1,
         success=held >= settle,
         task_time_s=success_t if held >= settle else math.nan,
         final_distance_m=float(info.get("distance", math.nan)),
         startup_s=(first or end) - launched,
-        commands=bridge.commands - n_first,
-        command_rate_hz=(bridge.commands - n_first) / wall,
+        commands=n_arm,
+        command_rate_hz=n_arm / wall,
         sim_rtf=(arm.time - sim0) / wall,
         diagnostics=diag.snapshot(),
         controller_rc=None,
         controller_log=log_path,
+        has_hand=hand,
+        gripper_commands=n_grip,
+        gripper=trace,
     )
 
 
@@ -867,7 +1189,9 @@ def _diag_values(ep: DdsEpisode, suffix: str) -> tuple[int, str, dict[str, str]]
     return None
 
 
-def _dds_summary_lines(args: argparse.Namespace, config: Any, results: list[DdsEpisode]) -> list[str]:
+def _dds_summary_lines(
+    args: argparse.Namespace, config: Any, results: list[DdsEpisode], mixed: bool = False
+) -> list[str]:
     n = len(results)
     ok = [r for r in results if r.success]
     mean_t = float(np.mean([r.task_time_s for r in ok])) if ok else math.nan
@@ -919,10 +1243,33 @@ def _dds_summary_lines(args: argparse.Namespace, config: Any, results: list[DdsE
         ]
     else:
         lines.append("  controller          no /diagnostics received (published about once a second)")
+    prompted = [r for r in results if r.prompt]
+    if prompted:
+        seen = [r for r in prompted if r.instruction is not None]
+        same = [r for r in seen if r.instruction == r.prompt]
+        lines.append(
+            f"  prompt              published on {_instruction_topic(config)} before each controller started; "
+            f"the controller's /diagnostics reported the episode's own prompt in {len(same)}/{len(prompted)} "
+            f"episode(s)" + (f" ({len(prompted) - len(seen)} without a report)" if len(seen) < len(prompted) else "")
+        )
+    hands = [r for r in results if r.has_hand]
+    grip_total = sum(r.gripper_commands for r in hands)
+    if hands:
+        lines.append(
+            f"  gripper             {grip_total} gripper commands on the sim bridge's gripper topics "
+            f"({sum(1 for r in hands if r.gripper_commands > 0)}/{len(hands)} episode(s) with any)"
+        )
+    task_keys = ""
+    if mixed or prompted:
+        task_lines, task_keys = _per_task([(r.task, r.success, r.task_time_s, {}) for r in results])
+        lines += task_lines
     lines.append(
         f"success_rate={len(ok) / n:.3f} mean_time_s={mean_t:.3f} command_rate_hz={rate:.1f} "
         f"sim_rtf={rtf:.3f} startup_s={startup:.2f} late_p99_us={max(late99) if late99 else math.nan:.1f} "
         f"misses={misses} interventions={inter} starvations={starv}"
+        + (f" gripper_commands={grip_total}" if hands else "")
+        + (f" prompts_delivered={len([r for r in prompted if r.instruction == r.prompt])}" if prompted else "")
+        + (f" {task_keys}" if mixed else "")
     )
     return lines
 

@@ -139,3 +139,41 @@ def latent_prediction(
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def gripper(path: Path, rows: Sequence[tuple[str, Any]], title: str) -> Path:
+    """One panel per episode: the gripper setpoint the controller sent, the sim's servo setpoint and
+    the finger positions over time (mm from the centre, per finger), and in pick_place the prompted
+    cube's height (right axis). `rows`: (panel title, e.g. the task and its prompt; a `GripperTrace`)."""
+    plt = _pyplot()
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.1 * n + 0.9), squeeze=False)
+    for ax, (label, tr) in zip(axes[:, 0], rows):
+        ok = np.isfinite(tr.servo)
+        t = tr.t[ok]
+        ax.plot(t, tr.commanded[ok] * 1e3, lw=1.4, color="tab:blue", label="setpoint sent (controller)")
+        ax.plot(t, tr.servo[ok] * 1e3, lw=1.0, ls=":", color="tab:purple", label="servo setpoint (sim)")
+        for j in range(tr.fingers.shape[1]):
+            ax.plot(t, tr.fingers[ok, j] * 1e3, lw=1.0, ls="--", color=("tab:orange", "tab:red")[j % 2],
+                    label=f"finger {j + 1} position")  # fmt: skip
+        ax.set_ylim(-2.0, 42.0)
+        ax.set_ylabel("opening per\nfinger [mm]", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(label, fontsize=8, loc="left")
+        handles, labels = ax.get_legend_handles_labels()
+        if tr.cube_lift is not None:
+            ax2 = ax.twinx()
+            ax2.plot(t, tr.cube_lift[ok] * 1e3, lw=1.0, color="tab:green", label="prompted cube height")
+            top = float(np.nanmax(tr.cube_lift[ok])) * 1e3 if ok.any() else 0.0
+            ax2.set_ylim(-5.0, max(60.0, 1.1 * top))
+            ax2.set_ylabel("cube height [mm]", fontsize=8, color="tab:green")
+            ax2.tick_params(labelsize=7)
+            h2, l2 = ax2.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        ax.legend(handles, labels, loc="upper right", fontsize=6, ncol=2)
+    axes[-1, 0].set_xlabel("sim time [s]")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -140,6 +140,9 @@ class SimBridge:
         self._g_v = np.zeros(len(arm.finger_names))
         self.steps = 0
         self.commands = 0
+        """Command messages received, arm and gripper."""
+        self.gripper_commands = 0
+        """Of those, gripper messages (/gripper_controller/commands, the gripper trajectory topic)."""
         self.rejected: dict[str, int] = {}
         self.last_error = ""
         self.pub_clock = node.publisher("/clock", types.Clock, qos.CLOCK)
@@ -204,6 +207,7 @@ class SimBridge:
         with self._lock:  # no notify: a gripper message never advances the lockstep clock
             self._pending_gripper = (kind, msg)
             self.commands += 1
+            self.gripper_commands += 1
 
     def _apply_pending_gripper(self, pending: tuple[str, Any] | None) -> None:
         if pending is None:
@@ -336,6 +340,12 @@ class SimBridge:
             delay = start + k * period - time.monotonic()
             if delay > 0:
                 stop.wait(delay)
+
+    @property
+    def gripper_setpoint(self) -> np.ndarray:
+        """The finger setpoints the gripper messages asked for (m per finger; the reset's until one came),
+        before the sim's finger speed limit (`arm.gripper_command()` is after it)."""
+        return np.asarray(self._g_cmd, dtype=float).copy()
 
     def stats(self) -> dict[str, Any]:
         return {
