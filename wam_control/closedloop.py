@@ -230,8 +230,12 @@ class CameraThread:
 # ---------------------------------------------------------------------------------------------------
 # The arm as an environment of the episode driver (runtime.episode)
 
-DISTURBANCES = ("teleport", "camera", "occluder", "joint")
-"""What `DisturbedArm` can do to the arm (see `disturb`)."""
+DISTURBANCES = ("teleport", "camera", "occluder", "joint", "drop")
+"""What `DisturbedArm` can do to the arm (see `disturb`); "drop" needs the hand and pick_place."""
+DROP_LIFT_M = 0.05
+"""drop: fires once the prompted cube's bottom is this far above the table and a finger touches it."""
+DROP_HOLD_S = 0.3
+"""drop: how long the grip stays lost (fingers driven open); the cube falls 5 cm in ~0.1 s."""
 
 
 class ArmEnvironment:
@@ -323,9 +327,13 @@ class ArmEnvironment:
 
 
 def disturb(arm: Any, kind: str, rng: np.random.Generator) -> None:
-    """One disturbance of `DISTURBANCES`, drawn from `rng`: the task's object jumps 15-25 cm, the scene
-    camera moves 5-10 cm, an occluder appears, or a shoulder/elbow joint freezes."""
-    if kind == "teleport":
+    """One disturbance of `DISTURBANCES`, drawn from `rng`: the task's object jumps 15-25 cm (pick_place:
+    the prompted cube, to a free spot on the table), the scene camera moves 5-10 cm, an occluder
+    appears, a shoulder/elbow joint freezes, or the hand loses its grip (`SimArm.lose_grip`; ended by
+    the caller, see `DisturbedArm`)."""
+    if kind == "teleport" and hasattr(arm.task, "cube"):  # pick_place: the prompted cube jumps
+        arm.teleport_object(_cube_jump(arm.task, rng))
+    elif kind == "teleport":
         task = arm.task
         cur = task.target() if hasattr(task, "target") else task.object()
         low = getattr(task, "low", None)
@@ -345,12 +353,43 @@ def disturb(arm: Any, kind: str, rng: np.random.Generator) -> None:
         arm.set_occluder(True)
     elif kind == "joint":
         arm.block_joint(int(rng.choice([0, 1, 3])), True)
+    elif kind == "drop":
+        arm.lose_grip(True)
     else:
         raise ValueError(f"unknown disturbance {kind!r}; expected one of {list(DISTURBANCES)}")
 
 
+def _cube_jump(task: Any, rng: np.random.Generator) -> np.ndarray:
+    """pick_place teleport: a spot on the table 15-25 cm (xy) from the prompted cube, inside the cubes'
+    area and clear of the other cubes."""
+    from wam_control.sim.tasks import CUBE_COLOURS
+
+    cur = task.cube()
+    others = [task.cube(i)[:2] for i in range(len(CUBE_COLOURS)) if i != task.target_index]
+    xy = cur[:2]
+    for _ in range(1000):
+        xy = rng.uniform(task.cube_low, task.cube_high)
+        if 0.15 <= float(np.linalg.norm(xy - cur[:2])) <= 0.25 and all(
+            float(np.linalg.norm(xy - o)) >= task.min_cube_gap for o in others
+        ):
+            break
+    return np.array([xy[0], xy[1], task.cube_half + 0.0005])
+
+
+def cube_carried(arm: Any) -> bool:
+    """pick_place: the prompted cube's bottom is more than DROP_LIFT_M above the table and a finger
+    touches it (what arms the drop disturbance)."""
+    task = arm.task
+    return bool(float(task.cube()[2]) - task.cube_half > DROP_LIFT_M and task.touching())
+
+
 class DisturbedArm(ArmEnvironment):
-    """The arm with one disturbance (`disturb`) applied just before tick `inject_tick` is observed."""
+    """The arm with one disturbance (`disturb`) applied just before tick `inject_tick` is observed.
+
+    "drop" is state-triggered: armed from `inject_tick` on, it fires just before the first tick the
+    prompted cube is carried (`cube_carried`) is observed, and the grip stays lost for DROP_HOLD_S
+    (then the fingers follow the commands again); `inject_tick` becomes the tick it fired at. `fired`:
+    whether the disturbance happened (a drop never fires in an episode where the cube is not lifted)."""
 
     def __init__(
         self, arm: Any, cameras: Sequence[str], kind: str, inject_tick: int, rng: np.random.Generator
@@ -359,10 +398,21 @@ class DisturbedArm(ArmEnvironment):
         self.kind = kind
         self.inject_tick = int(inject_tick)
         self.rng = rng
+        self.fired = False
+        self._regrip_tick = -1
+        self._hold_ticks = max(1, int(round(DROP_HOLD_S / arm.control_period)))
 
     def observe(self, controller: Any, tick: int) -> None:
-        if tick == self.inject_tick:
+        if self.kind == "drop":
+            if not self.fired and tick >= self.inject_tick and cube_carried(self.arm):
+                self.inject_tick, self.fired = tick, True
+                self._regrip_tick = tick + self._hold_ticks
+                disturb(self.arm, self.kind, self.rng)
+            elif tick == self._regrip_tick:
+                self.arm.lose_grip(False)
+        elif tick == self.inject_tick:
             disturb(self.arm, self.kind, self.rng)
+            self.fired = True
         super().observe(controller, tick)
 
 

@@ -25,7 +25,8 @@ reset) into buffers allocated once. Returned images are read-only views of those
 that camera renders again: copy them to keep them. `camera_hz=0` renders only on explicit `render()`.
 
 Disturbance hooks (for the surprise monitor): `teleport_object(pos)`, `move_camera(delta)`,
-`set_occluder(on)`, `block_joint(j, on)`.
+`set_occluder(on)`, `block_joint(j, on)`, and with the hand `lose_grip(on)` (the fingers driven open
+whatever the setpoint: a grasped cube falls).
 
 Hand (`hand=True`, the default for task "pick_place"): the scene is assets/fr3_hand_scene.xml, the
 same arm and cameras with a parallel two-finger gripper like the Franka Hand instead of the pusher rod
@@ -136,6 +137,7 @@ class SimArm:
         self.finger_range = np.array([self.model.joint(n).range for n in self.finger_names]).reshape(-1, 2)
         self._grip_target = np.full(len(self.finger_names), GRIPPER_OPEN)
         self._grip_cmd = self._grip_target.copy()
+        self._grip_lost = False
 
         self.image_hw = (height, width)
         self.camera_hz = float(camera_hz)
@@ -165,6 +167,7 @@ class SimArm:
         rng = np.random.default_rng(self.seed)
         mujoco.mj_resetData(self.model, self.data)
         self._blocked[:] = False
+        self._grip_lost = False
         if self.has_hand:  # fingers start open (no draw from rng: the task's draws stay as they are)
             self.data.qpos[self._fqadr] = GRIPPER_OPEN
             self._grip_target[:] = GRIPPER_OPEN
@@ -197,7 +200,7 @@ class SimArm:
         if self.has_hand:
             step = FINGER_MAX_SPEED * self.control_period
             self._grip_cmd += np.clip(self._grip_target - self._grip_cmd, -step, step)
-            self.data.ctrl[self._fact] = self._grip_cmd
+            self.data.ctrl[self._fact] = self.finger_range[:, 1] if self._grip_lost else self._grip_cmd
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         if self.cameras and self.camera_hz > 0 and self.data.time >= self._next_frame_t - 1e-9:
             return self._render_due()
@@ -326,6 +329,19 @@ class SimArm:
         if on and not self._blocked[j]:
             self._held[j] = self.data.qpos[self._qadr[j]]
         self._blocked[j] = bool(on)
+
+    def lose_grip(self, on: bool) -> None:
+        """Disturbance: the hand loses its grip. While on, both finger servos are driven to the open
+        limit whatever the gripper setpoint (no speed limit: a fault, not a command), so a grasped object
+        falls; off: they track the setpoint again, from where the commands have left it. `reset` ends it."""
+        if not self.has_hand:
+            raise ValueError("lose_grip: this arm has no hand (SimArm(..., hand=True))")
+        self._grip_lost = bool(on)
+
+    @property
+    def grip_lost(self) -> bool:
+        """Whether `lose_grip` holds the fingers open now."""
+        return self._grip_lost
 
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
