@@ -211,3 +211,40 @@ def test_bench_surprise_runs_pick_place_on_the_prompted_stand_in(
     for key in ("detect_rate", "false_alarm_rate", "detect_latency_ms_p50", "detect_rate_teleport"):
         assert key in final
     assert "drop: detected 0/0" in out and "not triggered 1" in out
+
+
+def test_offline_tuning_replays_the_monitors_ewma_and_threshold(repo_root: Path) -> None:
+    """scripts/surprise_tune.py: EWMA per channel, score = max, detection only from observations at or
+    after the injection within the window, any nominal alarm is false; unfired drops are left out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("surprise_tune", repo_root / "scripts" / "surprise_tune.py")
+    assert spec is not None and spec.loader is not None
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    f = np.float32
+    d = {
+        "kinds": np.array(["nominal", "teleport", "camera", "drop"]),
+        "seeds": np.array([7, 7, 7, 7]),
+        "inject_ticks": np.array([1000, 500, 500, 1000]),
+        "fired": np.array([True, True, True, False]),
+        "latency_ticks": 10,
+        "window_ticks": 750,
+        # nominal: raw 5 twice -> EWMA(0.5) 2.5, 3.75
+        "raw_ticks_0": np.array([100, 300]), "raw_0": np.array([5, 5], f),
+        "frame_ticks_0": np.array([], np.int64), "frame_z_0": np.array([], f),
+        # teleport: high before the injection (early) only counts from an observation after it
+        "raw_ticks_1": np.array([400, 505, 700]), "raw_1": np.array([20, 0, 0], f),
+        "frame_ticks_1": np.array([], np.int64), "frame_z_1": np.array([], f),
+        # camera: the frame channel sees it
+        "raw_ticks_2": np.array([600]), "raw_2": np.array([0], f),
+        "frame_ticks_2": np.array([600, 800]), "frame_z_2": np.array([8, 8], f),
+        "raw_ticks_3": np.array([600]), "raw_3": np.array([50], f),
+        "frame_ticks_3": np.array([], np.int64), "frame_z_3": np.array([], f),
+    }  # fmt: skip
+    r = tune.replay(d, 0.5, 4.0)
+    assert r["false"] == [] and r["per_kind"] == {"teleport": "0/1", "camera": "1/1"}
+    # teleport: 10 at 400 (before), 5 at 505 (observation tick 495 < 500: not after), 2.5 at 700
+    assert tune.replay(d, 0.5, 2.5)["per_kind"]["teleport"] == "1/1"
+    assert tune.replay(d, 0.5, 3.5)["false"] == [7]
+    assert tune.replay(d, 0.5, 4.0, frame=False)["per_kind"]["camera"] == "0/1"

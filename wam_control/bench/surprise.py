@@ -672,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
             fired=np.array([e.fired for e in episodes]),
             tasks=np.array([e.task for e in episodes]),
             dt_s=rig.dt,
+            latency_ticks=rig.latency_ticks,
+            window_ticks=int(round(args.window_s / rig.dt)),
             **{f"scores_{i}": np.asarray(e.scores, np.float32) for i, e in enumerate(episodes)},
             **{f"raw_ticks_{i}": np.asarray(e.raw_ticks, np.int64) for i, e in enumerate(episodes)},
             **{f"raw_{i}": np.asarray(e.raw, np.float32) for i, e in enumerate(episodes)},
