@@ -109,14 +109,19 @@ def downsample(frames: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 @torch.no_grad()
 def encode_dataset(wam: Any, ds: Any, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen WAM over every observation: latents [S,C] and teacher-forced predictions [S,K,C]."""
+    """Frozen WAM over every observation: latents [S,C] and teacher-forced predictions [S,K,C]. A
+    prompted WAM encodes each observation with its episode's prompt (as it was trained and is run)."""
+    from wam_control.model.train import episode_tokens
+
     wam.eval()
+    ep_tokens = episode_tokens(wam, ds)
     zs, ps = [], []
     for i in range(0, len(ds), batch):
         sl = slice(i, min(i + batch, len(ds)))
         images = torch.from_numpy(ds.frames[ds.obs_frame[sl]])
         state = torch.from_numpy(ds.state[sl])
-        z = wam.encode(images, state)
+        tokens = None if ep_tokens is None else torch.from_numpy(ep_tokens[ds.episode[sl]])
+        z = wam.encode(images, state, tokens)
         zs.append(z.numpy())
         ps.append(wam.predict_latents(z, state, torch.from_numpy(ds.executed[sl])).numpy())
     return np.concatenate(zs), np.concatenate(ps)
@@ -276,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", required=True, help="folder of recorded bags, or a dataset .npz (as for train)")
     ap.add_argument("--cache", default="", help="dataset cache .npz (decoded bags are cached here)")
     ap.add_argument("--obs-dt", type=float, default=0.025, help="observation grid in the bags (s)")
+    ap.add_argument(
+        "--gripper-joint",
+        default="",
+        help="a WAM with the gripper DOF: its finger joint in the bags (default fr3_finger_joint1, as train)",
+    )
     ap.add_argument("--out", default="", help="default: <checkpoint stem>.decoder.onnx")
     ap.add_argument("--size", type=int, default=48, help="output image height = width (multiple of 8)")
     ap.add_argument("--steps", type=int, default=1500)
@@ -310,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ds = load_dataset(
         args.data,
-        spec_for(wam.config, args.obs_dt),
+        spec_for(
+            wam.config,
+            args.obs_dt,
+            (args.gripper_joint or "fr3_finger_joint1") if wam.config.extra_dofs else "",
+        ),
         cache=args.cache or None,
         successful_only=not args.all_episodes,
     )
