@@ -161,6 +161,13 @@ def test_exported_prompt_model_matches_torch_and_the_runtime_tokenizer(tmp_path:
     text = "Move the GREEN block into the yellow zone"
     np.testing.assert_array_equal(runtime.encode(text), PromptEncoder(model.tokenizer_json, 12).encode(text))
     assert (runtime.encode("grab the purple thing") == 1).sum() == 3  # unknown words are [UNK], not dropped
+    # The shipped file alone rebuilds the torch module (the next training run starts from it)
+    from wam_control.model.from_onnx import graph_parity, wam_from_onnx
+
+    rebuilt, _ = wam_from_onnx(tmp_path / "m.onnx")
+    assert rebuilt.config == model.config and rebuilt.tokenizer_json == model.tokenizer_json
+    export_onnx(rebuilt, tmp_path / "again.onnx", check_parity=False)
+    assert graph_parity(tmp_path / "m.onnx", tmp_path / "again.onnx").max_abs_err == 0.0
 
 
 def test_lookahead_teacher_leaves_the_students_episode_untouched() -> None:

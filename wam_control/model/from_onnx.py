@@ -73,7 +73,9 @@ def wam_from_onnx(path: str | os.PathLike[str]) -> tuple[Any, Any]:
     )
     if not conv or "encoder.image.linear.weight" not in inits or "encoder.fuse_in.weight" not in inits:
         raise RebuildError(f"{src}: initializers are not those of wam_control's WorldActionModel")
-    blocks = {int(m.group(1)) for k in inits if (m := re.fullmatch(r"action_head\.trunk\.(\d+)\.up\.weight", k))}
+    blocks = {
+        int(m.group(1)) for k in inits if (m := re.fullmatch(r"action_head\.trunk\.(\d+)\.up\.weight", k))
+    }
     cfg = WAMConfig(
         joint_names=contract.joint_names,
         camera_names=contract.camera_names,
@@ -89,9 +91,25 @@ def wam_from_onnx(path: str | os.PathLike[str]) -> tuple[Any, Any]:
         hidden_dim=int(inits["encoder.fuse_in.weight"].shape[0]),
         head_blocks=len(blocks),
         model_name=contract.model_name,
+        # Contract v2 parts: extra DOFs after the arm joints; the prompt encoder's sizes from its
+        # embedding table, its tokenizer from beside the file.
+        extra_dofs=contract.extra_actions,
+        max_instruction_tokens=contract.max_instruction_tokens,
+        vocab_size=int(inits["encoder.instruction.embed.weight"].shape[0]) if contract.has_instruction else 0,
+        instruction_dim=int(inits["encoder.instruction.embed.weight"].shape[1])
+        if contract.has_instruction
+        else 64,
     )
+    if contract.extra_actions != contract.extra_states:
+        raise RebuildError(
+            f"{src}: extra action DOFs {contract.extra_actions} differ from extra states {contract.extra_states}"
+        )
     model = build_model(cfg, seed=None)
     _load_exact(model, inits, src)
+    if contract.has_instruction:
+        from wam_control.policy.contract import tokenizer_path
+
+        model.tokenizer_json = Path(tokenizer_path(path)).read_text()
     # Buffers the module derives itself but the exporter stored too: they must agree.
     for name in ("encoder.image.pix_scale", "encoder.image.pix_shift"):
         if name in inits:
@@ -138,7 +156,9 @@ class Parity:
     samples: int
 
 
-def graph_parity(old: str | os.PathLike[str], new: str | os.PathLike[str], *, seeds: int = 8, batch: int = 3) -> Parity:
+def graph_parity(
+    old: str | os.PathLike[str], new: str | os.PathLike[str], *, seeds: int = 8, batch: int = 3
+) -> Parity:
     """Run both files in ONNX Runtime (CPU) on the same random inputs; worst |old - new| per output."""
     import onnxruntime as ort
 
