@@ -147,6 +147,9 @@ def test_exported_prompt_model_matches_torch_and_the_runtime_tokenizer(tmp_path:
     from wam_control.policy.instruction import InstructionTokenizer
 
     model = build_model(small_config(), seed=0)
+    with torch.no_grad():  # as after training: no zero FiLM or unit LayerNorm the exporter folds away
+        for i, p in enumerate(model.parameters()):
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.01)
     with pytest.raises(Exception, match="tokenizer"):
         export_onnx(model, tmp_path / "no_tok.onnx")
     model.tokenizer_json = build_tokenizer(task_prompts())
