@@ -138,8 +138,10 @@ def test_dynamic_batch_and_prefix_in_onnxruntime(small_model) -> None:
     np.testing.assert_array_equal(a[1, :3], feeds["action_prefix"][1, :3])
 
 
-def _old_order_forward(self, images):
-    """ImageEncoder.forward as it was before issue 18: reshape and permute the uint8 images, then cast."""
+def _old_order_forward(self, images, film=None):
+    """ImageEncoder.forward as it was before issue 18: reshape and permute the uint8 images, then cast
+    (a model without a prompt: `film` is None)."""
+    assert film is None
     b, n, h, w, c = images.shape
     dtype = self.linear.weight.dtype
     x = images.reshape(b * n, h, w, c).permute(0, 3, 1, 2).to(dtype)
