@@ -165,8 +165,13 @@ def test_exported_prompt_model_matches_torch_and_the_runtime_tokenizer(tmp_path:
     np.testing.assert_array_equal(runtime.encode(text), PromptEncoder(model.tokenizer_json, 12).encode(text))
     assert (runtime.encode("grab the purple thing") == 1).sum() == 3  # unknown words are [UNK], not dropped
     # The shipped file alone rebuilds the torch module (the next training run starts from it)
+    # distill rewrites the training summary in place after its evaluation (and reads the file back)
+    from wam_control.model.distill import _set_training_data
     from wam_control.model.from_onnx import graph_parity, wam_from_onnx
 
+    _set_training_data(tmp_path / "m.onnx", {"eval_success_rate": 0.5})
+    assert read_contract(tmp_path / "m.onnx", verify_weights=True).training_data["eval_success_rate"] == 0.5
+    assert sorted(f.name for f in tmp_path.iterdir() if "tmp" in f.name) == []
     rebuilt, _ = wam_from_onnx(tmp_path / "m.onnx")
     assert rebuilt.config == model.config and rebuilt.tokenizer_json == model.tokenizer_json
     export_onnx(rebuilt, tmp_path / "again.onnx", check_parity=False)

@@ -494,7 +494,19 @@ def _set_training_data(path: Path, training_data: dict[str, Any]) -> None:
     onnx.helper.set_model_props(proto, dataclasses.replace(contract, training_data=merged).to_metadata())
     tmp = path.with_name(path.name + ".tmp")
     onnx.save(proto, str(tmp))
-    read_contract(tmp, verify_weights=True)
+    tok = None
+    if contract.has_instruction:  # the read-back checks the tokenizer beside the file it reads
+        import shutil
+
+        from wam_control.policy.contract import tokenizer_path
+
+        tok = Path(tokenizer_path(tmp))
+        shutil.copyfile(tokenizer_path(path), tok)
+    try:
+        read_contract(tmp, verify_weights=True)
+    finally:
+        if tok is not None:
+            tok.unlink(missing_ok=True)
     os.replace(tmp, path)
 
 
