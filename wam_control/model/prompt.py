@@ -25,7 +25,8 @@ def task_prompts() -> list[str]:
     out: list[str] = []
     for phrasings in PROMPTS.values():
         for p in phrasings:
-            out.extend(p.format(colour=c) for c in CUBE_COLOURS) if "{colour}" in p else out.append(p)
+            colours = CUBE_COLOURS if "{colour}" in p else ("",)
+            out.extend(p.format(colour=c) for c in colours)
     return out
 
 
