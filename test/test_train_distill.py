@@ -126,3 +126,29 @@ def test_distill_cli_end_to_end(tmp_path: Path, fr3_config_path: Path) -> None:
     assert (
         main(["--teacher", str(tmp_path / "nope.onnx"), "--init", str(init), "--student-out", str(out)]) == 2
     )
+
+
+def test_distill_deals_episodes_over_several_tasks(tmp_path: Path) -> None:
+    from wam_control.model.data import load_dataset
+    from wam_control.model.distill import main
+    from wam_control.model.train import spec_for
+    from wam_control.model.wam import load_checkpoint
+
+    init = tiny_student(tmp_path / "init.pt")
+    out = tmp_path / "student"
+    rc = main(
+        [
+            "--teacher", "expert", "--init", str(init), "--student-out", str(out), "--task", "reach,push",
+            "--iterations", "1", "--episodes", "3", "--steps", "2", "--batch-size", "8",
+            "--eval-episodes", "1", "--max-time-s", "0.4", "--threads", "1", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    it = json.loads((out / "distill_report.json").read_text())["iterations"][0]
+    assert it["reach"]["episodes"] == 2 and it["push"]["episodes"] == 1  # seeds dealt round-robin
+    assert it["reach"]["seeds"] == [1000, 1002] and it["push"]["seeds"] == [1001, 1001]
+    model, _ = load_checkpoint(str(out / "model.pt"))
+    ds = load_dataset(out / "dagger.npz", spec_for(model.config, 0.05))
+    assert sorted(e["task"] for e in ds.episodes) == ["push", "reach", "reach"]
+    with pytest.raises(SystemExit):
+        main(["--teacher", "expert", "--init", str(init), "--student-out", str(out), "--task", "reach,stack"])

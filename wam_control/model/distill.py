@@ -60,6 +60,7 @@ from wam_control.model.train import (
 )
 from wam_control.model.wam import WorldActionModel, save_checkpoint
 
+TASKS = ("reach", "push", "pick_place")
 EVAL_SEED_DEFAULT = 100000  # evaluation seeds start here; training/DAgger seeds stay below 10000
 
 
@@ -164,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--task",
         default="reach",
-        choices=("reach", "push", "pick_place"),
-        help="the student's rollouts; a model with the gripper column is labelled by the expert taking "
-        "over the physics for each chunk (LookaheadLabeler)",
+        help="the student's rollouts: reach, push, pick_place, or several comma-separated (each "
+        "iteration's episodes dealt round-robin; evaluation and surprise calibration on the first); a "
+        "model with the gripper column is labelled by the expert taking over the physics for each chunk "
+        "(LookaheadLabeler)",
     )
     ap.add_argument("--iterations", type=int, default=4)
     ap.add_argument("--episodes", type=int, default=40, help="student rollouts per iteration")
@@ -202,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             f"--collect-replan-steps must be comma-separated integers, got {args.collect_replan_steps!r}"
         )
+    tasks = [t.strip() for t in args.task.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if not tasks or unknown or len(set(tasks)) != len(tasks):
+        ap.error(f"--task must be distinct names from {', '.join(TASKS)}, comma-separated; got {args.task!r}")
     if any(v < 1 for v in replan_choices) or args.replan_steps < 1:
         ap.error("replan steps must be >= 1")
     if args.iterations < 1 or args.episodes < 1:
@@ -248,19 +254,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wam-control distill: {exc}", file=sys.stderr)
         return 2
 
-    arm = SimArm(
-        task=args.task,
-        seed=args.seed_start,
-        image_hw=(cfg.image_height, cfg.image_width),
-        cameras=cfg.camera_names,
-        hand=True if gripper else None,
-    )
-    if teacher is not None:
-        labeler = teacher
-    elif gripper or args.task == "pick_place":
-        labeler = LookaheadLabeler(arm, cfg.horizon, cfg.action_dt)
-    else:
-        labeler = ExpertLabeler(arm, cfg.horizon, cfg.action_dt, args.label_dt)
+    # One sim (and expert labeller bound to it) per task; the first task's also evaluates.
+    arms: dict[str, Any] = {}
+    labelers: dict[str, Any] = {}
+    for task in tasks:
+        arms[task] = SimArm(
+            task=task,
+            seed=args.seed_start,
+            image_hw=(cfg.image_height, cfg.image_width),
+            cameras=cfg.camera_names,
+            hand=True if gripper else None,
+        )
+        if teacher is not None:
+            labelers[task] = teacher
+        elif gripper or task == "pick_place":
+            labelers[task] = LookaheadLabeler(arms[task], cfg.horizon, cfg.action_dt)
+        else:
+            labelers[task] = ExpertLabeler(arms[task], cfg.horizon, cfg.action_dt, args.label_dt)
+    arm = arms[tasks[0]]
     prompt_encoder = None
     if cfg.has_instruction:
         from wam_control.model.prompt import PromptEncoder
@@ -299,19 +310,28 @@ def main(argv: list[str] | None = None) -> int:
             seeds = list(
                 range(args.seed_start + it * args.episodes, args.seed_start + (it + 1) * args.episodes)
             )
-            new, stats = collect(
-                arm,
-                model,
-                labeler,
-                seeds,
-                rcfg,
-                spec,
-                progress,
-                f"dagger {it + 1}/{args.iterations} rollouts",
-                replan_choices,
-            )
+            stats: dict[str, Any] = {"episodes": len(seeds), "seeds": [seeds[0], seeds[-1]]}
+            rates = []
+            for j, task in enumerate(tasks):
+                task_seeds = seeds[j :: len(tasks)]
+                if not task_seeds:
+                    continue
+                new, task_stats = collect(
+                    arms[task],
+                    model,
+                    labelers[task],
+                    task_seeds,
+                    rcfg,
+                    spec,
+                    progress,
+                    f"dagger {it + 1}/{args.iterations} {task} rollouts",
+                    replan_choices,
+                )
+                dagger_parts.append(new)
+                stats[task] = task_stats
+                rates += [task_stats["student_success_rate"]] * len(task_seeds)
+            stats["student_success_rate"] = float(np.mean(rates))
             collect_s = time.perf_counter() - t0
-            dagger_parts.append(new)
             builder = DatasetBuilder()
             for part in dagger_parts:
                 builder.add_dataset(part)
@@ -337,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt_every=0,
                 device=args.device,
                 threads=args.threads,
+                shift_pixels=args.augment_shift,
             )
             t1 = time.perf_counter()
             res = fit(
@@ -376,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         training_data = {
             "kind": "DAgger distillation" + (" + demonstrations" if base is not None else ""),
             "teacher": args.teacher,
-            "task": args.task,
+            "task": ",".join(tasks),
             "demonstrations": summary_base,
             "dagger_episodes": args.iterations * args.episodes,
             "dagger_seeds": [args.seed_start, args.seed_start + args.iterations * args.episodes - 1],
@@ -413,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(model, str(out / "model.pt"), training_data)
         write_json(out / "distill_report.json", report)
     finally:
-        arm.close()
+        for a in arms.values():
+            a.close()
     print(
         f"distill: iterations={args.iterations} distill_s={report['distill_wall_s']} "
         f"eval_success_rate={ev['success_rate']:.3f} eval_seeds={eval_seeds[0]}-{eval_seeds[-1]}"

@@ -99,6 +99,9 @@ def wam_from_onnx(path: str | os.PathLike[str]) -> tuple[Any, Any]:
         instruction_dim=int(inits["encoder.instruction.embed.weight"].shape[1])
         if contract.has_instruction
         else 64,
+        keypoints=int(inits["encoder.image.keypoint.weight"].shape[0])
+        if "encoder.image.keypoint.weight" in inits
+        else 0,
     )
     if contract.extra_actions != contract.extra_states:
         raise RebuildError(
@@ -111,7 +114,7 @@ def wam_from_onnx(path: str | os.PathLike[str]) -> tuple[Any, Any]:
 
         model.tokenizer_json = Path(tokenizer_path(path)).read_text()
     # Buffers the module derives itself but the exporter stored too: they must agree.
-    for name in ("encoder.image.pix_scale", "encoder.image.pix_shift"):
+    for name in ("encoder.image.pix_scale", "encoder.image.pix_shift", "encoder.image.keypoint_grid"):
         if name in inits:
             mine = dict(model.named_buffers())[name].numpy()
             if mine.shape != inits[name].shape or not np.array_equal(mine, inits[name]):

@@ -88,6 +88,7 @@ class TrainConfig:
     ckpt_every: int = 250
     device: str = "cpu"
     threads: int = 1
+    shift_pixels: int = 0  # random-shift augmentation of the model's input images (edge-padded), 0: off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +166,22 @@ def episode_tokens(model: WorldActionModel, ds: Dataset) -> np.ndarray | None:
     return np.stack([enc.encode(str(e["prompt"])) for e in ds.episodes])
 
 
+def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [B,N,H,W,3] -> the same shape, each image shifted by up to `pad` pixels in x and y
+    (borders repeated). The usual augmentation for behaviour cloning from pixels with few
+    demonstrations (DrQ, Diffusion Policy): the policy cannot key on exact pixel positions of the
+    background, only on where things are relative to each other."""
+    b, n, h, w, c = frames.shape
+    flat = frames.reshape(b * n, h, w, c)
+    padded = np.pad(flat, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    oy = rng.integers(0, 2 * pad + 1, size=b * n)
+    ox = rng.integers(0, 2 * pad + 1, size=b * n)
+    rows = (oy[:, None] + np.arange(h))[:, :, None]
+    cols = (ox[:, None] + np.arange(w))[:, None, :]
+    out = padded[np.arange(b * n)[:, None, None], rows, cols]
+    return out.reshape(b, n, h, w, c)
+
+
 class Trainer:
     """One model, its EMA target encoder and optimiser, stepping on batches drawn from a Dataset."""
 
@@ -203,8 +220,11 @@ class Trainer:
         self.ep_tokens = episode_tokens(model, ds)
 
     # ------------------------------------------------------------------ batches
-    def _obs(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(self.ds.frames[self.ds.obs_frame[idx]]).to(self.device)
+    def _obs(self, idx: np.ndarray, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = self.ds.frames[self.ds.obs_frame[idx]]
+        if augment and self.cfg.shift_pixels > 0:
+            frames = random_shift(frames, self.cfg.shift_pixels, self.rng)
+        images = torch.from_numpy(frames).to(self.device)
         state = torch.from_numpy(self.ds.state[idx]).to(self.device)
         return images, state
 
@@ -218,7 +238,7 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch. `wm_k`: the latent offset index per sample (None: all offsets)."""
         m = self.model
-        images, state = self._obs(idx)
+        images, state = self._obs(idx, augment=m.training)
         actions = torch.from_numpy(self.ds.actions[idx]).to(self.device)
         executed = torch.from_numpy(self.ds.executed[idx]).to(self.device)
         plen_t = torch.from_numpy(plen.astype(np.int64)).to(self.device)
@@ -524,6 +544,13 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--wm-weight", type=float, default=1.0, help="weight of the world-model loss")
     ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the target encoder per step")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument(
+        "--augment-shift",
+        type=int,
+        default=0,
+        help="random-shift augmentation of the input images by up to this many pixels (0: off; 4 is "
+        "usual at 96x96)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -553,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizon", type=int, default=16)
     ap.add_argument("--action-dt", type=float, default=0.05)
     ap.add_argument("--max-prefix", type=int, default=8)
+    ap.add_argument(
+        "--keypoints", type=int, default=0, help="spatial-softmax keypoints per camera (0: none)"
+    )
     ap.add_argument("--obs-dt", type=float, default=0.025, help="observation grid in the bags (s)")
     ap.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out")
     ap.add_argument("--ckpt-every", type=int, default=250)
@@ -573,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         "action_dt": args.action_dt,
         "max_prefix": args.max_prefix,
         "model_name": args.model_name,
+        "keypoints": args.keypoints,
     }
     tokenizer_json = None
     if args.gripper_joint:
@@ -633,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt_every=args.ckpt_every,
         device=str(device),
         threads=args.threads,
+        shift_pixels=args.augment_shift,
     )
     print(
         f"train: {len(ds)} observations from {len(ds.episodes)} episodes ({decode_s:.1f} s to load), "

@@ -71,6 +71,7 @@ class WAMConfig:
     max_instruction_tokens: int = 0  # L of instruction_tokens; 0: no prompt input (contract v1 shape)
     vocab_size: int = 0  # tokenizer vocabulary (pad id 0), with max_instruction_tokens
     instruction_dim: int = 64
+    keypoints: int = 0  # spatial-softmax keypoints per camera (x, y each) beside the flattened features
 
     def __post_init__(self) -> None:
         self.joint_names = tuple(self.joint_names)
@@ -85,6 +86,8 @@ class WAMConfig:
         self.latent_offsets = tuple(self.latent_offsets) or default_latent_offsets(self.horizon)
         if max(self.latent_offsets) > self.horizon:
             raise ValueError(f"latent_offsets {self.latent_offsets} reach past horizon {self.horizon}")
+        if self.keypoints < 0:
+            raise ValueError(f"keypoints {self.keypoints} must be >= 0")
         if not 0 <= self.max_prefix < self.horizon:
             raise ValueError(f"max_prefix {self.max_prefix} must be in [0, horizon-1]")
 
@@ -124,10 +127,17 @@ class WAMTrainOutput(NamedTuple):
 
 
 class ImageEncoder(nn.Module):
-    """uint8 RGB [B,N,H,W,3] -> features [B, N*F]; one conv stack shared by all cameras."""
+    """uint8 RGB [B,N,H,W,3] -> features [B, N*F]; one conv stack shared by all cameras.
+
+    With `keypoints` K > 0 each camera also yields K spatial-softmax keypoints (the expected image
+    position of each of K learned feature maps, x and y in [-1, 1]): an explicit "where" for a small
+    object, which a linear layer over the flattened map has to learn per position from few examples.
+    The keypoint maps are computed after FiLM, so the prompt can choose what they track.
+    """
 
     pix_scale: torch.Tensor
     pix_shift: torch.Tensor
+    keypoint_grid: torch.Tensor
 
     def __init__(self, cfg: WAMConfig) -> None:
         super().__init__()
@@ -146,7 +156,12 @@ class ImageEncoder(nn.Module):
             h, w = self.convs(torch.zeros(1, 3, cfg.image_height, cfg.image_width)).shape[-2:]
         self.linear = nn.Linear(cin * h * w, cfg.image_feature_dim)
         self.num_cameras = len(cfg.camera_names)
-        self.out_dim = self.num_cameras * cfg.image_feature_dim
+        self.num_keypoints = cfg.keypoints
+        self.keypoint = nn.Conv2d(cin, cfg.keypoints, 1) if cfg.keypoints > 0 else None
+        # Cell centres in [-1, 1], [h*w, 2] (x, y): expected position = softmax(map) @ grid.
+        ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, h), torch.linspace(-1.0, 1.0, w), indexing="ij")
+        self.register_buffer("keypoint_grid", torch.stack([xs, ys], dim=-1).reshape(h * w, 2), persistent=False)
+        self.out_dim = self.num_cameras * (cfg.image_feature_dim + 2 * cfg.keypoints)
 
         self.channels = cin
 
@@ -163,7 +178,12 @@ class ImageEncoder(nn.Module):
         if film is not None:
             gamma, beta = film.to(dtype).repeat_interleave(n, dim=0).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
             x = torch.relu(x * (1.0 + gamma) + beta)
-        return torch.relu(self.linear(x.flatten(1))).reshape(b, -1)
+        feat = torch.relu(self.linear(x.flatten(1)))
+        if self.keypoint is not None:
+            attention = torch.softmax(self.keypoint(x).flatten(2), dim=-1)  # [B*N, K, h*w]
+            points = attention @ self.keypoint_grid.to(dtype)  # [B*N, K, 2]
+            feat = torch.cat([feat, points.flatten(1)], dim=-1)
+        return feat.reshape(b, -1)
 
 
 class InstructionEncoder(nn.Module):

@@ -1,0 +1,128 @@
+"""Spatial-softmax keypoints in the image encoder and random-shift augmentation in training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from wam_control.model.train import TrainConfig, Trainer, random_shift  # noqa: E402
+from wam_control.model.wam import ImageEncoder, WAMConfig, build_model  # noqa: E402
+
+
+class FixedFeatures(torch.nn.Module):
+    """Stands in for the conv stack: returns a chosen feature map whatever the image."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features.expand(x.shape[0], -1, -1, -1)
+
+
+def tiny_config(**kw: object) -> WAMConfig:
+    base = dict(
+        camera_names=("scene", "wrist"), image_height=16, image_width=16, horizon=8, max_prefix=4,
+        conv_channels=(4, 8), image_feature_dim=16, hidden_dim=32, latent_dim=16, keypoints=3,
+    )  # fmt: skip
+    base.update(kw)
+    return WAMConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("row", "col"), [(0, 0), (1, 3), (3, 0), (2, 2)])
+def test_keypoint_is_where_its_feature_map_peaks(row: int, col: int) -> None:
+    enc = ImageEncoder(tiny_config(camera_names=("scene",), keypoints=2))  # 16x16 -> 4x4 map, 8 channels
+    feats = torch.zeros(1, 8, 4, 4)
+    feats[0, 5, row, col] = 1.0
+    enc.convs = FixedFeatures(feats)
+    assert enc.keypoint is not None
+    with torch.no_grad():
+        enc.keypoint.weight.zero_()
+        enc.keypoint.bias.zero_()
+        enc.keypoint.weight[0, 5] = 60.0  # keypoint 0 follows channel 5 sharply; keypoint 1 sees nothing
+    out = enc(torch.zeros(1, 1, 16, 16, 3, dtype=torch.uint8))
+    assert out.shape == (1, 16 + 2 * 2) and enc.out_dim == 20
+    x, y, x_flat, y_flat = out[0, 16:].tolist()
+    cell = 2.0 / 3.0  # 4 cell centres spread over [-1, 1]
+    assert x == pytest.approx(-1.0 + col * cell, abs=1e-4)
+    assert y == pytest.approx(-1.0 + row * cell, abs=1e-4)
+    assert (x_flat, y_flat) == (pytest.approx(0.0, abs=1e-6), pytest.approx(0.0, abs=1e-6))  # uniform: centre
+
+
+def test_config_refuses_negative_keypoints() -> None:
+    with pytest.raises(ValueError, match="keypoints"):
+        tiny_config(keypoints=-1)
+
+
+def test_keypoint_model_exports_and_rebuilds_from_the_onnx_alone(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from wam_control.model.export import export_onnx
+    from wam_control.model.from_onnx import graph_parity, wam_from_onnx
+
+    model = build_model(tiny_config(), seed=0)
+    with torch.no_grad():  # trained-looking weights: nothing the exporter could fold away
+        for i, p in enumerate(model.parameters()):
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.01)
+    res = export_onnx(model, tmp_path / "kp.onnx")
+    assert res.parity["min_cosine"] > 0.999
+    rebuilt, _ = wam_from_onnx(tmp_path / "kp.onnx")
+    assert rebuilt.config.keypoints == 3 and rebuilt.config == model.config
+    export_onnx(rebuilt, tmp_path / "again.onnx", check_parity=False)
+    assert graph_parity(tmp_path / "kp.onnx", tmp_path / "again.onnx").max_abs_err == 0.0
+
+
+def test_random_shift_moves_each_image_by_at_most_pad_and_keeps_its_content() -> None:
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(6, 2, 12, 10, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(random_shift(frames, 0, rng), frames)
+    pad = 2
+    out = random_shift(frames, pad, np.random.default_rng(1))
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    shifts = set()
+    for b in range(6):
+        for n in range(2):
+            padded = np.pad(frames[b, n], ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+            found = [
+                (dy, dx)
+                for dy in range(2 * pad + 1)
+                for dx in range(2 * pad + 1)
+                if np.array_equal(padded[dy : dy + 12, dx : dx + 10], out[b, n])
+            ]
+            assert len(found) == 1, f"image {b},{n} is not a shifted window of its own padded input"
+            shifts.add(found[0])
+    assert len(shifts) > 1  # each image draws its own shift
+
+
+def test_training_shifts_the_inputs_and_evaluation_does_not() -> None:
+    from wam_control.model.data import DatasetBuilder
+
+    rng = np.random.default_rng(0)
+    cfg = tiny_config(camera_names=("scene",), keypoints=2)
+    builder = DatasetBuilder()
+    for _ in range(2):
+        n = 20
+        frames = rng.integers(0, 255, size=(n, 1, 16, 16, 3), dtype=np.uint8)
+        q = np.cumsum(rng.normal(0, 0.01, (n, 7)), axis=0).astype(np.float32)
+        arrays = {
+            "obs_frame": np.arange(n),
+            "state": q,
+            "actions": np.repeat(q[:, None], cfg.horizon, axis=1),
+            "executed": np.repeat(q[:, None], cfg.horizon, axis=1),
+            "future": np.minimum(np.arange(n)[:, None] + np.array(cfg.latent_offsets)[None], n - 1),
+        }
+        builder.add(frames, arrays, {"task": "reach"})
+    ds = builder.build()
+    model = build_model(cfg, seed=0)
+    idx = np.arange(len(ds))
+    plain = Trainer(model, ds, idx, TrainConfig(shift_pixels=0))
+    shifted = Trainer(model, ds, idx, TrainConfig(shift_pixels=3))
+    assert plain.evaluate(idx) == shifted.evaluate(idx)
+    img_plain, _ = plain._obs(idx[:8], augment=True)
+    img_eval, _ = shifted._obs(idx[:8], augment=False)
+    img_train, _ = shifted._obs(idx[:8], augment=True)
+    assert torch.equal(img_plain, img_eval)
+    assert not torch.equal(img_train, img_eval)
