@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
                 threads=args.threads,
                 shift_pixels=args.augment_shift,
+                keyframe_weight=args.keyframe_weight,
             )
             t1 = time.perf_counter()
             res = fit(

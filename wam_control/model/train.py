@@ -89,6 +89,7 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 1
     shift_pixels: int = 0  # random-shift augmentation of the model's input images (edge-padded), 0: off
+    keyframe_weight: float = 0.0  # auxiliary loss: predict the arm at the episode's next keyframe (0: off)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +183,35 @@ def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     return out.reshape(b, n, h, w, c)
 
 
+GRIPPER_SWITCH_M = 0.02  # a gripper setpoint below this closes the fingers, above opens them (4 cm stroke)
+
+
+def keyframe_targets(ds: Dataset, num_arm: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per observation: the arm joints at its episode's next keyframe, and a 0/1 weight.
+
+    Keyframes of a demonstration are where the gripper setpoint switches (the grasp, the release) and
+    the last observation (the goal reached). Before the grasp the target is the grasp configuration,
+    which says where the object is to the centimetre; between grasp and release it is where the object
+    goes. Predicting it from the latent makes the encoder localise the prompted object and the goal
+    (the expert knew them; the images show them). Student rollouts (DAgger samples) have no
+    keyframes of the expert's: weight 0."""
+    target = np.array(ds.state[:, :num_arm], dtype=np.float32, copy=True)
+    weight = np.zeros(len(ds), np.float32)
+    has_gripper = ds.actions.shape[-1] > num_arm
+    for e, info in enumerate(ds.episodes):
+        obs = np.flatnonzero(ds.episode == e)
+        if len(obs) == 0 or info.get("source") == "dagger":
+            continue
+        keys = [len(obs) - 1]
+        if has_gripper:
+            closed = ds.actions[obs, 0, num_arm] < GRIPPER_SWITCH_M
+            keys = sorted({*np.flatnonzero(closed[1:] != closed[:-1]).tolist(), len(obs) - 1})
+        nxt = np.searchsorted(np.asarray(keys), np.arange(len(obs)))  # first keyframe at or after each obs
+        target[obs] = ds.state[obs[np.asarray(keys)[nxt]], :num_arm]
+        weight[obs] = 1.0
+    return target, weight
+
+
 class Trainer:
     """One model, its EMA target encoder and optimiser, stepping on batches drawn from a Dataset."""
 
@@ -202,8 +232,21 @@ class Trainer:
         self.target = copy.deepcopy(model.encoder).to(self.device).eval()
         for p in self.target.parameters():
             p.requires_grad_(False)
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        # The keyframe head is a training aid on the latent: it is not part of the model (nor its ONNX).
+        na = len(model.config.joint_names)
+        self.keyframe_head: nn.Module | None = None
+        self.keyframe: tuple[np.ndarray, np.ndarray] | None = None
+        if cfg.keyframe_weight > 0:
+            self.keyframe_head = nn.Sequential(
+                nn.Linear(model.config.latent_dim, 256), nn.ReLU(), nn.Linear(256, na)
+            ).to(self.device)
+            self.keyframe = keyframe_targets(ds, na)
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
+        named = list(self.model.named_parameters())
+        if self.keyframe_head is not None:
+            named += [(f"keyframe_head.{n}", p) for n, p in self.keyframe_head.named_parameters()]
+        for name, p in named:
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
         self.opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -266,7 +309,17 @@ class Trainer:
                 tgt = self.target(f_img, m.normalize_state(f_state), self._tokens(fut)).float()
             wm_loss = ((pred[torch.from_numpy(rows), torch.from_numpy(wm_k)] - tgt) ** 2).mean()
         total = act_loss + self.cfg.wm_weight * wm_loss
-        return total, {"loss": total, "action": act_loss, "wm": wm_loss}
+        parts = {"loss": total, "action": act_loss, "wm": wm_loss}
+        if self.keyframe_head is not None and self.keyframe is not None:
+            na = len(m.config.joint_names)
+            key_q, key_w = (torch.from_numpy(a[idx]).to(self.device) for a in self.keyframe)
+            std = m.state_std[:na]
+            target = (key_q - state[:, :na]) / std
+            err = ((self.keyframe_head(out.latent) - target) ** 2).mean(dim=-1)
+            key_loss = (err * key_w).sum() / key_w.sum().clamp_min(1.0)
+            total = total + self.cfg.keyframe_weight * key_loss
+            parts.update(loss=total, keyframe=key_loss)
+        return total, parts
 
     def _lr(self, step: int) -> float:
         c = self.cfg
@@ -361,6 +414,9 @@ class Trainer:
             "config": self.model.config.to_dict(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "target": {k: v.detach().cpu() for k, v in self.target.state_dict().items()},
+            "keyframe_head": None
+            if self.keyframe_head is None
+            else {k: v.detach().cpu() for k, v in self.keyframe_head.state_dict().items()},
             "opt": self.opt.state_dict(),
             "rng": json.dumps(rng_state),
             "torch_rng": torch.get_rng_state(),
@@ -376,6 +432,8 @@ class Trainer:
     def load_state(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
         self.target.load_state_dict(st["target"])
+        if self.keyframe_head is not None and st.get("keyframe_head"):
+            self.keyframe_head.load_state_dict(st["keyframe_head"])
         self.opt.load_state_dict(st["opt"])
         self.rng.bit_generator.state = json.loads(st["rng"])
         torch.set_rng_state(st["torch_rng"])
@@ -551,6 +609,13 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
         help="random-shift augmentation of the input images by up to this many pixels (0: off; 4 is "
         "usual at 96x96)",
     )
+    ap.add_argument(
+        "--keyframe-weight",
+        type=float,
+        default=0.0,
+        help="weight of the auxiliary loss predicting the arm at the demonstration's next keyframe (the "
+        "grasp, the release, the goal) from the latent; a training aid, not in the model (0: off)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -665,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         device=str(device),
         threads=args.threads,
         shift_pixels=args.augment_shift,
+        keyframe_weight=args.keyframe_weight,
     )
     print(
         f"train: {len(ds)} observations from {len(ds.episodes)} episodes ({decode_s:.1f} s to load), "

@@ -1,4 +1,5 @@
-"""Spatial-softmax keypoints in the image encoder and random-shift augmentation in training."""
+"""Training aids for localising small objects: spatial-softmax keypoints in the image encoder,
+random-shift augmentation, the keyframe auxiliary loss."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from wam_control.model.train import TrainConfig, Trainer, random_shift  # noqa: E402
+from wam_control.model.train import TrainConfig, Trainer, keyframe_targets, random_shift  # noqa: E402
 from wam_control.model.wam import ImageEncoder, WAMConfig, build_model  # noqa: E402
 
 
@@ -126,3 +127,68 @@ def test_training_shifts_the_inputs_and_evaluation_does_not() -> None:
     img_train, _ = shifted._obs(idx[:8], augment=True)
     assert torch.equal(img_plain, img_eval)
     assert not torch.equal(img_train, img_eval)
+
+
+def _episode(n: int, grip_switches: tuple[int, ...], source: str, rng: np.random.Generator) -> tuple:
+    """n observations of 7 arm joints + a gripper column whose setpoint flips at `grip_switches`."""
+    q = np.cumsum(rng.normal(0, 0.02, (n, 7)), axis=0).astype(np.float32)
+    grip = np.full(n, 0.04, np.float32)
+    closed = False
+    for k in range(n):
+        if k in grip_switches:
+            closed = not closed
+        grip[k] = 0.0 if closed else 0.04
+    state = np.concatenate([q, grip[:, None]], axis=1)
+    arrays = {
+        "obs_frame": np.arange(n),
+        "state": state,
+        "actions": np.repeat(state[:, None], 8, axis=1),
+        "executed": np.repeat(state[:, None], 8, axis=1),
+        "future": np.minimum(np.arange(n)[:, None] + np.array([2, 4, 8])[None], n - 1),
+    }
+    frames = rng.integers(0, 255, size=(n, 1, 16, 16, 3), dtype=np.uint8)
+    return frames, arrays, {"source": source}
+
+
+def _keyframe_dataset(rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    from wam_control.model.data import DatasetBuilder
+
+    builder = DatasetBuilder()
+    builder.add(*_episode(12, (4, 9), "demonstration", rng))  # grasp at obs 4, release at obs 9
+    builder.add(*_episode(6, (), "demonstration", rng))  # reach: the goal only
+    builder.add(*_episode(6, (2,), "dagger", rng))  # the student's own rollout: no expert keyframes
+    return builder.build()
+
+
+def test_keyframe_targets_are_the_grasp_the_release_and_the_goal() -> None:
+    ds = _keyframe_dataset(np.random.default_rng(0))
+    target, weight = keyframe_targets(ds, 7)
+    q = ds.state[:, :7]
+    # Episode 0: the setpoint flips between obs 3 and 4 (grasp) and between 8 and 9 (release).
+    np.testing.assert_array_equal(target[0:4], np.repeat(q[3:4], 4, axis=0))
+    np.testing.assert_array_equal(target[4:9], np.repeat(q[8:9], 5, axis=0))
+    np.testing.assert_array_equal(target[9:12], np.repeat(q[11:12], 3, axis=0))
+    np.testing.assert_array_equal(target[12:18], np.repeat(q[17:18], 6, axis=0))  # reach: the last obs
+    assert weight[:18].tolist() == [1.0] * 18 and weight[18:].tolist() == [0.0] * 6
+
+
+def test_keyframe_loss_trains_a_head_that_resumes_and_stays_out_of_the_model() -> None:
+    ds = _keyframe_dataset(np.random.default_rng(1))
+    cfg = tiny_config(camera_names=("scene",), extra_dofs=("gripper",))
+    model = build_model(cfg, seed=0)
+    keys_before = set(model.state_dict())
+    tcfg = TrainConfig(keyframe_weight=1.0, batch_size=16, lr=3e-3, warmup_steps=5, steps=120)
+    trainer = Trainer(model, ds, np.arange(18), tcfg)
+    first = np.mean([trainer.step()["keyframe"] for _ in range(5)])
+    for _ in range(110):
+        last = trainer.step()["keyframe"]
+    assert last < 0.5 * first
+    assert set(model.state_dict()) == keys_before  # a training aid: no new model weights
+    st = trainer.state()
+    again = Trainer(build_model(cfg, seed=1), ds, np.arange(18), tcfg)
+    again.load_state(st)
+    assert again.keyframe_head is not None and trainer.keyframe_head is not None
+    for a, b in zip(again.keyframe_head.parameters(), trainer.keyframe_head.parameters()):
+        assert torch.equal(a, b)
+    off = Trainer(build_model(cfg, seed=0), ds, np.arange(18), TrainConfig())
+    assert off.keyframe_head is None and "keyframe" not in off.step()
