@@ -289,3 +289,27 @@ def test_expert_resyncs_mid_task_and_recovers_a_dropped_cube() -> None:
         while not arm.task.success() and arm.time < t_end:
             arm.step(fresh.act(), gripper=fresh.gripper)
         assert arm.task.success(), (fresh.phase, arm.task.info())
+
+
+def test_expert_resyncs_a_push_from_the_sim_and_reach_has_no_phase() -> None:
+    """A fresh expert mid-push (a DAgger teacher labelling the student's state) reads the planner's own
+    phase back from the geometry: approaching, descending at the hover point, pushing behind the puck."""
+    with SimArm(task="push", seed=3, cameras=(), hand=True) as arm:
+        expert = Expert(arm)
+        arm.reset(3)
+        expert.reset()
+        seen: dict[str, str] = {}
+        ticks: dict[str, int] = {}
+        while expert.phase != "done" and arm.time < 15.0:
+            arm.step(expert.act(), gripper=expert.gripper)
+            ticks[expert.phase] = ticks.get(expert.phase, 0) + 1
+            if ticks[expert.phase] == 30:  # well inside each phase
+                seen[expert.phase] = Expert(arm).sync_phase()
+        assert {k: seen.get(k) for k in ("approach", "descend", "push")} == {
+            "approach": "approach",
+            "descend": "descend",
+            "push": "push",
+        }, seen
+        assert arm.task.success() or expert.phase == "done"
+    with SimArm(task="reach", seed=3, cameras=(), hand=True) as arm:
+        assert Expert(arm).sync_phase() == "approach"

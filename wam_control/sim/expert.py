@@ -117,12 +117,15 @@ class Expert:
 
     # ------------------------------------------------------------------ planner state
     def sync_phase(self) -> str:
-        """pick_place: set the phase from what the sim shows now (a DAgger teacher labelling a state the
+        """Set the phase from what the sim shows now (reach has none; push: `_sync_phase_other`).
+        pick_place: set the phase from what the sim shows now (a DAgger teacher labelling a state the
         student reached, or a restart mid-task): the cube held between closed fingers -> lift / move /
         place by where it is; in the zone, resting and released -> retreat / done; otherwise approach.
         The finger setpoint becomes the one in force. Returns the phase."""
         task = self.arm.task
         p = self.arm.ee_pose()[0]
+        if task.name != "pick_place":
+            return self._sync_phase_other(p)
         cube, zone = task.cube(), task.zone()  # type: ignore[attr-defined]
         half = task.cube_half  # type: ignore[attr-defined]
         fingers = float(np.mean(self.arm.gripper_state()[1]))
@@ -148,6 +151,46 @@ class Expert:
             self.phase = "approach"
             self._grip_target = GRIPPER_OPEN
         return self.phase
+
+    def _sync_phase_other(self, p: np.ndarray) -> str:
+        """reach: no phase. push: low behind the puck and facing the goal -> push (or done when it is
+        there), low elsewhere -> retreat, above the pre-push point -> descend, else approach; the fingers keep
+        the setpoint in force (push closes them again on the next act)."""
+        if self.arm.has_hand:
+            self.gripper = float(np.mean(self.arm.gripper_command()))
+        self._grip_target, self._grip_v, self._phase_t = self.gripper, 0.0, 0.0
+        self._hold = p.copy()
+        self.phase = "approach"
+        if self.arm.task.name != "push":
+            return self.phase
+        obj, goal, u, standoff, pre, z_hover, z_push, dist = self._push_geometry()
+        self._u = u
+        rel = obj - p[:2]
+        low = abs(p[2] - z_push) < 0.015
+        behind = np.linalg.norm(rel) <= standoff + 0.08 and float(rel @ u) >= math.cos(
+            math.radians(35.0)
+        ) * max(float(np.linalg.norm(rel)), 1e-9)
+        if low and behind:
+            self.phase = "done" if dist < 0.008 else "push"
+        elif low:
+            self.phase = "retreat"
+        elif np.linalg.norm(p[:2] - pre) < 0.01 and p[2] < z_hover + 0.03:  # at or below the hover point
+            self.phase = "descend"
+        return self.phase
+
+    def _push_geometry(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, float, float]:
+        """(puck xy, goal xy, push direction, standoff, pre-push point, hover z, push z, puck-goal distance)."""
+        task = self.arm.task
+        info = task.info()
+        obj = np.asarray(info["object"])[:2]
+        goal = np.asarray(info["goal"])[:2]
+        d = goal - obj
+        dist = float(np.linalg.norm(d))
+        u = d / dist if dist > 1e-3 else self._u
+        # puck + pusher radius (the rod; with the hand, the closed fingers' half-diagonal) + clearance
+        standoff = task.puck_radius + (0.019 if self.arm.has_hand else 0.012) + 0.004  # type: ignore[attr-defined]
+        pre = obj - u * (standoff + 0.045)
+        return obj, goal, u, standoff, pre, 0.09, 0.018, dist
 
     def snapshot(self) -> dict[str, object]:
         """The planner's whole state (command, limiter, phase, gripper), for `restore` after imagining
@@ -186,19 +229,8 @@ class Expert:
         return self.arm.task.info()["target"], 0.25  # type: ignore[return-value]
 
     def _plan_push(self, p: np.ndarray) -> tuple[np.ndarray, float]:
-        task = self.arm.task
-        info = task.info()
-        obj = np.asarray(info["object"])[:2]
-        goal = np.asarray(info["goal"])[:2]
-        d = goal - obj
-        dist = float(np.linalg.norm(d))
-        if dist > 1e-3:
-            self._u = d / dist
-        u = self._u
-        # puck + pusher radius (the rod; with the hand, the closed fingers' half-diagonal) + clearance
-        standoff = task.puck_radius + (0.019 if self.arm.has_hand else 0.012) + 0.004
-        z_hover, z_push = 0.09, 0.018
-        pre = obj - u * (standoff + 0.045)
+        obj, goal, u, standoff, pre, z_hover, z_push, dist = self._push_geometry()
+        self._u = u
         rel = obj - p[:2]
         if self.phase == "approach":
             if np.linalg.norm(p[:2] - pre) < 0.01 and abs(p[2] - z_hover) < 0.03:
