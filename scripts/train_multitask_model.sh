@@ -14,19 +14,16 @@ cd "$(dirname "$0")/.."
 WORK="${1:-runs/multitask}"
 WAM=".venv/bin/wam-control"
 [ -x "$WAM" ] || WAM="wam-control"
-PICK_PLACE_DEMOS="${PICK_PLACE_DEMOS:-150}"
-PUSH_DEMOS="${PUSH_DEMOS:-100}"
-REACH_DEMOS="${REACH_DEMOS:-150}"
-STEPS="${STEPS:-12000}"
+STEPS="${STEPS:-8000}"
 mkdir -p "$WORK" models
 
-record() {  # task count [--hand]: record seeds 0..count-1 that are not there yet
-  local task="$1" count="$2"; shift 2
-  local out="$WORK/demos_$task" seed
+record() {  # task folder first count [--hand]: record seeds first..first+count-1 that are not there yet
+  local task="$1" out="$WORK/$2" first="$3" count="$4" seed
+  shift 4
   mkdir -p "$out"
-  for ((seed = 0; seed < count; seed++)); do
+  for ((seed = first; seed < first + count; seed++)); do
     if [ ! -d "$out/${task}_seed$seed" ]; then
-      "$WAM" record --task "$task" --episodes $((count - seed)) --seed "$seed" --cameras scene,wrist \
+      "$WAM" record --task "$task" --episodes $((first + count - seed)) --seed "$seed" --cameras scene,wrist \
           --out "$out" "$@" || true  # stops at the first bag that exists; the loop goes on after it
       return
     fi
@@ -34,32 +31,49 @@ record() {  # task count [--hand]: record seeds 0..count-1 that are not there ye
 }
 
 # 1. Scripted-expert demonstrations in the hand scene (the fingers in /joint_states, the gripper setpoint
-#    on /gripper_controller/commands, the task's prompt on /instruction), both cameras.
-record pick_place "$PICK_PLACE_DEMOS"
-record push "$PUSH_DEMOS" --hand
-record reach "$REACH_DEMOS" --hand
+#    on /gripper_controller/commands, the task's prompt on /instruction), both cameras. Two batches per
+#    task, in the order they were recorded: the first run used the first batch only.
+record pick_place demos_pick_place 0 150
+record push demos_push 0 100 --hand
+record reach demos_reach 0 150 --hand
+record pick_place demos_pick_place2 150 200
+record push demos_push2 100 150 --hand
+record reach demos_reach2 150 100 --hand
 
 # 2. Behaviour cloning + world model + prefix conditioning on all three tasks; the gripper column and a
-#    16-token prompt (word-level tokenizer over the sim's prompts). 2 torch threads on an idle machine;
-#    THREADS=1 when other jobs share the cores (two OpenMP threads then spin against them).
-TRAIN=("$WAM" train --data "$WORK/demos_pick_place" "$WORK/demos_push" "$WORK/demos_reach"
-       --out "$WORK/bc" --cameras scene,wrist --gripper-joint fr3_finger_joint1 --instruction-tokens 16
-       --model-name wam-multitask --steps "$STEPS" --batch-size 64 --seed 0 --threads "${THREADS:-2}" --export)
-if [ ! -f "$WORK/bc/model.onnx" ]; then
-  if [ -f "$WORK/bc/train_state.pt" ]; then "${TRAIN[@]}" --resume; else "${TRAIN[@]}"; fi
-fi
+#    16-token prompt (word-level tokenizer over the sim's prompts); 32 spatial-softmax keypoints per
+#    camera; images shifted by up to 4 px. 2a: the first batches (8000 steps); 2b: from 2a, all the
+#    data, plus the keyframe loss (the arm at the next grasp / release / goal, predicted from the
+#    latent). THREADS=1 when other jobs share the cores (two OpenMP threads then spin against them).
+COMMON=(--cameras scene,wrist --gripper-joint fr3_finger_joint1 --instruction-tokens 16
+        --model-name wam-multitask --augment-shift 4 --batch-size 64 --threads "${THREADS:-2}" --export)
+train_stage() {  # out, then train arguments: skipped when <out>/model.onnx exists, resumed if started
+  local out="$WORK/$1"
+  shift
+  [ -f "$out/model.onnx" ] && return
+  if [ -f "$out/train_state.pt" ]; then
+    "$WAM" train --out "$out" "$@" "${COMMON[@]}" --resume
+  else
+    "$WAM" train --out "$out" "$@" "${COMMON[@]}"
+  fi
+}
+train_stage kp --data "$WORK/demos_pick_place" "$WORK/demos_push" "$WORK/demos_reach" --keypoints 32 \
+    --steps "$STEPS" --seed 0
+train_stage kp2 --data "$WORK/kp/dataset.npz" "$WORK/demos_pick_place2" "$WORK/demos_push2" \
+    "$WORK/demos_reach2" --init "$WORK/kp/model.pt" --keyframe-weight 1.0 --steps "$STEPS" --seed 1
+SHIP="$WORK/kp2"
 
-# 3. DAgger on pick_place (DAGGER_EPISODES > 0): the student's own rollouts (seeds 1000+), each
-#    observation labelled by the expert taking over the physics for one chunk (LookaheadLabeler, ~2.4 s
-#    of CPU per simulated second), half of each batch from those samples, the rest from the BC data.
+# 3. DAgger on all three tasks (DAGGER_EPISODES > 0, dealt round-robin): the student's own rollouts
+#    (seeds 2000+), each observation labelled by the expert taking over the physics for one chunk
+#    (LookaheadLabeler), half of each batch from those samples, the rest from the demonstrations.
 DAGGER_EPISODES="${DAGGER_EPISODES:-30}"
-SHIP="$WORK/bc"
 if [ "$DAGGER_EPISODES" -gt 0 ]; then
-  [ -f "$WORK/dagger/model.onnx" ] || "$WAM" distill --teacher expert --init "$WORK/bc/model.pt" \
-      --data "$WORK/bc/dataset.npz" --student-out "$WORK/dagger" --task pick_place --iterations 1 \
-      --episodes "$DAGGER_EPISODES" --steps 2000 --batch-size 64 --seed 0 --seed-start 1000 \
-      --collect-replan-steps 2,4,8 --eval-episodes 5 --surprise-episodes 2 --threads 1 --export
-  SHIP="$WORK/dagger"
+  [ -f "$WORK/kp2_dagger/model.onnx" ] || "$WAM" distill --teacher expert --init "$WORK/kp2/model.pt" \
+      --data "$WORK/kp2/dataset.npz" --student-out "$WORK/kp2_dagger" --task pick_place,push,reach \
+      --iterations 1 --episodes "$DAGGER_EPISODES" --max-time-s 15 --steps 2000 --batch-size 64 --seed 0 \
+      --seed-start 2000 --collect-replan-steps 2,4,8 --eval-episodes 3 --surprise-episodes 2 \
+      --augment-shift 4 --keyframe-weight 1.0 --threads "${THREADS:-2}" --export
+  SHIP="$WORK/kp2_dagger"
 fi
 
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
@@ -69,11 +83,11 @@ cp "$SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json
 import json, sys
 from pathlib import Path
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
-train = json.loads((work / "bc" / "training_report.json").read_text())
+train = json.loads((work / "kp2" / "training_report.json").read_text())
 train.pop("history", None)
 summary = {"train": train}
-if (work / "dagger" / "distill_report.json").is_file():
-    summary["distill"] = json.loads((work / "dagger" / "distill_report.json").read_text())
+if (work / "kp2_dagger" / "distill_report.json").is_file():
+    summary["distill"] = json.loads((work / "kp2_dagger" / "distill_report.json").read_text())
 out.write_text(json.dumps(summary, indent=2) + "\n")
 print("wrote", out)
 PY
