@@ -59,8 +59,8 @@ from wam_control.model.train import (
     write_json,
 )
 from wam_control.model.wam import WorldActionModel, save_checkpoint
+from wam_control.sim.tasks import TASKS
 
-TASKS = ("reach", "push", "pick_place")
 EVAL_SEED_DEFAULT = 100000  # evaluation seeds start here; training/DAgger seeds stay below 10000
 
 

@@ -183,9 +183,6 @@ def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     return out.reshape(b, n, h, w, c)
 
 
-GRIPPER_SWITCH_M = 0.02  # a gripper setpoint below this closes the fingers, above opens them (4 cm stroke)
-
-
 def keyframe_targets(ds: Dataset, num_arm: int) -> tuple[np.ndarray, np.ndarray]:
     """Per observation: the arm joints at its episode's next keyframe, and a 0/1 weight.
 
@@ -195,6 +192,8 @@ def keyframe_targets(ds: Dataset, num_arm: int) -> tuple[np.ndarray, np.ndarray]
     goes. Predicting it from the latent makes the encoder localise the prompted object and the goal
     (the expert knew them; the images show them). Student rollouts (DAgger samples) have no
     keyframes of the expert's: weight 0."""
+    from wam_control.sim.arm import GRIPPER_OPEN  # the data's gripper is the sim's hand
+
     target = np.array(ds.state[:, :num_arm], dtype=np.float32, copy=True)
     weight = np.zeros(len(ds), np.float32)
     has_gripper = ds.actions.shape[-1] > num_arm
@@ -203,8 +202,8 @@ def keyframe_targets(ds: Dataset, num_arm: int) -> tuple[np.ndarray, np.ndarray]
         if len(obs) == 0 or info.get("source") == "dagger":
             continue
         keys = [len(obs) - 1]
-        if has_gripper:
-            closed = ds.actions[obs, 0, num_arm] < GRIPPER_SWITCH_M
+        if has_gripper:  # the setpoint crosses half the stroke: the fingers close / open
+            closed = ds.actions[obs, 0, num_arm] < 0.5 * GRIPPER_OPEN
             keys = sorted({*np.flatnonzero(closed[1:] != closed[:-1]).tolist(), len(obs) - 1})
         nxt = np.searchsorted(np.asarray(keys), np.arange(len(obs)))  # first keyframe at or after each obs
         target[obs] = ds.state[obs[np.asarray(keys)[nxt]], :num_arm]

@@ -156,7 +156,6 @@ class ImageEncoder(nn.Module):
             h, w = self.convs(torch.zeros(1, 3, cfg.image_height, cfg.image_width)).shape[-2:]
         self.linear = nn.Linear(cin * h * w, cfg.image_feature_dim)
         self.num_cameras = len(cfg.camera_names)
-        self.num_keypoints = cfg.keypoints
         self.keypoint = nn.Conv2d(cin, cfg.keypoints, 1) if cfg.keypoints > 0 else None
         # Cell centres in [-1, 1], [h*w, 2] (x, y): expected position = softmax(map) @ grid.
         ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, h), torch.linspace(-1.0, 1.0, w), indexing="ij")

@@ -165,18 +165,21 @@ class Expert:
             return self.phase
         obj, goal, u, standoff, pre, z_hover, z_push, dist = self._push_geometry()
         self._u = u
-        rel = obj - p[:2]
         low = abs(p[2] - z_push) < 0.015
-        behind = np.linalg.norm(rel) <= standoff + 0.08 and float(rel @ u) >= math.cos(
-            math.radians(35.0)
-        ) * max(float(np.linalg.norm(rel)), 1e-9)
-        if low and behind:
+        if low and self._behind_puck(obj - p[:2], u, standoff):
             self.phase = "done" if dist < 0.008 else "push"
         elif low:
             self.phase = "retreat"
         elif np.linalg.norm(p[:2] - pre) < 0.01 and p[2] < z_hover + 0.03:  # at or below the hover point
             self.phase = "descend"
         return self.phase
+
+    @staticmethod
+    def _behind_puck(rel: np.ndarray, u: np.ndarray, standoff: float) -> bool:
+        """Whether the pusher (puck minus pusher = `rel`, xy) is close behind the puck and within 35
+        degrees of the push direction `u`: pushing goes on; otherwise it retreats and re-approaches."""
+        dist = float(np.linalg.norm(rel))
+        return dist <= standoff + 0.08 and float(rel @ u) / max(dist, 1e-9) >= math.cos(math.radians(35.0))
 
     def _push_geometry(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, np.ndarray, float, float, float]:
         """(puck xy, goal xy, push direction, standoff, pre-push point, hover z, push z, puck-goal distance)."""
@@ -243,8 +246,7 @@ class Expert:
         if self.phase == "push":
             if dist < 0.008:
                 self.phase = "done"
-            aligned = float(rel @ u) / max(float(np.linalg.norm(rel)), 1e-9)
-            if np.linalg.norm(rel) > standoff + 0.08 or aligned < math.cos(math.radians(35.0)):
+            if not self._behind_puck(rel, u, standoff):
                 self.phase = "retreat"
             contact = obj - u * standoff
             lead = min(0.02, dist)
