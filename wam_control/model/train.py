@@ -177,9 +177,11 @@ def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     padded = np.pad(flat, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     oy = rng.integers(0, 2 * pad + 1, size=b * n)
     ox = rng.integers(0, 2 * pad + 1, size=b * n)
-    rows = (oy[:, None] + np.arange(h))[:, :, None]
-    cols = (ox[:, None] + np.arange(w))[:, None, :]
-    out = padded[np.arange(b * n)[:, None, None], rows, cols]
+    # One slice copy per image: ~9x faster than one fancy-indexed gather over the batch, which made
+    # the shift most of a GPU training step (docs/benchmarks/gpu.md).
+    out = np.empty_like(flat)
+    for i, (y, x) in enumerate(zip(oy.tolist(), ox.tolist())):
+        out[i] = padded[i, y : y + h, x : x + w]
     return out.reshape(b, n, h, w, c)
 
 
@@ -227,6 +229,11 @@ class Trainer:
         torch.set_num_threads(max(1, cfg.threads))
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            # Fixed batch shapes: let cuDNN pick its fastest convolutions once; TF32 tensor cores for
+            # the matrix products (10-bit mantissa inputs, fp32 accumulation: the usual for training).
+            torch.backends.cudnn.benchmark = True
+            torch.set_float32_matmul_precision("high")
         self.model = model.to(self.device).train()
         self.target = copy.deepcopy(model.encoder).to(self.device).eval()
         for p in self.target.parameters():
@@ -259,15 +266,18 @@ class Trainer:
             self.p = w / w.sum()
         self.rng = np.random.default_rng(cfg.seed)
         self.step_count = 0
+        self.input_s = 0.0  # host time spent assembling image batches (gather, shift, copy to device)
         self.ep_tokens = episode_tokens(model, ds)
 
     # ------------------------------------------------------------------ batches
     def _obs(self, idx: np.ndarray, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        t0 = time.perf_counter()
         frames = self.ds.frames[self.ds.obs_frame[idx]]
         if augment and self.cfg.shift_pixels > 0:
             frames = random_shift(frames, self.cfg.shift_pixels, self.rng)
         images = torch.from_numpy(frames).to(self.device)
         state = torch.from_numpy(self.ds.state[idx]).to(self.device)
+        self.input_s += time.perf_counter() - t0
         return images, state
 
     def _tokens(self, idx: np.ndarray) -> torch.Tensor | None:
@@ -475,6 +485,7 @@ def fit(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     start_step = trainer.step_count
+    trainer.input_s = 0.0
     running: dict[str, float] = {}
     bar = None
     if progress:
@@ -499,6 +510,7 @@ def fit(
             bar.close()
     trainer.save_state(state_path)
     wall = time.perf_counter() - t0
+    input_s = trainer.input_s  # before evaluate() adds its own batches
     trained = trainer.step_count - start_step
     model = trainer.model.eval()
     val = trainer.evaluate(val_idx)
@@ -507,6 +519,9 @@ def fit(
         "steps_this_run": trained,
         "wall_s": round(wall, 1),
         "steps_per_s": round(trained / wall, 3) if wall > 0 else None,
+        # Share of the loop's wall time spent assembling inputs on the host: near 1, a faster device
+        # buys nothing (docs/benchmarks/gpu.md).
+        "input_share": round(input_s / wall, 3) if wall > 0 else None,
         "final_running_loss": {k: round(v, 5) for k, v in running.items()},
         "val": val,
         "val_episodes": int(len(set(ds.episode[val_idx].tolist()))) if len(val_idx) else 0,
@@ -523,6 +538,7 @@ def print_summary(report: dict[str, Any], prefix: str = "train") -> None:
     val = report.get("val") or {}
     line = (
         f"{prefix}: steps={report['steps']} wall_s={report['wall_s']} device={report['device']} "
+        f"steps_per_s={report.get('steps_per_s')} input_share={report.get('input_share')} "
         f"loss_action={report['final_running_loss'].get('action', float('nan')):.4f} "
         f"loss_wm={report['final_running_loss'].get('wm', float('nan')):.4f}"
     )
