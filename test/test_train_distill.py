@@ -152,3 +152,46 @@ def test_distill_deals_episodes_over_several_tasks(tmp_path: Path) -> None:
     assert sorted(e["task"] for e in ds.episodes) == ["push", "reach", "reach"]
     with pytest.raises(SystemExit):
         main(["--teacher", "expert", "--init", str(init), "--student-out", str(out), "--task", "reach,stack"])
+
+
+def test_parallel_collection_gives_the_data_of_one_process(tmp_path: Path) -> None:
+    """Episodes dealt to spawned worker processes come back in seed order, each with the cadence and
+    committed prefix its seed draws: the same samples as collecting them in this process."""
+    from wam_control.model.distill import CollectSetup, collect, episode_config, make_labeler
+    from wam_control.model.train import spec_for
+    from wam_control.model.wam import load_checkpoint
+
+    model, _ = load_checkpoint(str(tiny_student(tmp_path / "s.pt")))
+    rollout = RolloutConfig(horizon=8, action_dt=0.05, replan_steps=4, prefix_len=2, max_time_s=0.3)
+    setup = CollectSetup(
+        task="reach", teacher="expert", rollout=rollout, spec=spec_for(model.config, 0.05),
+        replan_choices=(2, 4), prefix_choices=(1, 3),
+    )  # fmt: skip
+    seeds = [5, 6, 7, 8]
+    # Seed s: cadence choices[s % 2], prefix choices[(s // 2) % 2]; every pair occurs once.
+    drawn = [(episode_config(setup, s).replan_steps, episode_config(setup, s).prefix_len) for s in seeds]
+    assert drawn == [(4, 1), (2, 3), (4, 3), (2, 1)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker runs
+    try:
+        with SimArm(task="reach", seed=0, image_hw=(32, 32), cameras=("scene",)) as arm:
+            labeler = make_labeler(arm, "reach", None, model.config, setup.label_dt)
+            one, stats_one = collect(arm, model, labeler, seeds, setup, False, "one")
+            two, stats_two = collect(arm, model, labeler, seeds, setup, False, "two", workers=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert [e["seed"] for e in two.episodes] == seeds
+    assert [(e["replan_steps"], e["prefix_len"]) for e in two.episodes] == drawn
+    assert one.episodes == two.episodes and stats_one == stats_two
+    for name in ("frames", "obs_frame", "state", "actions", "executed", "future", "episode"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
+
+
+def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path) -> None:
+    from wam_control.model.distill import main
+
+    init = tiny_student(tmp_path / "init.pt")
+    base = ["--teacher", "expert", "--init", str(init), "--student-out", str(tmp_path / "s")]
+    for bad in (["--workers", "0"], ["--collect-prefix-lens", "2,x"], ["--collect-prefix-lens", "-1"]):
+        with pytest.raises(SystemExit):
+            main(base + bad)

@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,55 +91,169 @@ def load_teacher(spec: str, horizon: int, num_joints: int) -> tuple[Any | None, 
     raise ValueError(f"--teacher {spec}: unknown model type {path.suffix!r}; expected .onnx or .pt")
 
 
+@dataclass(frozen=True)
+class CollectSetup:
+    """What a process needs to roll the student out on one task and label it: the sim, the teacher and
+    the rollout settings. Picklable, so collection workers build the same thing the parent does."""
+
+    task: str
+    teacher: str  # 'expert' or a teacher model file
+    rollout: RolloutConfig  # without prompt_encoder in a worker (rebuilt from the student's tokenizer)
+    spec: SampleSpec
+    label_dt: float = 0.01
+    replan_choices: tuple[int, ...] = ()  # per episode, by seed; () -> rollout.replan_steps
+    prefix_choices: tuple[int, ...] = ()  # per episode, by seed; () -> rollout.prefix_len
+
+
+def make_arm(task: str, cfg: Any, seed: int) -> Any:
+    from wam_control.sim.arm import SimArm
+
+    return SimArm(
+        task=task,
+        seed=seed,
+        image_hw=(cfg.image_height, cfg.image_width),
+        cameras=cfg.camera_names,
+        hand=True if cfg.extra_dofs else None,
+    )
+
+
+def make_labeler(arm: Any, task: str, teacher: Any | None, cfg: Any, label_dt: float) -> Any:
+    """The teacher for rollouts on `arm`: a teacher model if given, else the scripted expert (through
+    the physics for a gripper model or pick_place, in imagination for an arm-only reach/push)."""
+    if teacher is not None:
+        return teacher
+    if cfg.extra_dofs or task == "pick_place":
+        return LookaheadLabeler(arm, cfg.horizon, cfg.action_dt)
+    return ExpertLabeler(arm, cfg.horizon, cfg.action_dt, label_dt)
+
+
+def episode_config(setup: CollectSetup, seed: int) -> RolloutConfig:
+    """The cadence and committed prefix of one DAgger episode, drawn from the choices by its seed, so
+    the data does not depend on how episodes are dealt to workers."""
+    replan = setup.replan_choices or (setup.rollout.replan_steps,)
+    prefix = setup.prefix_choices or (setup.rollout.prefix_len,)
+    return replace(
+        setup.rollout,
+        replan_steps=replan[seed % len(replan)],
+        prefix_len=prefix[(seed // len(replan)) % len(prefix)],
+    )
+
+
+Labelled = tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]  # frames, samples, episode info
+
+
+def _labelled_episode(arm: Any, policy: Any, labeler: Any, setup: CollectSetup, seed: int) -> Labelled:
+    rcfg = episode_config(setup, seed)
+    ep = run_episode(arm, policy, seed, rcfg, labeler=labeler)
+    info = {
+        "source": "dagger",
+        "seed": seed,
+        "task": arm.task.name,
+        "success": ep.success,
+        "duration_s": round(ep.time_s, 3),
+        "prompt": arm.task.prompt,
+        "replan_steps": rcfg.replan_steps,
+        "prefix_len": rcfg.prefix_len,
+    }
+    return ep.frames, episode_samples(ep, setup.spec), info
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(student: str, setup: CollectSetup) -> None:
+    """A collection process: its own student (from the checkpoint the parent wrote), sim and teacher.
+    One torch thread each: the processes are the parallelism."""
+    import atexit
+
+    from wam_control.model.wam import load_checkpoint
+
+    torch.set_num_threads(1)
+    model, _ = load_checkpoint(student)
+    cfg = model.config
+    teacher, _ = load_teacher(setup.teacher, cfg.horizon, cfg.num_joints)
+    arm = make_arm(setup.task, cfg, 0)
+    atexit.register(arm.close)
+    if cfg.has_instruction:
+        from wam_control.model.prompt import PromptEncoder
+
+        encoder = PromptEncoder(model.tokenizer_json, cfg.max_instruction_tokens).encode
+        setup = replace(setup, rollout=replace(setup.rollout, prompt_encoder=encoder))
+    _WORKER.update(
+        arm=arm,
+        policy=TorchPolicy(model),
+        labeler=make_labeler(arm, setup.task, teacher, cfg, setup.label_dt),
+        setup=setup,
+    )
+
+
+def _worker_episode(seed: int) -> Labelled:
+    w = _WORKER
+    return _labelled_episode(w["arm"], w["policy"], w["labeler"], w["setup"], seed)
+
+
 def collect(
     arm: Any,
     model: WorldActionModel,
     labeler: Any,
     seeds: list[int],
-    rcfg: RolloutConfig,
-    spec: SampleSpec,
+    setup: CollectSetup,
     progress: bool,
     desc: str,
-    replan_choices: list[int] | None = None,
+    workers: int = 1,
 ) -> tuple[Dataset, dict[str, Any]]:
-    """Roll the student out on `seeds`, label with the teacher; (new samples, stats)."""
-    policy = TorchPolicy(model)
-    builder = DatasetBuilder()
-    ok = 0
-    times = []
-    it: Any = seeds
+    """Roll the student out on `seeds`, label with the teacher; (new samples, stats).
+
+    workers > 1: the episodes run in that many processes (spawned: MuJoCo's GL context and torch's
+    thread pools do not survive a fork), each with its own sim, teacher and copy of the student; the
+    episodes come back in seed order, so the data is the same for any number of workers."""
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(seeds, desc=desc, unit="ep", dynamic_ncols=True)
-        it = bar
-    choices = replan_choices or [rcfg.replan_steps]
-    for n, s in enumerate(it, 1):
-        cfg = replace(rcfg, replan_steps=choices[s % len(choices)])
-        ep = run_episode(arm, policy, s, cfg, labeler=labeler)
-        ok += ep.success
-        times.append(ep.time_s)
-        builder.add(
-            ep.frames,
-            episode_samples(ep, spec),
-            {
-                "source": "dagger",
-                "seed": s,
-                "task": arm.task.name,
-                "success": ep.success,
-                "duration_s": round(ep.time_s, 3),
-                "prompt": arm.task.prompt,
-            },
-        )
+        bar = tqdm(total=len(seeds), desc=desc, unit="ep", dynamic_ncols=True)
+    results: list[Labelled] = []
+
+    def done(r: Labelled) -> None:
+        results.append(r)
         if bar is not None:
-            bar.set_postfix(success=f"{ok / n:.3f}")
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(x[2]['success'] for x in results) / len(results):.3f}")
+
+    try:
+        if workers <= 1:
+            policy = TorchPolicy(model)
+            for s in seeds:
+                done(_labelled_episode(arm, policy, labeler, setup, s))
+        else:
+            import multiprocessing
+            import tempfile
+            from concurrent.futures import ProcessPoolExecutor
+
+            with tempfile.TemporaryDirectory(prefix="wam-distill-") as td:
+                student = str(Path(td) / "student.pt")
+                save_checkpoint(model, student)
+                picklable = replace(setup, rollout=replace(setup.rollout, prompt_encoder=None))
+                with ProcessPoolExecutor(
+                    max_workers=min(workers, len(seeds)),
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_init,
+                    initargs=(student, picklable),
+                ) as pool:
+                    for r in pool.map(_worker_episode, seeds):
+                        done(r)
+    finally:
+        if bar is not None:
+            bar.close()
+    builder = DatasetBuilder()
+    for frames, samples, info in results:
+        builder.add(frames, samples, info)
     ds = builder.build()
     return ds, {
         "episodes": len(seeds),
         "seeds": [seeds[0], seeds[-1]],
-        "student_success_rate": ok / len(seeds),
-        "mean_episode_s": round(float(np.mean(times)), 3),
+        "student_success_rate": sum(r[2]["success"] for r in results) / len(seeds),
+        "mean_episode_s": round(float(np.mean([r[2]["duration_s"] for r in results])), 3),
         "observations": len(ds),
     }
 
@@ -191,6 +305,20 @@ def main(argv: list[str] | None = None) -> int:
         "execution cadences lead to); default: --replan-steps",
     )
     ap.add_argument("--prefix-len", type=int, default=2, help="committed prefix at each replan")
+    ap.add_argument(
+        "--collect-prefix-lens",
+        default="",
+        help="comma-separated committed-prefix lengths drawn per DAgger episode: the runtime's async "
+        "mode commits the steps until the next chunk arrives (+1), so 2 is ~0 ms of inference and 6 "
+        "~200 ms at action_dt 0.05 s; default: --prefix-len",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes that collect DAgger episodes in parallel (one sim, teacher and student copy "
+        "each; the data does not depend on the number)",
+    )
     ap.add_argument("--max-time-s", type=float, help="cut episodes short (default: the task's horizon)")
     ap.add_argument("--label-dt", type=float, default=0.01, help="expert teacher's integration step (s)")
     ap.add_argument("--export", action="store_true", help="write <student-out>/model.onnx (+ surprise stats)")
@@ -204,6 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             f"--collect-replan-steps must be comma-separated integers, got {args.collect_replan_steps!r}"
         )
+    try:
+        prefix_choices = [int(v) for v in args.collect_prefix_lens.split(",") if v.strip()]
+    except ValueError:
+        ap.error(f"--collect-prefix-lens must be comma-separated integers, got {args.collect_prefix_lens!r}")
+    if any(v < 0 for v in prefix_choices) or args.prefix_len < 0:
+        ap.error("prefix lengths must be >= 0")
+    if args.workers < 1:
+        ap.error(f"--workers must be >= 1, got {args.workers}")
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown or len(set(tasks)) != len(tasks):
@@ -216,8 +352,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             "rollout seeds would reach the evaluation seeds; lower --seed-start/--episodes or raise --eval-seed"
         )
-
-    from wam_control.sim.arm import SimArm
 
     try:
         resolve_device(args.device)
@@ -258,19 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     arms: dict[str, Any] = {}
     labelers: dict[str, Any] = {}
     for task in tasks:
-        arms[task] = SimArm(
-            task=task,
-            seed=args.seed_start,
-            image_hw=(cfg.image_height, cfg.image_width),
-            cameras=cfg.camera_names,
-            hand=True if gripper else None,
-        )
-        if teacher is not None:
-            labelers[task] = teacher
-        elif gripper or task == "pick_place":
-            labelers[task] = LookaheadLabeler(arms[task], cfg.horizon, cfg.action_dt)
-        else:
-            labelers[task] = ExpertLabeler(arms[task], cfg.horizon, cfg.action_dt, args.label_dt)
+        arms[task] = make_arm(task, cfg, args.seed_start)
+        labelers[task] = make_labeler(arms[task], task, teacher, cfg, args.label_dt)
     arm = arms[tasks[0]]
     prompt_encoder = None
     if cfg.has_instruction:
@@ -290,6 +413,18 @@ def main(argv: list[str] | None = None) -> int:
         gripper=gripper,
         prompt_encoder=prompt_encoder,
     )
+    setups = {
+        task: CollectSetup(
+            task=task,
+            teacher=args.teacher,
+            rollout=rcfg,
+            spec=spec,
+            label_dt=args.label_dt,
+            replan_choices=tuple(replan_choices),
+            prefix_choices=tuple(min(v, cfg.max_prefix) for v in prefix_choices),
+        )
+        for task in tasks
+    }
     if args.init is None:
         if base is None:
             print(
@@ -321,11 +456,10 @@ def main(argv: list[str] | None = None) -> int:
                     model,
                     labelers[task],
                     task_seeds,
-                    rcfg,
-                    spec,
+                    setups[task],
                     progress,
                     f"dagger {it + 1}/{args.iterations} {task} rollouts",
-                    replan_choices,
+                    workers=args.workers,
                 )
                 dagger_parts.append(new)
                 stats[task] = task_stats
@@ -413,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                 "replan_steps": rcfg.replan_steps,
                 "collect_replan_steps": replan_choices or [rcfg.replan_steps],
                 "prefix_len": rcfg.prefix_len,
+                "collect_prefix_lens": prefix_choices or [rcfg.prefix_len],
+                "workers": args.workers,
                 "settle_s": rcfg.settle_s,
                 "control_hz": arm.control_hz,
                 "camera_hz": arm.camera_hz,
