@@ -120,8 +120,9 @@ class Expert:
         """Set the phase from what the sim shows now (reach has none; push: `_sync_phase_other`).
         pick_place: set the phase from what the sim shows now (a DAgger teacher labelling a state the
         student reached, or a restart mid-task): the cube held between closed fingers -> lift / move /
-        place by where it is; in the zone, resting and released -> retreat / done; otherwise approach.
-        The finger setpoint becomes the one in force. Returns the phase."""
+        place by where it is; in the zone and resting -> open while the fingers touch it, then retreat /
+        done; over the cube below the hover point -> descend, or close at grasp height; otherwise
+        approach. The finger setpoint starts from the one in force. Returns the phase."""
         task = self.arm.task
         p = self.arm.ee_pose()[0]
         if task.name != "pick_place":
@@ -144,12 +145,30 @@ class Expert:
                 self.phase = "move"
             else:
                 self.phase = "lift"
-        elif task.in_zone() and task.resting() and not task.touching():  # type: ignore[attr-defined]
-            self.phase = "done" if p[2] > z_carry - 0.01 else "retreat"
-            self._grip_target = GRIPPER_OPEN
+            self._grip_target = 0.0  # carrying squeezes, whatever setpoint the student had
+            return self.phase
+        self._grip_target = GRIPPER_OPEN
+        if task.in_zone() and task.resting():  # type: ignore[attr-defined]
+            # placed: fingers still on it -> let go; clear of it -> up and wait
+            if task.touching():  # type: ignore[attr-defined]
+                self.phase = "open"
+            else:
+                self.phase = "done" if p[2] > z_carry - 0.01 else "retreat"
+            return self.phase
+        # Not held. Over the cube and below the hover point is the descent (or, at grasp height, the
+        # grasp) under way: carry on with it. Reading every un-held state as "approach" sent each
+        # chunk back up to the hover point with open fingers, so a teacher that resyncs every chunk
+        # never grasped (a DAgger label followed at the runtime's cadence failed every pick_place).
+        off = float(np.linalg.norm(p[:2] - cube[:2]))
+        z_hover = cube[2] + 0.10
+        if off < 0.01 and p[2] < z_hover - 0.02:
+            if off < 0.006 and p[2] < cube[2] + 0.008:
+                self.phase = "close"
+                self._grip_target = 0.0
+            else:
+                self.phase = "descend"
         else:
             self.phase = "approach"
-            self._grip_target = GRIPPER_OPEN
         return self.phase
 
     def _sync_phase_other(self, p: np.ndarray) -> str:
