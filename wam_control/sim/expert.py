@@ -161,7 +161,7 @@ class Expert:
         # never grasped (a DAgger label followed at the runtime's cadence failed every pick_place).
         off = float(np.linalg.norm(p[:2] - cube[:2]))
         z_hover = cube[2] + 0.10
-        if off < 0.01 and p[2] < z_hover - 0.02:
+        if off < 0.01 and p[2] < z_hover + 0.02:  # at or below the hover band, where approach ends
             if off < 0.006 and p[2] < cube[2] + 0.008:
                 self.phase = "close"
                 self._grip_target = 0.0
