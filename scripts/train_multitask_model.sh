@@ -76,6 +76,25 @@ if [ "$DAGGER_EPISODES" -gt 0 ]; then
   SHIP="$WORK/kp2_dagger"
 fi
 
+# 3b. (THIRD=1; not better overall, models/MODEL_CARD.md "Third run") From kp2_dagger: a 12-episode
+#     pick_place iteration (kp2_dagger2, seeds 2100-2111), then two DAgger iterations of 40 episodes
+#     dealt over pick_place and push (kp3_dagger, seeds 3000-3079), collected by two processes
+#     (--workers 2), each episode at the runtime's cadence (replan every 4 or 8 steps) with the
+#     committed prefix that 0 ms or 200 ms of inference leaves in async mode (2 or 6 steps).
+if [ "${THIRD:-0}" = 1 ] && [ -f "$WORK/kp2_dagger/model.pt" ]; then
+  [ -f "$WORK/kp2_dagger2/model.onnx" ] || "$WAM" distill --teacher expert --init "$WORK/kp2_dagger/model.pt" \
+      --data "$WORK/kp2/dataset.npz" "$WORK/kp2_dagger/dagger.npz" --student-out "$WORK/kp2_dagger2" \
+      --task pick_place --iterations 1 --episodes 12 --max-time-s 15 --steps 1500 --batch-size 64 --seed 1 \
+      --seed-start 2100 --collect-replan-steps 2,4,8 --eval-episodes 1 --surprise-episodes 1 \
+      --augment-shift 4 --keyframe-weight 1.0 --threads "${THREADS:-2}" --export --no-progress
+  [ -f "$WORK/kp3_dagger/model.onnx" ] || "$WAM" distill --teacher expert --init "$WORK/kp2_dagger2/model.pt" \
+      --data "$WORK/kp2/dataset.npz" "$WORK/kp2_dagger/dagger.npz" "$WORK/kp2_dagger2/dagger.npz" \
+      --student-out "$WORK/kp3_dagger" --task pick_place,push --iterations 2 --episodes 40 --max-time-s 15 \
+      --steps 2000 --batch-size 64 --seed 2 --seed-start 3000 --collect-replan-steps 4,8 \
+      --collect-prefix-lens 2,6 --workers 2 --eval-episodes 2 --surprise-episodes 2 --augment-shift 4 \
+      --keyframe-weight 1.0 --threads "${THREADS:-2}" --export --no-progress
+fi
+
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
 cp "$SHIP/model.onnx" models/wam_multitask.onnx
 cp "$SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json
