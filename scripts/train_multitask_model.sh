@@ -95,6 +95,21 @@ if [ "${THIRD:-0}" = 1 ] && [ -f "$WORK/kp2_dagger/model.pt" ]; then
       --keyframe-weight 1.0 --threads "${THREADS:-2}" --export --no-progress
 fi
 
+# 3c. (FOURTH=1; models/MODEL_CARD.md "Third run", after the pick_place teacher fix) From kp2 (demonstrations
+#     only), DAgger on pick_place with the fixed teacher: 40 episodes (kp4_dagger, seeds 4000-4039), then 30
+#     more from that student (kp4_dagger2, seeds 4100-4129), two workers, the runtime's cadence and delay.
+if [ "${FOURTH:-0}" = 1 ]; then
+  PP=(--teacher expert --task pick_place --iterations 1 --max-time-s 15 --steps 2000 --batch-size 64
+      --collect-replan-steps 4,8 --collect-prefix-lens 2,6 --workers 2 --augment-shift 4 --keyframe-weight 1.0
+      --threads "${THREADS:-2}" --export --no-progress)
+  [ -f "$WORK/kp4_dagger/model.onnx" ] || "$WAM" distill "${PP[@]}" --init "$WORK/kp2/model.pt" \
+      --data "$WORK/kp2/dataset.npz" --student-out "$WORK/kp4_dagger" --episodes 40 --seed 4 \
+      --seed-start 4000 --eval-episodes 2 --surprise-episodes 2
+  [ -f "$WORK/kp4_dagger2/model.onnx" ] || "$WAM" distill "${PP[@]}" --init "$WORK/kp4_dagger/model.pt" \
+      --data "$WORK/kp2/dataset.npz" "$WORK/kp4_dagger/dagger.npz" --student-out "$WORK/kp4_dagger2" \
+      --episodes 30 --seed 5 --seed-start 4100 --eval-episodes 1 --surprise-episodes 1
+fi
+
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
 cp "$SHIP/model.onnx" models/wam_multitask.onnx
 cp "$SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json
