@@ -291,20 +291,31 @@ def test_expert_resyncs_mid_task_and_recovers_a_dropped_cube() -> None:
         assert arm.task.success(), (fresh.phase, arm.task.info())
 
 
+def resynced_inside_each_phase(arm: SimArm, seed: int, plan_once: bool) -> tuple[dict[str, str], Expert]:
+    """Run the expert on `seed`; 30 ticks into each of its phases, the phase a fresh expert reads back
+    from the sim (after one planning step if `plan_once`). Returns ({running phase: read phase}, expert)."""
+    expert = Expert(arm)
+    arm.reset(seed)
+    expert.reset()
+    seen: dict[str, str] = {}
+    ticks: dict[str, int] = {}
+    while expert.phase != "done" and arm.time < 15.0:
+        arm.step(expert.act(), gripper=expert.gripper)
+        ticks[expert.phase] = ticks.get(expert.phase, 0) + 1
+        if ticks[expert.phase] == 30:  # well inside each phase
+            fresh = Expert(arm)
+            seen[expert.phase] = fresh.sync_phase()
+            if plan_once:
+                fresh.act()
+                seen[expert.phase] = fresh.phase
+    return seen, expert
+
+
 def test_expert_resyncs_a_push_from_the_sim_and_reach_has_no_phase() -> None:
     """A fresh expert mid-push (a DAgger teacher labelling the student's state) reads the planner's own
     phase back from the geometry: approaching, descending at the hover point, pushing behind the puck."""
     with SimArm(task="push", seed=3, cameras=(), hand=True) as arm:
-        expert = Expert(arm)
-        arm.reset(3)
-        expert.reset()
-        seen: dict[str, str] = {}
-        ticks: dict[str, int] = {}
-        while expert.phase != "done" and arm.time < 15.0:
-            arm.step(expert.act(), gripper=expert.gripper)
-            ticks[expert.phase] = ticks.get(expert.phase, 0) + 1
-            if ticks[expert.phase] == 30:  # well inside each phase
-                seen[expert.phase] = Expert(arm).sync_phase()
+        seen, expert = resynced_inside_each_phase(arm, 3, plan_once=False)
         assert {k: seen.get(k) for k in ("approach", "descend", "push")} == {
             "approach": "approach",
             "descend": "descend",
@@ -320,18 +331,7 @@ def test_expert_resyncs_every_pick_place_phase() -> None:
     teacher does this for every label) is, after one planning step, in the running expert's phase.
     Mid-descent and mid-grasp used to read as "approach": back up to the hover point, fingers open."""
     with SimArm(task="pick_place", seed=4, cameras=()) as arm:
-        expert = Expert(arm)
-        arm.reset(4)
-        expert.reset()
-        seen: dict[str, str] = {}
-        ticks: dict[str, int] = {}
-        while expert.phase != "done" and arm.time < 15.0:
-            arm.step(expert.act(), gripper=expert.gripper)
-            ticks[expert.phase] = ticks.get(expert.phase, 0) + 1
-            if ticks[expert.phase] == 30:  # well inside each phase
-                fresh = Expert(arm)
-                fresh.act()
-                seen[expert.phase] = fresh.phase
+        seen, _ = resynced_inside_each_phase(arm, 4, plan_once=True)
         phases = ("approach", "descend", "close", "lift", "move", "place", "open", "retreat")
         assert seen == {p: p for p in phases}, seen
         assert arm.task.success()
