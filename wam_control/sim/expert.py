@@ -42,6 +42,8 @@ JOINT_MARGIN = 0.08  # rad kept clear of each joint limit
 _DOWN = np.array([0.0, 0.0, -1.0])
 GRIPPER_V_MAX = 0.9 * FINGER_MAX_SPEED
 GRIPPER_A_MAX = 0.4  # m/s^2 per finger (config/fr3_hand.yaml: 0.5)
+PICK_HOVER_M = 0.10  # pick_place: the approach ends this far above the cube, the descent starts there
+PICK_CARRY_Z_M = 0.15  # pick_place: the cube is carried (and the arm retreats) at this height
 # The fingers close along this direction of the hand frame (fr3_hand_base is -45 deg about the tool axis).
 _FINGER_AXIS_HAND = np.array([math.sqrt(0.5), math.sqrt(0.5), 0.0])
 
@@ -133,7 +135,7 @@ class Expert:
         self.gripper = float(np.mean(self.arm.gripper_command()))
         self._grip_target, self._grip_v, self._phase_t = self.gripper, 0.0, 0.0
         self._hold = p.copy()
-        z_carry = 0.15
+        z_carry = PICK_CARRY_Z_M
         held = (
             np.linalg.norm(cube - p) < 0.03 and half - 0.006 < fingers < half + 0.004 and task.touching()  # type: ignore[attr-defined]
         )
@@ -160,7 +162,7 @@ class Expert:
         # chunk back up to the hover point with open fingers, so a teacher that resyncs every chunk
         # never grasped (a DAgger label followed at the runtime's cadence failed every pick_place).
         off = float(np.linalg.norm(p[:2] - cube[:2]))
-        z_hover = cube[2] + 0.10
+        z_hover = cube[2] + PICK_HOVER_M
         if off < 0.01 and p[2] < z_hover + 0.02:  # at or below the hover band, where approach ends
             if off < 0.006 and p[2] < cube[2] + 0.008:
                 self.phase = "close"
@@ -297,7 +299,7 @@ class Expert:
         cube = task.cube()  # type: ignore[attr-defined]
         zone = task.zone()  # type: ignore[attr-defined]
         half = task.cube_half  # type: ignore[attr-defined]
-        z_hover, z_carry = cube[2] + 0.10, 0.15
+        z_hover, z_carry = cube[2] + PICK_HOVER_M, PICK_CARRY_Z_M
         self._phase_t += self.dt
         yaw_err = 0.0
         if self.phase == "approach":
