@@ -358,19 +358,38 @@ class SimBridge:
 
 
 class RclpyNodeShim:
-    """The two methods SimBridge needs, on an rclpy Node (only used when ROS 2 is sourced)."""
+    """The two methods SimBridge needs, on an rclpy Node (only used when ROS 2 is sourced), spun by its
+    own executor on a background thread. `close` stops that thread before the node and the context go:
+    an executor still waiting when the context is shut down raises "context is not valid"."""
 
     def __init__(self, name: str = "wam_sim") -> None:
         import rclpy
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
+        from rclpy.signals import SignalHandlerOptions
 
         from wam_control.transport.dds import configure_fast_dds
 
         configure_fast_dds()
         if not rclpy.ok():
-            rclpy.init()
+            # The sim's own SIGINT/SIGTERM handlers end the run in order; rclpy's would shut the context
+            # down under the spinning executor.
+            rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
         self.node = Node(name)
         self._subs: list[Any] = []
+        self._executor = SingleThreadedExecutor()
+        self._executor.add_node(self.node)
+        self._spinning = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._spinning.set()
+        self._thread = threading.Thread(target=self._spin, name="wam_sim-spin", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while self._spinning.is_set():
+            self._executor.spin_once(timeout_sec=0.05)
 
     def publisher(self, topic: str, msg_type: Any, profile: Any) -> Any:
         return self.node.create_publisher(msg_type, topic, qos.to_rclpy(profile))
@@ -381,6 +400,10 @@ class RclpyNodeShim:
         return sub
 
     def close(self) -> None:
+        self._spinning.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._executor.shutdown(timeout_sec=1.0)
         self.node.destroy_node()
 
 
@@ -425,20 +448,17 @@ def main(argv: list[str] | None = None) -> int:
         cameras=tuple(c for c in args.cameras.split(",") if c),
         hand=True if args.hand else None,
     )
-    spin_thread = None
     if transport == "rclpy":
-        import rclpy
-
         node: Any = RclpyNodeShim()
         types = M.rclpy_msg_types()
-        spin_thread = threading.Thread(target=rclpy.spin, args=(node.node,), daemon=True)
-        spin_thread.start()
     else:
         from wam_control.transport.dds import DdsNode
 
         node = DdsNode("wam_sim", domain_id=args.domain_id, loopback=not args.no_loopback)
         types = M.dds_msg_types()
     bridge = SimBridge(arm, node, types, clock_mode=args.clock)
+    if transport == "rclpy":
+        node.start()  # once every publisher and subscription exists
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
