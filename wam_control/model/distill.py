@@ -493,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 shift_pixels=args.augment_shift,
                 keyframe_weight=args.keyframe_weight,
+                colour_swap=args.augment_colour_swap,
             )
             t1 = time.perf_counter()
             res = fit(

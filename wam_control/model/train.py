@@ -90,6 +90,7 @@ class TrainConfig:
     threads: int = 1
     shift_pixels: int = 0  # random-shift augmentation of the model's input images (edge-padded), 0: off
     keyframe_weight: float = 0.0  # auxiliary loss: predict the arm at the episode's next keyframe (0: off)
+    colour_swap: float = 0.0  # share of pick_place samples with the cubes' colours permuted (model/augment.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +186,28 @@ def random_shift(frames: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     return out.reshape(b, n, h, w, c)
 
 
+def colour_swap_for(
+    model: WorldActionModel, ds: Dataset, ep_tokens: np.ndarray | None, prob: float
+) -> tuple[Any | None, np.ndarray]:
+    """The cube-colour swap for `model` (None when off) and, per episode, whether it applies: a
+    pick_place episode whose prompt names exactly one cube colour."""
+    eligible = np.zeros(len(ds.episodes), bool)
+    if prob <= 0:
+        return None, eligible
+    if not 0 < prob <= 1:
+        raise ValueError(f"colour swap share must be in (0, 1], got {prob}")
+    if ep_tokens is None or not model.tokenizer_json:
+        raise ValueError("the colour swap renames the colour in the prompt: the model takes no prompt")
+    from wam_control.model.augment import CubeColourSwap
+    from wam_control.sim.tasks import CUBE_COLOURS, CUBE_RGB
+
+    vocab = json.loads(model.tokenizer_json)["model"]["vocab"]
+    swap = CubeColourSwap(vocab, CUBE_COLOURS, CUBE_RGB)
+    for e, info in enumerate(ds.episodes):
+        eligible[e] = info.get("task") == "pick_place" and swap.names_one_colour(ep_tokens[e])
+    return swap, eligible
+
+
 def keyframe_targets(ds: Dataset, num_arm: int) -> tuple[np.ndarray, np.ndarray]:
     """Per observation: the arm joints at its episode's next keyframe, and a 0/1 weight.
 
@@ -268,11 +291,16 @@ class Trainer:
         self.step_count = 0
         self.input_s = 0.0  # host time spent assembling image batches (gather, shift, copy to device)
         self.ep_tokens = episode_tokens(model, ds)
+        self.colour_swap, self.swap_ok = colour_swap_for(model, ds, self.ep_tokens, cfg.colour_swap)
 
     # ------------------------------------------------------------------ batches
-    def _obs(self, idx: np.ndarray, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _obs(
+        self, idx: np.ndarray, augment: bool = False, swap: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         t0 = time.perf_counter()
         frames = self.ds.frames[self.ds.obs_frame[idx]]
+        if swap is not None and self.colour_swap is not None:
+            frames = self.colour_swap.images(frames, swap)
         if augment and self.cfg.shift_pixels > 0:
             frames = random_shift(frames, self.cfg.shift_pixels, self.rng)
         images = torch.from_numpy(frames).to(self.device)
@@ -280,21 +308,29 @@ class Trainer:
         self.input_s += time.perf_counter() - t0
         return images, state
 
-    def _tokens(self, idx: np.ndarray) -> torch.Tensor | None:
+    def _tokens(self, idx: np.ndarray, swap: np.ndarray | None = None) -> torch.Tensor | None:
         if self.ep_tokens is None:
             return None
-        return torch.from_numpy(self.ep_tokens[self.ds.episode[idx]]).to(self.device)
+        tokens = self.ep_tokens[self.ds.episode[idx]]
+        if swap is not None and self.colour_swap is not None:
+            tokens = self.colour_swap.tokens(tokens, swap)
+        return torch.from_numpy(tokens).to(self.device)
 
     def losses(
         self, idx: np.ndarray, plen: np.ndarray, wm_k: np.ndarray | None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch. `wm_k`: the latent offset index per sample (None: all offsets)."""
         m = self.model
-        images, state = self._obs(idx, augment=m.training)
+        # One colour permutation per sample, shared by its input and its world-model targets (the same
+        # scene, re-coloured); the action and keyframe labels do not change with it.
+        swap = None
+        if m.training and self.colour_swap is not None:
+            swap = self.colour_swap.draw(self.rng, self.swap_ok[self.ds.episode[idx]], self.cfg.colour_swap)
+        images, state = self._obs(idx, augment=m.training, swap=swap)
         actions = torch.from_numpy(self.ds.actions[idx]).to(self.device)
         executed = torch.from_numpy(self.ds.executed[idx]).to(self.device)
         plen_t = torch.from_numpy(plen.astype(np.int64)).to(self.device)
-        tokens = self._tokens(idx)
+        tokens = self._tokens(idx, swap)
         out = m.forward_train(images, state, actions, plen_t, tokens)
         target_res = (actions - state.unsqueeze(1)) / m.residual_scale
         free = (~out.prefix_mask).unsqueeze(-1).float()
@@ -306,16 +342,17 @@ class Trainer:
         rows = np.arange(len(idx))
         if wm_k is None:
             fut = self.ds.future[idx]  # [B,K]
-            f_img, f_state = self._obs(fut.reshape(-1))
+            f_swap = None if swap is None else np.repeat(swap, fut.shape[1])
+            f_img, f_state = self._obs(fut.reshape(-1), swap=f_swap)
             with torch.no_grad():
-                tgt = self.target(f_img, m.normalize_state(f_state), self._tokens(fut.reshape(-1)))
+                tgt = self.target(f_img, m.normalize_state(f_state), self._tokens(fut.reshape(-1), f_swap))
                 tgt = tgt.float().reshape(pred.shape)
             wm_loss = ((pred - tgt) ** 2).mean()
         else:
             fut = self.ds.future[idx, wm_k]
-            f_img, f_state = self._obs(fut)
+            f_img, f_state = self._obs(fut, swap=swap)
             with torch.no_grad():
-                tgt = self.target(f_img, m.normalize_state(f_state), self._tokens(fut)).float()
+                tgt = self.target(f_img, m.normalize_state(f_state), self._tokens(fut, swap)).float()
             wm_loss = ((pred[torch.from_numpy(rows), torch.from_numpy(wm_k)] - tgt) ** 2).mean()
         total = act_loss + self.cfg.wm_weight * wm_loss
         parts = {"loss": total, "action": act_loss, "wm": wm_loss}
@@ -631,6 +668,13 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
         help="weight of the auxiliary loss predicting the arm at the demonstration's next keyframe (the "
         "grasp, the release, the goal) from the latent; a training aid, not in the model (0: off)",
     )
+    ap.add_argument(
+        "--augment-colour-swap",
+        type=float,
+        default=0.0,
+        help="share of pick_place samples whose cube colours are permuted, the prompt's colour word "
+        "renamed to match (teaches which cube the prompt means; 0: off)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -746,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         shift_pixels=args.augment_shift,
         keyframe_weight=args.keyframe_weight,
+        colour_swap=args.augment_colour_swap,
     )
     print(
         f"train: {len(ds)} observations from {len(ds.episodes)} episodes ({decode_s:.1f} s to load), "

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 TASKS = ("reach", "push", "pick_place")
 HAND_TASKS = ("pick_place",)
 CUBE_COLOURS = ("red", "green", "blue")
+# The cubes' diffuse colours (linear RGB, the rgba of cube_<colour> in assets/fr3_hand_scene.xml), in
+# CUBE_COLOURS order: training re-colours the cubes with them (model/augment.py).
+CUBE_RGB = ((0.9, 0.12, 0.1), (0.15, 0.75, 0.2), (0.12, 0.3, 0.9))
 PROMPTS: dict[str, tuple[str, ...]] = {
     "reach": ("reach the red ball", "move the gripper to the red sphere", "touch the red ball"),
     "push": (
