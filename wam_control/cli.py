@@ -37,6 +37,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "sim": ("wam_control.bench.sim", "simulator steps per second and real-time factor"),
     "expert": ("wam_control.bench.expert", "scripted expert success rate"),
     "closed-loop": ("wam_control.bench.closed_loop", "closed-loop success: async vs sync execution"),
+    "grounding": ("wam_control.bench.grounding", "prompted pick_place: does the chunk go for the named cube"),
     "surprise": ("wam_control.bench.surprise", "world-model surprise monitor: detection vs false alarms"),
     "serving": ("wam_control.bench.serving", "robots per Triton server: remote vs in-process latency"),
     "ros-node": ("wam_control.bench.ros_node", "rclpy node vs wam-control run against an rclpy robot"),

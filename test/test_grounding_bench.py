@@ -1,0 +1,88 @@
+"""`bench grounding`: the rates tell a policy that follows the colour word from one that ignores it or
+averages between the cubes; the model path runs an exported prompted model through the runtime's
+backend and tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wam_control.bench.grounding import grounding_queries, summarise
+from wam_control.sim.tasks import CUBE_COLOURS
+
+SEEDS = (100000, 100001)
+
+
+def named_colour(prompt: str) -> int:
+    hits = [i for i, c in enumerate(CUBE_COLOURS) if f" {c} " in f" {prompt} "]
+    assert len(hits) == 1, prompt
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def arm():  # type: ignore[no-untyped-def]
+    from wam_control.sim.arm import SimArm
+
+    with SimArm(task="pick_place", seed=0, image_hw=(16, 16), cameras=("scene",), hand=True) as a:
+        yield a
+
+
+def run(arm, chunk_end):  # type: ignore[no-untyped-def]
+    return [q for s in SEEDS for q in grounding_queries(arm, chunk_end, ("scene",), s, every_s=1.0)]
+
+
+def test_a_policy_that_follows_the_word_goes_for_every_named_cube(arm) -> None:  # type: ignore[no-untyped-def]
+    queries = run(arm, lambda images, state, prompt: arm.task.cube(named_colour(prompt)))
+    s = summarise(queries)
+    assert s["named_nearest_rate"] == 1.0 and s["start_named_nearest_rate"] == 1.0
+    assert s["named_err_cm_p50"] == pytest.approx(0.0, abs=1e-9)
+    times = sorted({round(q.t, 6) for q in queries})
+    assert times[:2] == [0.0, 1.0]  # at rest, then while the expert approaches
+    assert len({q.named for q in queries}) == 3 and s["queries"] == 3 * len({(q.seed, q.t) for q in queries})
+
+
+def test_a_policy_that_ignores_the_word_scores_one_in_three(arm) -> None:  # type: ignore[no-untyped-def]
+    s = summarise(run(arm, lambda images, state, prompt: arm.task.cube()))  # always the task's cube
+    assert s["named_nearest_rate"] == pytest.approx(1 / 3)
+    assert s["task_nearest_rate"] == 1.0
+
+
+def test_a_policy_that_averages_the_cubes_is_far_from_the_named_one(arm) -> None:  # type: ignore[no-untyped-def]
+    s = summarise(run(arm, lambda images, state, prompt: np.mean([arm.task.cube(i) for i in range(3)], axis=0)))
+    assert s["named_err_cm_p50"] > 4.0  # cube centres are >= 9 cm apart
+
+
+def test_the_bench_runs_an_exported_prompted_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("tokenizers")
+    from wam_control.bench.grounding import main
+    from wam_control.model.export import export_onnx
+    from wam_control.model.prompt import PromptEncoder, build_tokenizer, task_prompts
+    from wam_control.model.wam import WAMConfig, build_model
+
+    tok = build_tokenizer(task_prompts())
+    cfg = WAMConfig(
+        camera_names=("scene",), image_height=16, image_width=16, horizon=8, max_prefix=4,
+        conv_channels=(4, 8), image_feature_dim=16, hidden_dim=32, latent_dim=16, extra_dofs=("gripper",),
+        max_instruction_tokens=12, vocab_size=PromptEncoder(tok, 1).vocab_size, instruction_dim=8,
+    )  # fmt: skip
+    model = build_model(cfg, seed=0)
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) * 0.01)
+    model.tokenizer_json = tok
+    export_onnx(model, tmp_path / "m.onnx")
+    assert main(["--model", str(tmp_path / "m.onnx"), "--episodes", "1", "--every-s", "2", "--quiet"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    fields = dict(kv.split("=") for kv in last.split())
+    assert int(fields["queries"]) % 3 == 0 and int(fields["queries"]) >= 6
+    assert 0.0 <= float(fields["named_nearest_rate"]) <= 1.0
+
+
+def test_the_bench_refuses_a_model_without_a_prompt(capsys: pytest.CaptureFixture[str]) -> None:
+    from wam_control.bench.grounding import main
+
+    assert main(["--model", "models/wam_reach.onnx", "--episodes", "1"]) == 2
+    assert "prompt input" in capsys.readouterr().err
