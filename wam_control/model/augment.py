@@ -96,13 +96,19 @@ class CubeColourSwap:
         if not np.any(which):
             return frames
         out = frames.copy()
-        for b in np.flatnonzero(which):
+        sel = np.flatnonzero(which)
+        # Only coloured pixels can be cubes: the fit runs on the few with any chroma (a cube's is far
+        # above it; the table, the arm and the background have next to none).
+        chroma = frames[sel].max(axis=-1) - frames[sel].min(axis=-1)
+        for b, c in zip(sel, chroma):
             flat = out[b].reshape(-1, 3)
-            colour, s, h = self._fit(frames[b].reshape(-1, 3).astype(np.float32))
+            cand = np.flatnonzero(c.reshape(-1) >= 0.5 * self.min_chroma)
+            if len(cand) == 0:
+                continue
+            colour, s, h = self._fit(flat[cand].astype(np.float32))
             cube = colour >= 0
-            if cube.any():
-                new = self.rgb[np.asarray(self.perms[int(which[b])])[colour[cube]]] / 255.0
-                flat[cube] = np.clip(np.rint(s[cube, None] * new + h[cube, None]), 0, 255).astype(np.uint8)
+            new = self.rgb[np.asarray(self.perms[int(which[b])])[colour[cube]]] / 255.0
+            flat[cand[cube]] = np.clip(np.rint(s[cube, None] * new + h[cube, None]), 0, 255).astype(np.uint8)
         return out
 
     def tokens(self, tokens: np.ndarray, which: np.ndarray) -> np.ndarray:
