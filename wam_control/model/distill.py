@@ -36,11 +36,13 @@ import torch
 from wam_control.model.data import Dataset, DatasetBuilder, SampleSpec, concat, load_dataset, save_dataset
 from wam_control.model.rollout import (
     BackendPolicy,
+    CounterfactualLabels,
     ExpertLabeler,
     LookaheadLabeler,
     ModelLabeler,
     RolloutConfig,
     TorchPolicy,
+    counterfactual_samples,
     episode_samples,
     evaluate,
     run_episode,
@@ -103,6 +105,7 @@ class CollectSetup:
     label_dt: float = 0.01
     replan_choices: tuple[int, ...] = ()  # per episode, by seed; () -> rollout.replan_steps
     prefix_choices: tuple[int, ...] = ()  # per episode, by seed; () -> rollout.prefix_len
+    counterfactual_s: float = 0.0  # pick_place: also label the first seconds for the other cubes (0: off)
 
 
 def make_arm(task: str, cfg: Any, seed: int) -> Any:
@@ -142,9 +145,21 @@ def episode_config(setup: CollectSetup, seed: int) -> RolloutConfig:
 Labelled = tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]  # frames, samples, episode info
 
 
-def _labelled_episode(arm: Any, policy: Any, labeler: Any, setup: CollectSetup, seed: int) -> Labelled:
+def make_counterfactual(labeler: Any, setup: CollectSetup) -> CounterfactualLabels | None:
+    if setup.counterfactual_s <= 0:
+        return None
+    if setup.task != "pick_place" or not isinstance(labeler, LookaheadLabeler):
+        raise ValueError("counterfactual prompts need pick_place and the expert teacher (--teacher expert)")
+    return CounterfactualLabels(labeler, setup.counterfactual_s)
+
+
+def _labelled_episode(
+    arm: Any, policy: Any, labeler: Any, setup: CollectSetup, seed: int, counterfactual: Any = None
+) -> list[Labelled]:
+    """The student's episode with the teacher's labels, then (with `counterfactual`) one episode per
+    other cube: the same first observations, labelled for that cube, its colour in the prompt."""
     rcfg = episode_config(setup, seed)
-    ep = run_episode(arm, policy, seed, rcfg, labeler=labeler)
+    ep = run_episode(arm, policy, seed, rcfg, labeler=labeler, counterfactual=counterfactual)
     info = {
         "source": "dagger",
         "seed": seed,
@@ -155,7 +170,17 @@ def _labelled_episode(arm: Any, policy: Any, labeler: Any, setup: CollectSetup, 
         "replan_steps": rcfg.replan_steps,
         "prefix_len": rcfg.prefix_len,
     }
-    return ep.frames, episode_samples(ep, setup.spec), info
+    out = [(ep.frames, episode_samples(ep, setup.spec), info)]
+    if ep.counterfactual:
+        from wam_control.sim.tasks import CUBE_COLOURS
+
+        template = arm.task.prompt.replace(arm.task.colour, "{colour}", 1)
+        for cube in sorted(ep.counterfactual):
+            frames, samples = counterfactual_samples(ep, setup.spec, cube)
+            out.append((frames, samples, {**info, "source": "dagger_counterfactual",
+                        "prompt": template.format(colour=CUBE_COLOURS[cube]), "success": False,
+                        "duration_s": round(float(ep.obs_t[len(samples["state"]) - 1]), 3)}))  # fmt: skip
+    return out
 
 
 _WORKER: dict[str, Any] = {}
@@ -179,17 +204,19 @@ def _worker_init(student: str, setup: CollectSetup) -> None:
 
         encoder = PromptEncoder(model.tokenizer_json, cfg.max_instruction_tokens).encode
         setup = replace(setup, rollout=replace(setup.rollout, prompt_encoder=encoder))
+    labeler = make_labeler(arm, setup.task, teacher, cfg, setup.label_dt)
     _WORKER.update(
         arm=arm,
         policy=TorchPolicy(model),
-        labeler=make_labeler(arm, setup.task, teacher, cfg, setup.label_dt),
+        labeler=labeler,
+        counterfactual=make_counterfactual(labeler, setup),
         setup=setup,
     )
 
 
-def _worker_episode(seed: int) -> Labelled:
+def _worker_episode(seed: int) -> list[Labelled]:
     w = _WORKER
-    return _labelled_episode(w["arm"], w["policy"], w["labeler"], w["setup"], seed)
+    return _labelled_episode(w["arm"], w["policy"], w["labeler"], w["setup"], seed, w["counterfactual"])
 
 
 def collect(
@@ -212,10 +239,12 @@ def collect(
         from tqdm import tqdm
 
         bar = tqdm(total=len(seeds), desc=desc, unit="ep", dynamic_ncols=True)
-    results: list[Labelled] = []
+    results: list[Labelled] = []  # the student's episodes
+    extra: list[Labelled] = []  # their counterfactual-prompt copies
 
-    def done(r: Labelled) -> None:
-        results.append(r)
+    def done(r: list[Labelled]) -> None:
+        results.append(r[0])
+        extra.extend(r[1:])
         if bar is not None:
             bar.update(1)
             bar.set_postfix(success=f"{sum(x[2]['success'] for x in results) / len(results):.3f}")
@@ -223,8 +252,9 @@ def collect(
     try:
         if workers <= 1:
             policy = TorchPolicy(model)
+            counterfactual = make_counterfactual(labeler, setup)
             for s in seeds:
-                done(_labelled_episode(arm, policy, labeler, setup, s))
+                done(_labelled_episode(arm, policy, labeler, setup, s, counterfactual))
         else:
             import multiprocessing
             import tempfile
@@ -246,15 +276,17 @@ def collect(
         if bar is not None:
             bar.close()
     builder = DatasetBuilder()
-    for frames, samples, info in results:
+    for frames, samples, info in results + extra:
         builder.add(frames, samples, info)
     ds = builder.build()
+    n_cf = sum(len(x[1]["state"]) for x in extra)
     return ds, {
         "episodes": len(seeds),
         "seeds": [seeds[0], seeds[-1]],
         "student_success_rate": sum(r[2]["success"] for r in results) / len(seeds),
         "mean_episode_s": round(float(np.mean([r[2]["duration_s"] for r in results])), 3),
         "observations": len(ds),
+        "counterfactual_observations": n_cf,
     }
 
 
@@ -313,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
         "~200 ms at action_dt 0.05 s; default: --prefix-len",
     )
     ap.add_argument(
+        "--counterfactual-prompts-s",
+        type=float,
+        default=0.0,
+        help="pick_place with the expert teacher: for the first this many seconds of each episode, also "
+        "label every state for the other cubes, each with its colour in the prompt (teaches the student "
+        "to read the colour word; ~3x the labelling cost in that window; 0: off)",
+    )
+    ap.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -340,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("prefix lengths must be >= 0")
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
+    if args.counterfactual_prompts_s < 0:
+        ap.error(f"--counterfactual-prompts-s must be >= 0, got {args.counterfactual_prompts_s}")
     tasks = [t.strip() for t in args.task.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if not tasks or unknown or len(set(tasks)) != len(tasks):
@@ -422,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             label_dt=args.label_dt,
             replan_choices=tuple(replan_choices),
             prefix_choices=tuple(min(v, cfg.max_prefix) for v in prefix_choices),
+            counterfactual_s=args.counterfactual_prompts_s if task == "pick_place" else 0.0,
         )
         for task in tasks
     }

@@ -19,7 +19,7 @@ the runtime's command vector with config/fr3_hand.yaml. A prompted model gets th
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -124,6 +124,7 @@ class Episode:
     cmd_t: np.ndarray  # [T] every control tick
     cmd_q: np.ndarray  # [T, D] the commands sent
     labels: np.ndarray | None = None  # [S, H, D] teacher chunks
+    counterfactual: dict[int, np.ndarray] = field(default_factory=dict)  # other cube -> [S_i, H, D] labels
     latents: np.ndarray | None = None  # [S, C] (record_latents)
     predictions: dict[int, np.ndarray] = field(default_factory=dict)  # obs index -> latent_pred [K, C]
 
@@ -193,6 +194,7 @@ class LookaheadLabeler:
             raise ValueError(f"action_dt {action_dt} is not a whole number of sim ticks")
         self._saved = mujoco.MjData(arm.model)
         self._out = np.zeros((horizon, len(arm.joint_names) + 1), np.float32)
+        self.phase = ""  # the expert's phase read from the sim for the last label
 
     def reset(self) -> None:
         return None
@@ -208,7 +210,7 @@ class LookaheadLabeler:
             e.q[:] = q_cmd[:na]
             e.v[:] = np.clip(v_cmd[:na], -e.v_max, e.v_max)
             e.a[:] = 0.0
-            e.sync_phase()
+            self.phase = e.sync_phase()
             self._out[0, :na] = q_cmd[:na]
             self._out[0, na] = q_cmd[na]
             for k in range(1, self.horizon):
@@ -227,6 +229,55 @@ class LookaheadLabeler:
                 arm.camera_hz,
             ) = internals
         return self._out.copy()
+
+
+class CounterfactualLabels:
+    """The teacher's labels for the prompts an episode did not get (pick_place: the other cubes).
+
+    From each state the student reaches in the first `window_s` seconds, the lookahead teacher also
+    labels the chunk toward every other cube, as if the prompt had named it. The same images and
+    state then carry three labels that only the colour word tells apart: the one signal that makes a
+    student read the word instead of following where its arm already heads (`bench grounding`). A
+    colour's labels stop at the first state where its expert would not be approaching or descending to
+    that cube (something grasped): what to do with a wrong cube in hand is not taught here.
+
+    Call after the real label, with that label's phase (`LookaheadLabeler.phase`); the labeler restores
+    the sim bit for bit, and the task's target is put back after each counterfactual label."""
+
+    LABELLED_PHASES = ("approach", "descend")
+
+    def __init__(self, labeler: LookaheadLabeler, window_s: float) -> None:
+        if window_s <= 0:
+            raise ValueError(f"counterfactual window must be > 0 s, got {window_s}")
+        self.labeler = labeler
+        self.window_s = float(window_s)
+        self.labels: dict[int, list[np.ndarray]] = {}
+        self._open: set[int] = set()
+
+    def reset(self) -> None:
+        from wam_control.sim.tasks import CUBE_COLOURS
+
+        task = self.labeler.arm.task
+        others = [i for i in range(len(CUBE_COLOURS)) if i != task.target_index]
+        self.labels = {i: [] for i in others}
+        self._open = set(others)
+
+    def __call__(self, images: np.ndarray, q: np.ndarray, q_cmd: np.ndarray, v_cmd: np.ndarray, t: float,
+                 real_phase: str) -> None:  # fmt: skip
+        if t > self.window_s + 1e-9 or real_phase not in self.LABELLED_PHASES:
+            self._open.clear()
+        task = self.labeler.arm.task
+        real = task.target_index
+        for i in sorted(self._open):
+            task.target_index = i
+            try:
+                label = self.labeler(images, q, q_cmd, v_cmd)
+            finally:
+                task.target_index = real
+            if self.labeler.phase in self.LABELLED_PHASES:
+                self.labels[i].append(label)
+            else:
+                self._open.discard(i)
 
 
 class ModelLabeler:
@@ -249,11 +300,17 @@ def run_episode(
     seed: int,
     cfg: RolloutConfig,
     labeler: Any | None = None,
+    counterfactual: CounterfactualLabels | None = None,
 ) -> Episode:
-    """One closed-loop episode of `policy` on `arm` (a SimArm whose task is set); see the module doc."""
+    """One closed-loop episode of `policy` on `arm` (a SimArm whose task is set); see the module doc.
+    `counterfactual` (with a LookaheadLabeler as `labeler`) also labels the states for the other cubes."""
     arm.reset(seed)
     if labeler is not None:
         labeler.reset()
+    if counterfactual is not None:
+        if counterfactual.labeler is not labeler:
+            raise ValueError("counterfactual labels must come from the episode's own labeler")
+        counterfactual.reset()
     tps = round(cfg.action_dt * arm.control_hz)
     if abs(cfg.action_dt * arm.control_hz - tps) > 1e-6 or tps < 1:
         raise ValueError(
@@ -310,6 +367,8 @@ def run_episode(
             if labeler is not None:
                 v_cmd = (last_cmd - prev_cmd) * arm.control_hz
                 labels.append(labeler(images, q, last_cmd, v_cmd))
+                if counterfactual is not None:
+                    counterfactual(images, q, last_cmd, v_cmd, arm.time, labeler.phase)
             replan = tick == 0 or (tick - chunk_tick) >= cfg.replan_steps * tps
             if replan or cfg.record_latents:
                 p = 0
@@ -350,6 +409,9 @@ def run_episode(
         cmd_t=np.asarray(cmd_t),
         cmd_q=np.asarray(cmd_q),
         labels=np.stack(labels).astype(np.float32) if labels else None,
+        counterfactual={
+            i: np.stack(v).astype(np.float32) for i, v in (counterfactual.labels if counterfactual else {}).items() if v
+        },
         latents=np.stack(latents) if latents else None,
         predictions=predictions,
     )
@@ -367,6 +429,17 @@ def episode_samples(ep: Episode, spec: SampleSpec) -> dict[str, np.ndarray]:
     )
     arrays["actions"] = ep.labels
     return arrays
+
+
+def counterfactual_samples(ep: Episode, spec: SampleSpec, cube: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(frames, training arrays) of the episode's first observations labelled for `cube`: the episode
+    cut where those labels stop (the world model's targets stay inside the cut, as at an episode's end)."""
+    labels = ep.counterfactual[cube]
+    n = len(labels)
+    last_frame = int(np.searchsorted(ep.frame_t, ep.obs_t[n - 1] + 1e-9, side="right"))
+    cut = replace(ep, obs_t=ep.obs_t[:n], obs_q=ep.obs_q[:n], labels=labels, frames=ep.frames[:last_frame],
+                  frame_t=ep.frame_t[:last_frame])  # fmt: skip
+    return cut.frames, episode_samples(cut, spec)
 
 
 def evaluate(

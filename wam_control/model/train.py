@@ -216,7 +216,7 @@ def keyframe_targets(ds: Dataset, num_arm: int) -> tuple[np.ndarray, np.ndarray]
     which says where the object is to the centimetre; between grasp and release it is where the object
     goes. Predicting it from the latent makes the encoder localise the prompted object and the goal
     (the expert knew them; the images show them). Student rollouts (DAgger samples) have no
-    keyframes of the expert's: weight 0."""
+    keyframes of the expert's (nor their counterfactual-prompt copies): weight 0."""
     from wam_control.sim.arm import GRIPPER_OPEN  # the data's gripper is the sim's hand
 
     target = np.array(ds.state[:, :num_arm], dtype=np.float32, copy=True)
@@ -224,7 +224,7 @@ def keyframe_targets(ds: Dataset, num_arm: int) -> tuple[np.ndarray, np.ndarray]
     has_gripper = ds.actions.shape[-1] > num_arm
     for e, info in enumerate(ds.episodes):
         obs = np.flatnonzero(ds.episode == e)
-        if len(obs) == 0 or info.get("source") == "dagger":
+        if len(obs) == 0 or str(info.get("source", "")).startswith("dagger"):
             continue
         keys = [len(obs) - 1]
         if has_gripper:  # the setpoint crosses half the stroke: the fingers close / open
