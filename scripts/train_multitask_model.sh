@@ -124,6 +124,14 @@ if [ "${FIFTH:-0}" = 1 ] && [ -f "$WORK/kp4_dagger2/model.pt" ]; then
       --data "$WORK/kp5_swap/dataset.npz" --student-out "$WORK/kp5_cf" --episodes 30 --seed 6 \
       --seed-start 4200 --eval-episodes 1 --surprise-episodes 1 --augment-colour-swap 0.5 \
       --counterfactual-prompts-s 3.0
+  # kp6_swap_cf: from kp5_swap, kp5_cf's samples at their natural share (4 %), 2000 steps. kp7_cf: 40 more
+  # counterfactual-prompt DAgger episodes from it (seeds 4300-4339), a fifth of each batch.
+  train_stage kp6_swap_cf --data "$WORK/kp5_swap/dataset.npz" "$WORK/kp5_cf/dagger.npz" \
+      --init "$WORK/kp5_swap/model.pt" --keyframe-weight 1.0 --augment-colour-swap 0.5 --steps 2000 --seed 8
+  [ -f "$WORK/kp7_cf/model.onnx" ] || "$WAM" distill "${PP[@]}" --init "$WORK/kp6_swap_cf/model.pt" \
+      --data "$WORK/kp6_swap_cf/dataset.npz" --student-out "$WORK/kp7_cf" --episodes 40 --seed 9 \
+      --seed-start 4300 --eval-episodes 1 --surprise-episodes 1 --augment-colour-swap 0.5 \
+      --counterfactual-prompts-s 3.0 --dagger-share 0.2
 fi
 
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
