@@ -3,9 +3,9 @@
 `CubeColourSwap` re-colours the pick_place cubes by a permutation of their colours and renames the
 colour in the prompt to match: the red cube, painted green, with "green" in the prompt, is still the
 cube the demonstration picks up, so its action labels stay exact. Every scene then appears with every
-colour-to-place assignment, and the only thing that tells the model which cube to go for is the
-colour word together with the colours in the image (the grounding a prompted policy needs and the
-3-cube scenes alone teach slowly: a student that half ignores the word averages between cubes).
+colour-to-place assignment (six times the scenes for the same demonstrations). It does not take away
+the other cue to which cube: where the arm already heads. Labels that only the word tells apart do
+that (model/rollout.py, CounterfactualLabels); `bench grounding` measures both.
 
 A lit cube pixel is its colour scaled by the diffuse light plus white from the specular highlight,
 clipped at 255: p = min(s c + h, 255) (MuJoCo's lighting: ambient and diffuse terms multiply the
