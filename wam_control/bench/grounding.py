@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-EVAL_SEED_BASE = 100000
+from wam_control.closedloop import EVAL_SEED_BASE
+
 ChunkEnd = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 """(images [N,H,W,3], state [D], prompt) -> tool position [3] at the end of the model's chunk."""
 
@@ -53,7 +54,6 @@ def grounding_queries(
     arm.reset(seed)
     expert = Expert(arm)
     task = arm.task
-    template = task.prompt.replace(task.colour, "{colour}", 1)
     out: list[Query] = []
     next_t = 0.0  # the first query at rest, where only the prompt says which cube
     while arm.time < task.horizon_s and expert.phase in ("approach", "descend"):
@@ -65,8 +65,8 @@ def grounding_queries(
         images = np.stack([arm.frame(c)[0] for c in cameras])
         state = np.append(arm.joint_state()[1], arm.gripper_state()[1][0]).astype(np.float32)
         cubes = np.array([task.cube(i)[:2] for i in range(len(CUBE_COLOURS))])
-        for named, colour in enumerate(CUBE_COLOURS):
-            end = chunk_end(images, state, template.format(colour=colour))
+        for named in range(len(CUBE_COLOURS)):
+            end = chunk_end(images, state, task.prompt_naming(named))
             d = np.linalg.norm(cubes - end[None, :2], axis=1)
             out.append(Query(seed, arm.time, task.target_index, named, int(np.argmin(d)), float(d[named])))
     return out

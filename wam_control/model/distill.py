@@ -172,13 +172,10 @@ def _labelled_episode(
     }
     out = [(ep.frames, episode_samples(ep, setup.spec), info)]
     if ep.counterfactual:
-        from wam_control.sim.tasks import CUBE_COLOURS
-
-        template = arm.task.prompt.replace(arm.task.colour, "{colour}", 1)
         for cube in sorted(ep.counterfactual):
             frames, samples = counterfactual_samples(ep, setup.spec, cube)
             out.append((frames, samples, {**info, "source": "dagger_counterfactual",
-                        "prompt": template.format(colour=CUBE_COLOURS[cube]), "success": False,
+                        "prompt": arm.task.prompt_naming(cube), "success": False,
                         "duration_s": round(float(ep.obs_t[len(samples["state"]) - 1]), 3)}))  # fmt: skip
     return out
 

@@ -237,6 +237,7 @@ class PickPlaceTask(Task):
         self._cube_geom = [model.geom(f"cube_{c}").id for c in CUBE_COLOURS]
         self._finger_geoms = {model.geom(g).id for g in ("pad1", "pad2", "finger1", "finger2")}
         self.target_index = 0
+        self.phrasing = PROMPTS[self.name][0]  # this episode's, with "{colour}" for the cube
 
     def reset(self, rng: np.random.Generator) -> None:
         self._reset_arm(rng)
@@ -258,8 +259,8 @@ class PickPlaceTask(Task):
         else:
             raise RuntimeError("pick_place: no zone clear of the cubes after 1000 draws")
         self.target_index = int(rng.integers(len(CUBE_COLOURS)))
-        phrasing = PROMPTS[self.name][int(rng.integers(len(PROMPTS[self.name])))]
-        self.prompt = phrasing.format(colour=self.colour)
+        self.phrasing = PROMPTS[self.name][int(rng.integers(len(PROMPTS[self.name])))]
+        self.prompt = self.prompt_naming(self.target_index)
         for i, (c, yaw) in enumerate(zip(cubes, yaws)):
             self._place_cube(i, np.array([c[0], c[1], self.cube_half + 0.0005]), float(yaw))
         self.arm.data.mocap_pos[self._zone] = (zone[0], zone[1], 0.0005)
@@ -267,6 +268,10 @@ class PickPlaceTask(Task):
     @property
     def colour(self) -> str:
         return CUBE_COLOURS[self.target_index]
+
+    def prompt_naming(self, i: int) -> str:
+        """This episode's phrasing with cube `i`'s colour (the prompt as if cube `i` were the task's)."""
+        return self.phrasing.format(colour=CUBE_COLOURS[i])
 
     def _place_cube(self, i: int, pos: np.ndarray, yaw: float = 0.0) -> None:
         a, d = self._cube_qadr[i], self._cube_dadr[i]
