@@ -192,3 +192,52 @@ def test_keyframe_loss_trains_a_head_that_resumes_and_stays_out_of_the_model() -
         assert torch.equal(a, b)
     off = Trainer(build_model(cfg, seed=0), ds, np.arange(18), TrainConfig())
     assert off.keyframe_head is None and "keyframe" not in off.step()
+
+
+def test_a_fresh_keyframe_head_learns_on_a_detached_latent_first() -> None:
+    # Fine-tuning a trained model with an untrained keyframe head: for keyframe_warmup_steps its random
+    # gradients stay out of the encoder, so the model moves exactly as without the keyframe loss.
+    ds = _keyframe_dataset(np.random.default_rng(2))
+    cfg = tiny_config(camera_names=("scene",), extra_dofs=("gripper",))
+    base = dict(batch_size=16, lr=3e-3, warmup_steps=2, steps=40)
+    with_head = Trainer(
+        build_model(cfg, seed=0), ds, np.arange(18), TrainConfig(keyframe_weight=1.0, keyframe_warmup_steps=6, **base)
+    )
+    without = Trainer(build_model(cfg, seed=0), ds, np.arange(18), TrainConfig(**base))
+    head_before = [p.clone() for p in with_head.keyframe_head.parameters()]  # type: ignore[union-attr]
+    for _ in range(6):
+        with_head.step(), without.step()
+    for a, b in zip(with_head.model.state_dict().values(), without.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, with_head.keyframe_head.parameters()))  # type: ignore[union-attr]
+    with_head.step(), without.step()
+    assert any(
+        not torch.equal(a, b) for a, b in zip(with_head.model.state_dict().values(), without.model.state_dict().values())
+    )
+
+
+def test_the_keyframe_head_travels_with_the_checkpoint(tmp_path: Path) -> None:
+    from wam_control.model.wam import load_checkpoint, load_training_heads, save_checkpoint
+
+    ds = _keyframe_dataset(np.random.default_rng(3))
+    cfg = tiny_config(camera_names=("scene",), extra_dofs=("gripper",))
+    tcfg = TrainConfig(keyframe_weight=1.0, batch_size=16, steps=5)
+    first = Trainer(build_model(cfg, seed=0), ds, np.arange(18), tcfg)
+    for _ in range(5):
+        first.step()
+    path = tmp_path / "model.pt"
+    save_checkpoint(first.model, str(path), {"kind": "test"}, training_heads=first.heads())
+    model, _ = load_checkpoint(str(path))  # the model itself loads as before
+    heads = load_training_heads(str(path))
+    assert set(heads) == {"keyframe_head"}
+    again = Trainer(model, ds, np.arange(18), tcfg, heads=heads)
+    assert again.keyframe_detach_until == 0  # a trained head trains the encoder from the first step
+    for a, b in zip(again.keyframe_head.parameters(), first.keyframe_head.parameters()):  # type: ignore[union-attr]
+        assert torch.equal(a, b)
+
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(first.model, str(plain))
+    assert load_training_heads(str(plain)) == {}
+    other = tiny_config(camera_names=("scene",), extra_dofs=("gripper",), latent_dim=24)
+    with pytest.raises(ValueError, match="keyframe_head"):
+        Trainer(build_model(other, seed=0), ds, np.arange(18), tcfg, heads=heads)

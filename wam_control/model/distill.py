@@ -60,7 +60,7 @@ from wam_control.model.train import (
     spec_for,
     write_json,
 )
-from wam_control.model.wam import WorldActionModel, save_checkpoint
+from wam_control.model.wam import WorldActionModel, load_training_heads, save_checkpoint
 from wam_control.sim.tasks import TASKS
 
 EVAL_SEED_DEFAULT = 100000  # evaluation seeds start here; training/DAgger seeds stay below 10000
@@ -474,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         norm = normalization_from(base, len(cfg.joint_names))
         model.set_normalization(*(torch.from_numpy(a) for a in norm))
+    # Training-only heads continue from the student's checkpoint and from one iteration to the next.
+    heads = load_training_heads(args.init) if args.init else {}
 
     t_start = time.perf_counter()
     iterations: list[dict[str, Any]] = []
@@ -533,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 shift_pixels=args.augment_shift,
                 keyframe_weight=args.keyframe_weight,
+                keyframe_warmup_steps=args.keyframe_warmup_steps,
                 colour_swap=args.augment_colour_swap,
             )
             t1 = time.perf_counter()
@@ -544,8 +547,9 @@ def main(argv: list[str] | None = None) -> int:
                 progress=progress,
                 desc=f"dagger {it + 1}/{args.iterations} train",
                 sample_weights=weights,
+                heads=heads,
             )
-            model = res.model
+            model, heads = res.model, res.heads
             rec = {
                 "iteration": it,
                 **stats,
@@ -562,7 +566,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"loss_wm={rec['train_loss']['wm']:.4f} collect_s={rec['collect_s']} train_s={rec['train_s']}"
             )
             save_checkpoint(
-                model, str(out / "model.pt"), {"kind": "dagger student", "iterations_done": it + 1}
+                model,
+                str(out / "model.pt"),
+                {"kind": "dagger student", "iterations_done": it + 1},
+                training_heads=heads,
             )
         distill_s = time.perf_counter() - t_start
         save_dataset(
@@ -609,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             report["eval_torch"] = ev
         training_data["eval_success_rate"] = ev["success_rate"]
-        save_checkpoint(model, str(out / "model.pt"), training_data)
+        save_checkpoint(model, str(out / "model.pt"), training_data, training_heads=heads)
         write_json(out / "distill_report.json", report)
     finally:
         for a in arms.values():

@@ -35,6 +35,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from wam_control.model.wam import (
     WorldActionModel,
     build_model,
     load_checkpoint,
+    load_training_heads,
     save_checkpoint,
 )
 
@@ -90,6 +92,9 @@ class TrainConfig:
     threads: int = 1
     shift_pixels: int = 0  # random-shift augmentation of the model's input images (edge-padded), 0: off
     keyframe_weight: float = 0.0  # auxiliary loss: predict the arm at the episode's next keyframe (0: off)
+    # A keyframe head that starts untrained (no head in the --init checkpoint) learns on a detached latent
+    # for this many steps: its random early gradients would otherwise reshape a trained encoder.
+    keyframe_warmup_steps: int = 200
     colour_swap: float = 0.0  # share of pick_place samples with the cubes' colours permuted (model/augment.py)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +106,7 @@ class TrainResult:
     model: WorldActionModel
     report: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
+    heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # training-only heads, by name
 
 
 def resolve_device(name: str) -> torch.device:
@@ -246,7 +252,10 @@ class Trainer:
         train_idx: np.ndarray,
         cfg: TrainConfig,
         sample_weights: np.ndarray | None = None,
+        heads: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     ) -> None:
+        """`heads`: training-only heads of the checkpoint this model comes from (`training_heads`),
+        so that a fine-tune continues them instead of starting them from random weights."""
         if len(train_idx) == 0:
             raise ValueError("no training observations (is the dataset empty?)")
         torch.set_num_threads(max(1, cfg.threads))
@@ -270,6 +279,14 @@ class Trainer:
                 nn.Linear(model.config.latent_dim, 256), nn.ReLU(), nn.Linear(256, na)
             ).to(self.device)
             self.keyframe = keyframe_targets(ds, na)
+            if heads and "keyframe_head" in heads:
+                try:
+                    self.keyframe_head.load_state_dict(heads["keyframe_head"])
+                except RuntimeError as exc:
+                    raise ValueError(f"the checkpoint's keyframe_head does not fit this model: {exc}") from None
+                self.keyframe_detach_until = 0
+            else:
+                self.keyframe_detach_until = cfg.keyframe_warmup_steps
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
         named = list(self.model.named_parameters())
@@ -361,7 +378,8 @@ class Trainer:
             key_q, key_w = (torch.from_numpy(a[idx]).to(self.device) for a in self.keyframe)
             std = m.state_std[:na]
             target = (key_q - state[:, :na]) / std
-            err = ((self.keyframe_head(out.latent) - target) ** 2).mean(dim=-1)
+            latent = out.latent.detach() if self.step_count < self.keyframe_detach_until else out.latent
+            err = ((self.keyframe_head(latent) - target) ** 2).mean(dim=-1)
             key_loss = (err * key_w).sum() / key_w.sum().clamp_min(1.0)
             total = total + self.cfg.keyframe_weight * key_loss
             parts.update(loss=total, keyframe=key_loss)
@@ -460,9 +478,7 @@ class Trainer:
             "config": self.model.config.to_dict(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "target": {k: v.detach().cpu() for k, v in self.target.state_dict().items()},
-            "keyframe_head": None
-            if self.keyframe_head is None
-            else {k: v.detach().cpu() for k, v in self.keyframe_head.state_dict().items()},
+            "keyframe_head": self.heads().get("keyframe_head"),
             "opt": self.opt.state_dict(),
             "rng": json.dumps(rng_state),
             "torch_rng": torch.get_rng_state(),
@@ -474,6 +490,12 @@ class Trainer:
         tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
         torch.save(self.state(), tmp)
         os.replace(tmp, path)
+
+    def heads(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The training-only heads (saved with the checkpoint as `training_heads`, not exported)."""
+        if self.keyframe_head is None:
+            return {}
+        return {"keyframe_head": {k: v.detach().cpu() for k, v in self.keyframe_head.state_dict().items()}}
 
     def load_state(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
@@ -506,11 +528,13 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     sample_weights: np.ndarray | None = None,
+    heads: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
-    """Train `model` on `ds` for cfg.steps steps (total, counting resumed ones); checkpoints in out_dir."""
+    """Train `model` on `ds` for cfg.steps steps (total, counting resumed ones); checkpoints in out_dir.
+    `heads`: the init checkpoint's training-only heads (wam.load_training_heads)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = ds.split_episodes(cfg.val_fraction, cfg.seed)
-    trainer = Trainer(model, ds, train_idx, cfg, sample_weights)
+    trainer = Trainer(model, ds, train_idx, cfg, sample_weights, heads)
     state_path = out_dir / STATE_FILE
     if resume:
         if not state_path.is_file():
@@ -568,7 +592,7 @@ def fit(
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus",
     }
-    return TrainResult(model.cpu(), report, history)
+    return TrainResult(model.cpu(), report, history, trainer.heads())
 
 
 def print_summary(report: dict[str, Any], prefix: str = "train") -> None:
@@ -667,6 +691,13 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
         default=0.0,
         help="weight of the auxiliary loss predicting the arm at the demonstration's next keyframe (the "
         "grasp, the release, the goal) from the latent; a training aid, not in the model (0: off)",
+    )
+    ap.add_argument(
+        "--keyframe-warmup-steps",
+        type=int,
+        default=200,
+        help="steps a keyframe head that starts untrained (none in the --init checkpoint) learns on a "
+        "detached latent before its loss reaches the encoder",
     )
     ap.add_argument(
         "--augment-colour-swap",
@@ -790,14 +821,16 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         shift_pixels=args.augment_shift,
         keyframe_weight=args.keyframe_weight,
+        keyframe_warmup_steps=args.keyframe_warmup_steps,
         colour_swap=args.augment_colour_swap,
     )
+    heads = load_training_heads(args.init) if args.init and not args.resume else None
     print(
         f"train: {len(ds)} observations from {len(ds.episodes)} episodes ({decode_s:.1f} s to load), "
         f"model {model.config.model_name} {model.num_parameters()} params, {n_steps} steps on {device}"
     )
     try:
-        res = fit(model, ds, cfg, args.out, resume=args.resume, progress=not args.no_progress)
+        res = fit(model, ds, cfg, args.out, resume=args.resume, progress=not args.no_progress, heads=heads)
     except (FileNotFoundError, ValueError) as exc:
         print(f"wam-control train: {exc}", file=sys.stderr)
         return 2
@@ -810,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": res.report["steps"],
         "seed": args.seed,
     }
-    save_checkpoint(res.model, str(args.out / "model.pt"), training_data)
+    save_checkpoint(res.model, str(args.out / "model.pt"), training_data, training_heads=res.heads)
     report = {
         "command": "wam-control train " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": model.config.to_dict(),

@@ -436,9 +436,14 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    model: WorldActionModel, path: str, training_data: Mapping[str, Any] | None = None
+    model: WorldActionModel,
+    path: str,
+    training_data: Mapping[str, Any] | None = None,
+    training_heads: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Write {format, version, config, state_dict, training_data}: loadable with torch.load(weights_only=True)."""
+    """Write {format, version, config, state_dict, training_data[, training_heads]}: loadable with
+    torch.load(weights_only=True). `training_heads`: heads that only training uses (the keyframe head),
+    kept so that a fine-tune from this checkpoint continues them; never exported."""
     import os
 
     payload = {
@@ -449,13 +454,16 @@ def save_checkpoint(
         "training_data": dict(training_data or {}),
         "tokenizer": model.tokenizer_json or "",
     }
+    if training_heads:
+        payload["training_heads"] = {
+            name: {k: v.detach().cpu() for k, v in sd.items()} for name, sd in training_heads.items()
+        }
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str) -> tuple[WorldActionModel, dict[str, Any]]:
-    """Rebuild the model from a checkpoint written by save_checkpoint; returns (model in eval, training_data)."""
+def _read_checkpoint(path: str) -> dict[str, Any]:
     import os
 
     if not os.path.isfile(path):
@@ -470,6 +478,18 @@ def load_checkpoint(path: str) -> tuple[WorldActionModel, dict[str, Any]]:
         raise ValueError(
             f"checkpoint {path} has version {payload.get('version')}, expected {CHECKPOINT_VERSION}"
         )
+    return payload
+
+
+def load_training_heads(path: str) -> dict[str, dict[str, torch.Tensor]]:
+    """The training-only heads saved with a checkpoint, by name ({} for checkpoints without any)."""
+    heads = _read_checkpoint(path).get("training_heads") or {}
+    return {str(name): dict(sd) for name, sd in heads.items()}
+
+
+def load_checkpoint(path: str) -> tuple[WorldActionModel, dict[str, Any]]:
+    """Rebuild the model from a checkpoint written by save_checkpoint; returns (model in eval, training_data)."""
+    payload = _read_checkpoint(path)
     model = build_model(WAMConfig.from_dict(payload["config"]), seed=None)
     model.load_state_dict(payload["state_dict"])
     model.tokenizer_json = payload.get("tokenizer") or None
