@@ -241,3 +241,27 @@ def test_the_keyframe_head_travels_with_the_checkpoint(tmp_path: Path) -> None:
     other = tiny_config(camera_names=("scene",), extra_dofs=("gripper",), latent_dim=24)
     with pytest.raises(ValueError, match="keyframe_head"):
         Trainer(build_model(other, seed=0), ds, np.arange(18), tcfg, heads=heads)
+
+
+def test_source_shares_set_each_sources_part_of_a_batch() -> None:
+    from wam_control.model.train import parse_source_shares, source_weights
+
+    ds = _keyframe_dataset(np.random.default_rng(4))  # 18 demonstration observations, 6 dagger
+    w = source_weights(ds, parse_source_shares(["dagger=0.5"]))
+    assert w.sum() == pytest.approx(1.0)
+    assert w[18:].sum() == pytest.approx(0.5) and np.ptp(w[:18]) == 0 and np.ptp(w[18:]) == 0
+    trainer = Trainer(build_model(tiny_config(camera_names=("scene",)), seed=0), ds, np.arange(24), TrainConfig(batch_size=4), w)
+    drawn = np.concatenate([trainer.rng.choice(trainer.train_idx, 4, replace=False, p=trainer.p) for _ in range(2000)])
+    assert np.mean(drawn >= 18) == pytest.approx(0.5, abs=0.03)  # 6 of 24 observations, half of each batch
+
+    for bad, match in [
+        (["dagger"], "SOURCE=SHARE"),
+        (["dagger=1.0"], "SOURCE=SHARE"),
+        (["dagger=x"], "SOURCE=SHARE"),
+        (["dagger=0.5", "dagger=0.2"], "twice"),
+        (["dagger=0.6", "demonstration=0.5"], "add up"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            parse_source_shares(bad)
+    with pytest.raises(ValueError, match="dagger_counterfactual.*'dagger', 'demonstration'"):
+        source_weights(ds, {"dagger_counterfactual": 0.1})

@@ -214,6 +214,44 @@ def colour_swap_for(
     return swap, eligible
 
 
+def parse_source_shares(items: list[str]) -> dict[str, float]:
+    """["dagger_counterfactual=0.1", ...] -> {source: share}; each share in (0, 1), named once."""
+    shares: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            share = float(value) if sep and name else math.nan
+        except ValueError:
+            share = math.nan
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"--source-share {item!r}: expected SOURCE=SHARE with 0 < SHARE < 1")
+        if name in shares:
+            raise ValueError(f"--source-share: source {name!r} given twice")
+        shares[name] = share
+    if sum(shares.values()) >= 1.0:
+        raise ValueError(f"--source-share: the shares add up to {sum(shares.values()):g}, expected < 1")
+    return shares
+
+
+def source_weights(ds: Dataset, shares: Mapping[str, float]) -> np.ndarray:
+    """Per-observation sampling weights that give the episodes of each named source (the episode's
+    `source`: scripted_expert, dagger, dagger_counterfactual, ...) that share of every batch; the
+    other observations share the rest in proportion to their numbers (as without weights)."""
+    source = np.array([str(e.get("source", "?")) for e in ds.episodes])[ds.episode]
+    weights = np.zeros(len(source))
+    rest = np.ones(len(source), dtype=bool)
+    for name, share in shares.items():
+        mine = source == name
+        if not mine.any():
+            present = sorted(set(source.tolist()))
+            raise ValueError(f"--source-share: no episode has source {name!r} (the data has {present})")
+        weights[mine] = share / mine.sum()
+        rest &= ~mine
+    if rest.any():
+        weights[rest] = (1.0 - sum(shares.values())) / rest.sum()
+    return weights
+
+
 def keyframe_targets(ds: Dataset, num_arm: int) -> tuple[np.ndarray, np.ndarray]:
     """Per observation: the arm joints at its episode's next keyframe, and a 0/1 weight.
 
@@ -742,6 +780,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.05, help="share of episodes held out")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--all-episodes", action="store_true", help="also train on episodes the expert failed")
+    ap.add_argument(
+        "--source-share",
+        action="append",
+        default=[],
+        metavar="SOURCE=SHARE",
+        help="draw this share of every batch from the episodes of SOURCE (e.g. dagger_counterfactual=0.1); "
+        "repeatable; the other episodes share the rest at their natural proportions",
+    )
     ap.add_argument("--export", action="store_true", help="also write <out>/model.onnx")
     add_common_args(ap)
     args = ap.parse_args(argv)
@@ -796,6 +842,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wam-control train: {exc}", file=sys.stderr)
         return 2
     decode_s = time.perf_counter() - t0
+    try:
+        weights = source_weights(ds, parse_source_shares(args.source_share)) if args.source_share else None
+    except ValueError as exc:
+        print(f"wam-control train: {exc}", file=sys.stderr)
+        return 2
     if not args.resume and not args.init:
         norm = normalization_from(ds, len(model.config.joint_names))
         model.set_normalization(*(torch.from_numpy(a) for a in norm))
@@ -830,7 +881,16 @@ def main(argv: list[str] | None = None) -> int:
         f"model {model.config.model_name} {model.num_parameters()} params, {n_steps} steps on {device}"
     )
     try:
-        res = fit(model, ds, cfg, args.out, resume=args.resume, progress=not args.no_progress, heads=heads)
+        res = fit(
+            model,
+            ds,
+            cfg,
+            args.out,
+            resume=args.resume,
+            progress=not args.no_progress,
+            sample_weights=weights,
+            heads=heads,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"wam-control train: {exc}", file=sys.stderr)
         return 2
