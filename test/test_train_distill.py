@@ -141,6 +141,7 @@ def test_distill_deals_episodes_over_several_tasks(tmp_path: Path) -> None:
             "--teacher", "expert", "--init", str(init), "--student-out", str(out), "--task", "reach,push",
             "--iterations", "1", "--episodes", "3", "--steps", "2", "--batch-size", "8",
             "--eval-episodes", "1", "--max-time-s", "0.4", "--threads", "1", "--no-progress",
+            "--source-share", "dagger=0.3",
         ]
     )  # fmt: skip
     assert rc == 0
@@ -187,7 +188,7 @@ def test_parallel_collection_gives_the_data_of_one_process(tmp_path: Path) -> No
         np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
 
 
-def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path) -> None:
+def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from wam_control.model.distill import main
 
     init = tiny_student(tmp_path / "init.pt")
@@ -195,3 +196,9 @@ def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path) -> None:
     for bad in (["--workers", "0"], ["--collect-prefix-lens", "2,x"], ["--collect-prefix-lens", "-1"]):
         with pytest.raises(SystemExit):
             main(base + bad)
+    # Source shares are checked before any rollout: a source no episode will have, a share out of range.
+    capsys.readouterr()
+    assert main(base + ["--source-share", "dagger_counterfactual=0.1"]) == 2
+    assert "no episode will have source ['dagger_counterfactual']" in capsys.readouterr().err
+    assert main(base + ["--source-share", "dagger=1.5"]) == 2
+    assert not (tmp_path / "s" / "dagger.npz").exists()

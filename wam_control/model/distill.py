@@ -56,7 +56,9 @@ from wam_control.model.train import (
     fit,
     model_from_args,
     normalization_from,
+    parse_source_shares,
     resolve_device,
+    source_weights,
     spec_for,
     write_json,
 )
@@ -306,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
         "--dagger-share", type=float, default=0.5, help="share of each batch drawn from DAgger samples"
     )
     ap.add_argument(
+        "--source-share",
+        action="append",
+        default=[],
+        metavar="SOURCE=SHARE",
+        help="instead of --dagger-share: this share of every batch from the episodes of SOURCE (dagger, "
+        "dagger_counterfactual, scripted_expert), the rest at natural proportions; repeatable",
+    )
+    ap.add_argument(
         "--task",
         default="reach",
         help="the student's rollouts: reach, push, pick_place, or several comma-separated (each "
@@ -474,6 +484,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         norm = normalization_from(base, len(cfg.joint_names))
         model.set_normalization(*(torch.from_numpy(a) for a in norm))
+    try:
+        source_shares = parse_source_shares(args.source_share)
+    except ValueError as exc:
+        print(f"wam-control distill: {exc}", file=sys.stderr)
+        return 2
+    # Checked before collecting (an hour of rollouts must not end in a sampling error).
+    produced = {"dagger"} | ({"dagger_counterfactual"} if args.counterfactual_prompts_s > 0 else set())
+    present = produced | ({str(e.get("source", "?")) for e in base.episodes} if base is not None else set())
+    missing = sorted(set(source_shares) - present)
+    if missing:
+        print(
+            f"wam-control distill: --source-share: no episode will have source {missing} "
+            f"(the data and this run give {sorted(present)})",
+            file=sys.stderr,
+        )
+        return 2
     # Training-only heads continue from the student's checkpoint and from one iteration to the next.
     heads = load_training_heads(args.init) if args.init else {}
 
@@ -516,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
                 builder.add_dataset(base)
             agg = builder.build()
             weights = None
-            if base is not None and len(base) > 0:
+            if args.source_share:
+                weights = source_weights(agg, source_shares)
+            elif base is not None and len(base) > 0:
                 share = min(max(args.dagger_share, 0.0), 1.0)
                 weights = np.empty(len(agg))
                 weights[:n_dagger] = share / n_dagger
