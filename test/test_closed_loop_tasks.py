@@ -159,6 +159,7 @@ def test_prompt_override_is_what_the_model_gets_and_the_task_still_judges(v2_rig
     assert not r.success
     assert (r.extras["task_target"], r.extras["prompt_target"]) == (target, other)
     assert r.extras["nothing_moved"] == 1 and r.extras["prompt_target_lifted"] == 0
+    assert r.extras["went_to"] == "none" and r.extras["prompt_target_visited_first"] == 0
 
 
 @render
@@ -174,7 +175,8 @@ def test_bench_pick_place_with_a_prompted_gripper_model_and_override(
     assert "prompt: 'pick up the blue cube' (override)" in out and "gripper->fr3_finger_joint1" in out
     values = dict(kv.split("=", 1) for kv in out.strip().splitlines()[-1].split())
     for key in ("success_rate", "task_target_lifted_rate", "prompt_target_lifted_rate",
-                "prompt_target_in_zone_rate", "other_lifted_rate", "nothing_moved_rate"):  # fmt: skip
+                "prompt_target_in_zone_rate", "other_lifted_rate", "nothing_moved_rate",
+                "prompt_target_visited_first_rate", "other_visited_first_rate"):  # fmt: skip
         assert key in values, key
     assert values["nothing_moved_rate"] == "1.000"
 
@@ -224,6 +226,9 @@ def test_oracle_picks_and_places_through_the_runtime(mode: str, delay_ms: float)
     assert final > 0.03  # ... and opened again to let it go
     assert r.extras["task_target_lifted"] == 1 and r.extras["in_zone"] == r.extras["task_target"]
     assert r.extras["other_lifted"] == 0 and oracle.resyncs == 1  # one plan from start to end
+    # The tool went to the prompted cube first (the hover point above it), no other.
+    assert r.extras["went_to"] == r.extras["task_target"]
+    assert r.extras["prompt_target_visited_first"] == 1 and r.extras["other_visited_first"] == 0
     assert r.starvation_events == 0
     # The filter never touches the arm joints. It clamps the fingers in the first ticks (they start fully
     # open, outside its envelope), and in sync mode corrects a few gripper targets where a chunk starts
@@ -252,3 +257,32 @@ def test_reach_with_the_bundled_model_is_unchanged(repo_root: Path) -> None:
         backend.close()
     assert r.success and r.prompt == "" and r.extras == {}
     assert "model.instruction" not in r.status
+
+
+@render
+def test_the_cube_observer_names_the_cube_the_tool_went_to_first() -> None:
+    """The expert sent to another cube than the task's: the outcome says the tool went there first,
+    not to the prompted cube, while the cube nearest the zone is only where the cubes lie."""
+    from wam_control.closedloop import CubeObserver
+    from wam_control.sim.arm import SimArm
+    from wam_control.sim.expert import Expert
+    from wam_control.sim.tasks import CUBE_COLOURS
+
+    with SimArm(task="pick_place", cameras=(), hand=True) as arm:
+        arm.reset(100000)
+        task = arm.task
+        own = task.target_index
+        other = (own + 1) % len(CUBE_COLOURS)
+        observer = CubeObserver(arm)
+        task.target_index = other  # the expert heads for the other cube; the prompt stays the task's
+        expert = Expert(arm)
+        for tick in range(int(4.0 * arm.control_hz)):
+            arm.step(expert.act(), gripper=expert.gripper)
+            observer.after_tick(tick, None)
+            if expert.phase not in ("approach", "descend"):
+                break
+        task.target_index = own
+        out = observer.outcome(task.prompt)
+    assert out["went_to"] == CUBE_COLOURS[other]
+    assert out["prompt_target_visited_first"] == 0 and out["other_visited_first"] == 1
+    assert out["closest_to_zone"] in CUBE_COLOURS

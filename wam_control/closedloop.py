@@ -423,6 +423,11 @@ LIFT_M = 0.02
 """A cube counts as lifted once its bottom was this far above the table."""
 MOVED_M = 0.02
 """A cube counts as moved once its centre left its start by this much (xy) or it was lifted."""
+VISIT_XY_M = 0.03
+VISIT_ABOVE_M = 0.13
+"""The tool visits a cube once it is within VISIT_XY_M of the cube's centre in the table plane and at
+most VISIT_ABOVE_M above it: the expert's approach ends 0.10 m above the cube (sim.expert.PICK_HOVER_M),
+so passing over a cube on the way to another at carrying height does not count."""
 
 
 def prompt_colour(prompt: str) -> str:
@@ -453,8 +458,9 @@ def give_prompt(controller: Any, tokenizer: Any, arm: Any, prompt: str | None = 
 
 
 class CubeObserver(Observer):
-    """pick_place: per cube, how high its bottom got (lifted?) and how far it left its start, from
-    tick 0 on; `outcome(prompt)` then says what the policy did with the cubes (EpisodeResult.extras)."""
+    """pick_place: per cube, how high its bottom got (lifted?) and how far it left its start, and the
+    first cube the tool visited (went for), from tick 0 on; `outcome(prompt)` then says what the
+    policy did with the cubes (EpisodeResult.extras)."""
 
     def __init__(self, arm: Any) -> None:
         from wam_control.sim.tasks import CUBE_COLOURS
@@ -465,12 +471,21 @@ class CubeObserver(Observer):
         self.start = np.array([self.task.cube(i) for i in range(n)])
         self.max_lift = np.zeros(n)
         self.max_shift = np.zeros(n)
+        self.first_visit = -1  # index of the first cube the tool visited (VISIT_XY_M), -1: none yet
 
     def after_tick(self, tick: int, command: Any) -> bool:
+        tool = self.task.ee() if self.first_visit < 0 else None
         for i in range(len(self.colours)):
             c = self.task.cube(i)
             self.max_lift[i] = max(self.max_lift[i], float(c[2]) - self.task.cube_half)
             self.max_shift[i] = max(self.max_shift[i], float(np.linalg.norm(c[:2] - self.start[i, :2])))
+            if (
+                tool is not None
+                and self.first_visit < 0
+                and float(np.linalg.norm(tool[:2] - c[:2])) <= VISIT_XY_M
+                and float(tool[2] - c[2]) <= VISIT_ABOVE_M
+            ):
+                self.first_visit = i
         return False
 
     def outcome(self, prompt: str) -> dict[str, float | int | str]:
@@ -499,7 +514,10 @@ class CubeObserver(Observer):
             "prompt_target": asked or "none",
             "lifted": names(lifted),
             "in_zone": names(inside),
-            "closest": cols[int(np.argmin(dist))],
+            "closest_to_zone": cols[int(np.argmin(dist))],
+            "went_to": cols[self.first_visit] if self.first_visit >= 0 else "none",
+            "prompt_target_visited_first": int(self.first_visit == pi) if pi >= 0 else -1,
+            "other_visited_first": int(self.first_visit >= 0 and self.first_visit != pi),
             "task_target_lifted": int(lifted[ti]),
             "task_target_in_zone": int(inside[ti]),
             "prompt_target_lifted": int(lifted[pi]) if pi >= 0 else -1,
@@ -511,7 +529,7 @@ class CubeObserver(Observer):
 
 EXTRA_RATES = (
     "task_target_lifted", "task_target_in_zone", "prompt_target_lifted", "prompt_target_in_zone",
-    "other_lifted", "nothing_moved",
+    "other_lifted", "nothing_moved", "prompt_target_visited_first", "other_visited_first",
 )  # fmt: skip
 """Per-episode 0/1 extras (`EpisodeResult.extras`, pick_place) whose rate `extras_summary` gives."""
 
@@ -533,7 +551,7 @@ def describe_extras(extras: dict[str, float | int | str]) -> str:
         return ""
     return (
         f"[task {extras['task_target']}, prompt {extras['prompt_target']}: lifted {extras['lifted']}, "
-        f"in zone {extras['in_zone']}, closest {extras['closest']}]"
+        f"in zone {extras['in_zone']}, went to {extras['went_to']}, closest to zone {extras['closest_to_zone']}]"
     )
 
 
