@@ -229,6 +229,9 @@ def test_oracle_picks_and_places_through_the_runtime(mode: str, delay_ms: float)
     # The tool went to the prompted cube first (the hover point above it), no other.
     assert r.extras["went_to"] == r.extras["task_target"]
     assert r.extras["prompt_target_visited_first"] == 1 and r.extras["other_visited_first"] == 0
+    # It went down to the grasp (the expert closes within 0.4 cm of the cube's centre height) and the
+    # fingers were sent to the cube's width (20 mm per finger on the 4 cm cube) or narrower.
+    assert r.extras["lowest_above_prompt_cm"] < 1.0 and r.extras["gripper_min_mm"] <= 20.0
     assert r.starvation_events == 0
     # The filter never touches the arm joints. It clamps the fingers in the first ticks (they start fully
     # open, outside its envelope), and in sync mode corrects a few gripper targets where a chunk starts

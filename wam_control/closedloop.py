@@ -472,20 +472,26 @@ class CubeObserver(Observer):
         self.max_lift = np.zeros(n)
         self.max_shift = np.zeros(n)
         self.first_visit = -1  # index of the first cube the tool visited (VISIT_XY_M), -1: none yet
+        # How low the tool got over each cube (tool minus cube centre height, m, while within
+        # VISIT_XY_M of it) and the narrowest finger setpoint the sim received: a policy that stops
+        # short of the grasp or never closes shows here.
+        self.lowest_above = np.full(n, np.inf)
+        self.arm = arm
+        self.gripper_min = np.inf
 
     def after_tick(self, tick: int, command: Any) -> bool:
-        tool = self.task.ee() if self.first_visit < 0 else None
+        tool = self.task.ee()
         for i in range(len(self.colours)):
             c = self.task.cube(i)
             self.max_lift[i] = max(self.max_lift[i], float(c[2]) - self.task.cube_half)
             self.max_shift[i] = max(self.max_shift[i], float(np.linalg.norm(c[:2] - self.start[i, :2])))
-            if (
-                tool is not None
-                and self.first_visit < 0
-                and float(np.linalg.norm(tool[:2] - c[:2])) <= VISIT_XY_M
-                and float(tool[2] - c[2]) <= VISIT_ABOVE_M
-            ):
-                self.first_visit = i
+            if float(np.linalg.norm(tool[:2] - c[:2])) <= VISIT_XY_M:
+                above = float(tool[2] - c[2])
+                self.lowest_above[i] = min(self.lowest_above[i], above)
+                if self.first_visit < 0 and above <= VISIT_ABOVE_M:
+                    self.first_visit = i
+        if getattr(self.arm, "has_hand", False):
+            self.gripper_min = min(self.gripper_min, float(np.min(self.arm.gripper_command())))
         return False
 
     def outcome(self, prompt: str) -> dict[str, float | int | str]:
@@ -518,6 +524,10 @@ class CubeObserver(Observer):
             "went_to": cols[self.first_visit] if self.first_visit >= 0 else "none",
             "prompt_target_visited_first": int(self.first_visit == pi) if pi >= 0 else -1,
             "other_visited_first": int(self.first_visit >= 0 and self.first_visit != pi),
+            # cm above the prompted cube's centre at the lowest over it (inf: never over it); mm of the
+            # narrowest finger setpoint (per finger, 40 open, 20 on a 4 cm cube)
+            "lowest_above_prompt_cm": round(100.0 * float(self.lowest_above[pi]), 1) if pi >= 0 else math.inf,
+            "gripper_min_mm": round(1000.0 * self.gripper_min, 1),
             "task_target_lifted": int(lifted[ti]),
             "task_target_in_zone": int(inside[ti]),
             "prompt_target_lifted": int(lifted[pi]) if pi >= 0 else -1,
@@ -551,7 +561,8 @@ def describe_extras(extras: dict[str, float | int | str]) -> str:
         return ""
     return (
         f"[task {extras['task_target']}, prompt {extras['prompt_target']}: lifted {extras['lifted']}, "
-        f"in zone {extras['in_zone']}, went to {extras['went_to']}, closest to zone {extras['closest_to_zone']}]"
+        f"in zone {extras['in_zone']}, went to {extras['went_to']}, lowest {extras['lowest_above_prompt_cm']} cm "
+        f"over it, fingers to {extras['gripper_min_mm']} mm, closest to zone {extras['closest_to_zone']}]"
     )
 
 
