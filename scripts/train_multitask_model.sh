@@ -134,6 +134,26 @@ if [ "${FIFTH:-0}" = 1 ] && [ -f "$WORK/kp4_dagger2/model.pt" ]; then
       --counterfactual-prompts-s 3.0 --dagger-share 0.2
 fi
 
+# 3e. (SIXTH=1; models/MODEL_CARD.md "Fifth run") From kp6_swap_cf on everything so far (kp7_cf's
+#     counterfactual DAgger set included) at natural shares, 3000 steps: kp8_hot as every earlier
+#     fine-tune (lr 1e-3, a fresh keyframe head from the first step), kp8_cool the gentler recipe (lr 3e-4,
+#     the fresh head on a detached latent for 300 steps), kp9_cfshare as kp8_hot with the counterfactual
+#     copies at a tenth of each batch (--source-share). kp10_cf: 40 short pick_place DAgger episodes
+#     (4 s, counterfactual labels for the first 3.5 s; seeds 4400-4439) from kp8_hot, trained with the
+#     counterfactual copies at a tenth of each batch.
+if [ "${SIXTH:-0}" = 1 ] && [ -f "$WORK/kp6_swap_cf/model.pt" ] && [ -f "$WORK/kp7_cf/dagger.npz" ]; then
+  K8=(--init "$WORK/kp6_swap_cf/model.pt" --keyframe-weight 1.0 --augment-colour-swap 0.5 --steps 3000 --seed 10)
+  train_stage kp8_hot --data "$WORK/kp6_swap_cf/dataset.npz" "$WORK/kp7_cf/dagger.npz" "${K8[@]}" \
+      --lr 1e-3 --keyframe-warmup-steps 0
+  train_stage kp8_cool --data "$WORK/kp8_hot/dataset.npz" "${K8[@]}" --lr 3e-4 --keyframe-warmup-steps 300
+  train_stage kp9_cfshare --data "$WORK/kp8_hot/dataset.npz" "${K8[@]}" --lr 1e-3 --keyframe-warmup-steps 0 \
+      --source-share dagger_counterfactual=0.1
+  [ -f "$WORK/kp10_cf/model.onnx" ] || "$WAM" distill "${PP[@]}" --init "$WORK/kp8_hot/model.pt" \
+      --data "$WORK/kp8_hot/dataset.npz" --student-out "$WORK/kp10_cf" --episodes 40 --seed 11 \
+      --seed-start 4400 --max-time-s 4 --steps 3000 --eval-episodes 1 --surprise-episodes 1 \
+      --augment-colour-swap 0.5 --counterfactual-prompts-s 3.5 --source-share dagger_counterfactual=0.1
+fi
+
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
 cp "$SHIP/model.onnx" models/wam_multitask.onnx
 cp "$SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json
