@@ -525,7 +525,7 @@ class CubeObserver(Observer):
             "prompt_target_visited_first": int(self.first_visit == pi) if pi >= 0 else -1,
             "other_visited_first": int(self.first_visit >= 0 and self.first_visit != pi),
             # cm above the prompted cube's centre at the lowest over it (inf: never over it); mm of the
-            # narrowest finger setpoint (per finger, 40 open, 20 on a 4 cm cube)
+            # narrowest finger setpoint (per finger; fr3_hand.yaml's filter passes 4-36 mm, the cube stops them at 20)
             "lowest_above_prompt_cm": round(100.0 * float(self.lowest_above[pi]), 1) if pi >= 0 else math.inf,
             "gripper_min_mm": round(1000.0 * self.gripper_min, 1),
             "task_target_lifted": int(lifted[ti]),
