@@ -102,10 +102,25 @@ def summarise(queries: list[Query]) -> dict[str, float]:
     }
 
 
-def model_chunk_end(model_path: Path, arm: Any, backend: str = "onnxruntime") -> tuple[ChunkEnd, tuple[str, ...]]:
-    """The model (through the runtime's backend and tokenizer) as a ChunkEnd, and its cameras."""
+def tool_position(arm: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """Forward kinematics of a command (its arm joints) to the tool point (site "ee"), on a scratch
+    MjData: the sim's own state is not touched."""
     import mujoco
 
+    kin = mujoco.MjData(arm.model)
+    site = arm.model.site("ee").id
+    qadr = arm._qadr
+
+    def at(command: np.ndarray) -> np.ndarray:
+        kin.qpos[qadr] = command[: len(qadr)]
+        mujoco.mj_kinematics(arm.model, kin)
+        return np.asarray(kin.site_xpos[site], float).copy()
+
+    return at
+
+
+def model_chunk_end(model_path: Path, arm: Any, backend: str = "onnxruntime") -> tuple[ChunkEnd, tuple[str, ...]]:
+    """The model (through the runtime's backend and tokenizer) as a ChunkEnd, and its cameras."""
     from wam_control.policy import load_backend, read_contract
     from wam_control.policy.base import PolicyInput
     from wam_control.policy.instruction import InstructionTokenizer
@@ -119,15 +134,11 @@ def model_chunk_end(model_path: Path, arm: Any, backend: str = "onnxruntime") ->
     policy = load_backend(model_path, backend=backend, warmup=1)
     horizon, dofs = contract.horizon, len(contract.actions)
     prefix = np.zeros((horizon, dofs), np.float32)
-    kin = mujoco.MjData(arm.model)
-    site = arm.model.site("ee").id
-    qadr = arm._qadr
+    tool_at = tool_position(arm)
 
     def chunk_end(images: np.ndarray, state: np.ndarray, prompt: str) -> np.ndarray:
         out = policy.infer(PolicyInput(images, state, prefix, 0, instruction_tokens=tokenizer.encode(prompt)))
-        kin.qpos[qadr] = out.actions[-1, : len(qadr)]
-        mujoco.mj_kinematics(arm.model, kin)
-        return np.asarray(kin.site_xpos[site], float).copy()
+        return tool_at(out.actions[-1])
 
     return chunk_end, tuple(contract.camera_names)
 
@@ -136,28 +147,16 @@ def teacher_chunk_end(arm: Any, horizon: int = 16, action_dt: float = 0.05) -> C
     """The lookahead expert (model/rollout.LookaheadLabeler, as for the counterfactual-prompt labels)
     sent to the cube the prompt names, from the measured state at rest velocity: what a student that
     fits those labels would answer. The sim is restored after each chunk."""
-    import mujoco
-
     from wam_control.model.rollout import LookaheadLabeler
     from wam_control.sim.tasks import CUBE_COLOURS
 
     labeler = LookaheadLabeler(arm, horizon, action_dt)
-    kin = mujoco.MjData(arm.model)
-    site = arm.model.site("ee").id
+    tool_at = tool_position(arm)
 
     def chunk_end(images: np.ndarray, state: np.ndarray, prompt: str) -> np.ndarray:
-        task = arm.task
-        named = next(i for i in range(len(CUBE_COLOURS)) if task.prompt_naming(i) == prompt)
-        real = task.target_index
-        task.target_index = named
-        try:
-            q = state.astype(float)
-            chunk = labeler(images, q, q, np.zeros_like(q))
-        finally:
-            task.target_index = real
-        kin.qpos[arm._qadr] = chunk[-1, : len(arm._qadr)]
-        mujoco.mj_kinematics(arm.model, kin)
-        return np.asarray(kin.site_xpos[site], float).copy()
+        named = next(i for i in range(len(CUBE_COLOURS)) if arm.task.prompt_naming(i) == prompt)
+        q = state.astype(float)
+        return tool_at(labeler.label_for_cube(named, images, q, q, np.zeros_like(q))[-1])
 
     return chunk_end
 

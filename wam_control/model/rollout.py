@@ -230,6 +230,19 @@ class LookaheadLabeler:
             ) = internals
         return self._out.copy()
 
+    def label_for_cube(
+        self, cube: int, images: np.ndarray, q: np.ndarray, q_cmd: np.ndarray, v_cmd: np.ndarray
+    ) -> np.ndarray:
+        """pick_place: the label as if the prompt had named cube `cube` (the task's target switched for
+        the lookahead, then put back)."""
+        task = self.arm.task
+        real = task.target_index
+        task.target_index = cube
+        try:
+            return self(images, q, q_cmd, v_cmd)
+        finally:
+            task.target_index = real
+
 
 class CounterfactualLabels:
     """The teacher's labels for the prompts an episode did not get (pick_place: the other cubes).
@@ -266,14 +279,8 @@ class CounterfactualLabels:
                  real_phase: str) -> None:  # fmt: skip
         if t > self.window_s + 1e-9 or real_phase not in self.LABELLED_PHASES:
             self._open.clear()
-        task = self.labeler.arm.task
-        real = task.target_index
         for i in sorted(self._open):
-            task.target_index = i
-            try:
-                label = self.labeler(images, q, q_cmd, v_cmd)
-            finally:
-                task.target_index = real
+            label = self.labeler.label_for_cube(i, images, q, q_cmd, v_cmd)
             if self.labeler.phase in self.LABELLED_PHASES:
                 self.labels[i].append(label)
             else:
