@@ -337,6 +337,76 @@ def test_expert_resyncs_every_pick_place_phase() -> None:
         assert arm.task.success()
 
 
+@pytest.mark.parametrize(
+    ("above_m", "off_m", "phase"),
+    [
+        (0.05, 0.025, "recenter"),  # part-way down, off centre: sideways at that height
+        (0.05, 0.008, "descend"),  # within a centimetre: the descent goes on
+        (0.05, 0.07, "approach"),  # far off: back to the hover point
+        (0.098, 0.025, "approach"),  # at the hover height: approach is already sideways
+    ],
+)
+def test_expert_resynced_low_and_off_centre_recentres_at_that_height(above_m: float, off_m: float, phase: str) -> None:
+    """A student stopped part-way down and a few cm off the cube (the fifth run's stalls): the resynced
+    expert re-centres at that height and descends, never climbing back toward the hover point."""
+    with SimArm(task="pick_place", seed=4, cameras=()) as arm:
+        expert = Expert(arm)
+        arm.reset(4)
+        expert.reset()
+        cube = arm.task.cube()
+        while not (expert.phase == "descend" and arm.ee_pose()[0][2] < cube[2] + above_m):
+            arm.step(expert.act(), gripper=expert.gripper)
+            assert arm.time < 10.0, f"stuck in {expert.phase}"
+        p0 = arm.ee_pose()[0]
+        # the cube slides off under the tool, perpendicular to the finger axis and along it
+        cube = arm.task.cube()
+        arm.teleport_object(np.array([p0[0] + off_m * 0.6, p0[1] + off_m * 0.8, cube[2]]))
+        fresh = Expert(arm)
+        assert fresh.phase == phase, (fresh.phase, arm.task.info())
+        if phase != "recenter":
+            return
+        top = p0[2]
+        t_end = arm.time + 15.0
+        while not arm.task.success() and arm.time < t_end:
+            arm.step(fresh.act(), gripper=fresh.gripper)
+            if fresh.phase in ("recenter", "descend"):
+                top = max(top, arm.ee_pose()[0][2])
+        assert arm.task.success(), (fresh.phase, arm.task.info())
+        assert top < p0[2] + 0.005, f"climbed {100 * (top - p0[2]):.1f} cm before the grasp"
+
+
+def test_expert_resynced_beside_the_cube_rises_clear_before_moving_sideways() -> None:
+    """Resynced with the tool down beside the cube, the expert goes straight up until the pads clear the
+    cube's top, then across: the cube is not pushed."""
+    with SimArm(task="pick_place", seed=4, cameras=()) as arm:
+        expert = Expert(arm)
+        arm.reset(4)
+        expert.reset()
+        cube = arm.task.cube()
+        while not (expert.phase == "close" or arm.ee_pose()[0][2] < cube[2] + 0.01):
+            arm.step(expert.act(), gripper=expert.gripper)
+            assert arm.time < 10.0, f"stuck in {expert.phase}"
+        p0 = arm.ee_pose()[0]
+        # cube 3.5 cm away across the finger axis: a pad passes beside it, not over it
+        rot = arm.ee_pose()[1]
+        from wam_control.sim.expert import _FINGER_AXIS_HAND
+
+        f = rot @ _FINGER_AXIS_HAND
+        across = np.array([-f[1], f[0]]) / np.linalg.norm(f[:2])
+        arm.teleport_object(np.array([p0[0] + 0.035 * across[0], p0[1] + 0.035 * across[1], cube[2]]))
+        moved_from = arm.task.cube().copy()
+        fresh = Expert(arm)
+        assert fresh.phase == "recenter"
+        while fresh.phase == "recenter":
+            arm.step(fresh.act(), gripper=fresh.gripper)
+            assert arm.time < 20.0
+        assert np.linalg.norm(arm.task.cube()[:2] - moved_from[:2]) < 0.002, "the cube was pushed"
+        t_end = arm.time + 15.0
+        while not arm.task.success() and arm.time < t_end:
+            arm.step(fresh.act(), gripper=fresh.gripper)
+        assert arm.task.success(), (fresh.phase, arm.task.info())
+
+
 def test_following_the_lookahead_labels_completes_a_pick_place() -> None:
     """The DAgger teacher's labels, executed as they come at the runtime's cadence (a new chunk every
     8 action steps), pick and place the cube in about the expert's own time (~10.4 s median)."""

@@ -257,7 +257,7 @@ class CounterfactualLabels:
     Call after the real label, with that label's phase (`LookaheadLabeler.phase`); the labeler restores
     the sim bit for bit, and the task's target is put back after each counterfactual label."""
 
-    LABELLED_PHASES = ("approach", "descend")
+    LABELLED_PHASES = ("approach", "recenter", "descend")
 
     def __init__(self, labeler: LookaheadLabeler, window_s: float) -> None:
         if window_s <= 0:

@@ -44,6 +44,13 @@ GRIPPER_V_MAX = 0.9 * FINGER_MAX_SPEED
 GRIPPER_A_MAX = 0.4  # m/s^2 per finger (config/fr3_hand.yaml: 0.5)
 PICK_HOVER_M = 0.10  # pick_place: the approach ends this far above the cube, the descent starts there
 PICK_CARRY_Z_M = 0.15  # pick_place: the cube is carried (and the arm retreats) at this height
+# pick_place, resynced below the hover point but off the cube's centre (a student that stopped part-way
+# down): re-centre at that height instead of going back up. Within this radius of the centre...
+RECENTER_RADIUS_M = 0.05
+# ...and no lower than this above the cube's top while moving sideways: the finger pads reach 8.4 mm
+# below the tool point, so they pass 6.6 mm over the cube.
+RECENTER_CLEARANCE_M = 0.015
+RECENTER_YAW_GATE = 0.1  # rad: the descent squares the fingers on the way down (the grasp squares the cube)
 # The fingers close along this direction of the hand frame (fr3_hand_base is -45 deg about the tool axis).
 _FINGER_AXIS_HAND = np.array([math.sqrt(0.5), math.sqrt(0.5), 0.0])
 
@@ -123,8 +130,8 @@ class Expert:
         pick_place: set the phase from what the sim shows now (a DAgger teacher labelling a state the
         student reached, or a restart mid-task): the cube held between closed fingers -> lift / move /
         place by where it is; in the zone and resting -> open while the fingers touch it, then retreat /
-        done; over the cube below the hover point -> descend, or close at grasp height; otherwise
-        approach. The finger setpoint starts from the one in force. Returns the phase."""
+        done; over the cube below the hover point -> descend, or close at grasp height; well below it
+        and a few cm off -> recenter (sideways at that height, then descend); otherwise approach. The finger setpoint starts from the one in force. Returns the phase."""
         task = self.arm.task
         p = self.arm.ee_pose()[0]
         if task.name != "pick_place":
@@ -169,6 +176,11 @@ class Expert:
                 self._grip_target = 0.0
             else:
                 self.phase = "descend"
+        elif off < RECENTER_RADIUS_M and p[2] < z_hover - 0.015:
+            # Part-way down and a few cm off: "approach" would label the way back up to the hover point,
+            # while the demonstrations descend from a centimetre off; a student between the two hovers
+            # where it averages them (the fifth run's stalls, models/MODEL_CARD.md).
+            self.phase = "recenter"
         else:
             self.phase = "approach"
         return self.phase
@@ -313,6 +325,19 @@ class Expert:
             ):
                 self._set_phase("descend")
             return np.array([cube[0], cube[1], z_hover]), 0.25, yaw_err
+        if self.phase == "recenter":  # only ever entered by `sync_phase`
+            self._grip_target = GRIPPER_OPEN
+            yaw_err = self._finger_yaw_error(rot, task.cube_yaw())  # type: ignore[attr-defined]
+            z_clear = cube[2] + half + RECENTER_CLEARANCE_M
+            if p[2] < z_clear - 0.005:  # beside the cube: straight up before any sideways move
+                return np.array([p[0], p[1], z_clear]), 0.08, yaw_err
+            if (
+                np.linalg.norm(p[:2] - cube[:2]) < 0.006
+                and abs(yaw_err) < RECENTER_YAW_GATE
+                and self.gripper >= GRIPPER_OPEN - 1e-6
+            ):
+                self._set_phase("descend")
+            return np.array([cube[0], cube[1], max(p[2], z_clear)]), 0.1, yaw_err
         if self.phase == "descend":
             yaw_err = self._finger_yaw_error(rot, task.cube_yaw())  # type: ignore[attr-defined]
             # aim a little below the cube's centre: the P loop slows down near the goal
