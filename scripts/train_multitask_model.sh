@@ -154,6 +154,19 @@ if [ "${SIXTH:-0}" = 1 ] && [ -f "$WORK/kp6_swap_cf/model.pt" ] && [ -f "$WORK/k
       --augment-colour-swap 0.5 --counterfactual-prompts-s 3.5 --source-share dagger_counterfactual=0.1
 fi
 
+# 3f. (SEVENTH=1; models/MODEL_CARD.md "Sixth run") The DAgger teacher re-centres a student stopped part-way
+#     down a few cm off the cube at that height (Expert.sync_phase "recenter") where it used to send it back
+#     up to the hover point. kp11_recenter: 40 pick_place DAgger episodes from kp8_hot with it (seeds
+#     4500-4539, source dagger_recenter, 15 % of each batch); the earlier teachers' DAgger labels, which
+#     say "back up" in those states, are left out (dagger=0); 2000 steps.
+if [ "${SEVENTH:-0}" = 1 ] && [ -f "$WORK/kp8_hot/model.pt" ]; then
+  [ -f "$WORK/kp11_recenter/model.onnx" ] || "$WAM" distill "${PP[@]}" --init "$WORK/kp8_hot/model.pt" \
+      --data "$WORK/kp6_swap_cf/dataset.npz" "$WORK/kp7_cf/dagger.npz" --student-out "$WORK/kp11_recenter" \
+      --episodes 40 --seed 12 --seed-start 4500 --eval-episodes 1 --surprise-episodes 1 \
+      --augment-colour-swap 0.5 --dagger-source dagger_recenter --source-share dagger_recenter=0.15 \
+      --source-share dagger=0
+fi
+
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
 cp "$SHIP/model.onnx" models/wam_multitask.onnx
 cp "$SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json

@@ -254,8 +254,15 @@ def test_source_shares_set_each_sources_part_of_a_batch() -> None:
     drawn = np.concatenate([trainer.rng.choice(trainer.train_idx, 4, replace=False, p=trainer.p) for _ in range(2000)])
     assert np.mean(drawn >= 18) == pytest.approx(0.5, abs=0.03)  # 6 of 24 observations, half of each batch
 
+    # share 0: a source left out of every batch (a teacher's labels since corrected)
+    w0 = source_weights(ds, parse_source_shares(["dagger=0"]))
+    assert np.all(w0[18:] == 0) and w0[:18].sum() == pytest.approx(1.0)
+    left_out = Trainer(build_model(tiny_config(camera_names=("scene",)), seed=0), ds, np.arange(24), TrainConfig(batch_size=4), w0)
+    assert all((left_out.rng.choice(left_out.train_idx, 4, replace=False, p=left_out.p) < 18).all() for _ in range(200))
+
     for bad, match in [
         (["dagger"], "SOURCE=SHARE"),
+        (["dagger=-0.1"], "SOURCE=SHARE"),
         (["dagger=1.0"], "SOURCE=SHARE"),
         (["dagger=x"], "SOURCE=SHARE"),
         (["dagger=0.5", "dagger=0.2"], "twice"),

@@ -141,7 +141,7 @@ def test_distill_deals_episodes_over_several_tasks(tmp_path: Path) -> None:
             "--teacher", "expert", "--init", str(init), "--student-out", str(out), "--task", "reach,push",
             "--iterations", "1", "--episodes", "3", "--steps", "2", "--batch-size", "8",
             "--eval-episodes", "1", "--max-time-s", "0.4", "--threads", "1", "--no-progress",
-            "--source-share", "dagger=0.3",
+            "--source-share", "dagger_v2=0.3", "--dagger-source", "dagger_v2",
         ]
     )  # fmt: skip
     assert rc == 0
@@ -151,6 +151,7 @@ def test_distill_deals_episodes_over_several_tasks(tmp_path: Path) -> None:
     model, _ = load_checkpoint(str(out / "model.pt"))
     ds = load_dataset(out / "dagger.npz", spec_for(model.config, 0.05))
     assert sorted(e["task"] for e in ds.episodes) == ["push", "reach", "reach"]
+    assert {e["source"] for e in ds.episodes} == {"dagger_v2"}  # told apart from an earlier teacher's
     with pytest.raises(SystemExit):
         main(["--teacher", "expert", "--init", str(init), "--student-out", str(out), "--task", "reach,stack"])
 
@@ -201,4 +202,8 @@ def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path, capsys: 
     assert main(base + ["--source-share", "dagger_counterfactual=0.1"]) == 2
     assert "no episode will have source ['dagger_counterfactual']" in capsys.readouterr().err
     assert main(base + ["--source-share", "dagger=1.5"]) == 2
+    assert main(base + ["--dagger-source", "dagger_v2", "--source-share", "dagger=0.2"]) == 2
+    assert "no episode will have source ['dagger']" in capsys.readouterr().err
+    assert main(base + ["--dagger-source", "relabelled"]) == 2  # keyframe targets skip DAgger by the prefix
+    assert "--dagger-source 'relabelled'" in capsys.readouterr().err
     assert not (tmp_path / "s" / "dagger.npz").exists()

@@ -108,6 +108,7 @@ class CollectSetup:
     replan_choices: tuple[int, ...] = ()  # per episode, by seed; () -> rollout.replan_steps
     prefix_choices: tuple[int, ...] = ()  # per episode, by seed; () -> rollout.prefix_len
     counterfactual_s: float = 0.0  # pick_place: also label the first seconds for the other cubes (0: off)
+    source: str = "dagger"  # the episodes' `source` (their counterfactual copies: <source>_counterfactual)
 
 
 def make_arm(task: str, cfg: Any, seed: int) -> Any:
@@ -163,7 +164,7 @@ def _labelled_episode(
     rcfg = episode_config(setup, seed)
     ep = run_episode(arm, policy, seed, rcfg, labeler=labeler, counterfactual=counterfactual)
     info = {
-        "source": "dagger",
+        "source": setup.source,
         "seed": seed,
         "task": arm.task.name,
         "success": ep.success,
@@ -176,7 +177,7 @@ def _labelled_episode(
     if ep.counterfactual:
         for cube in sorted(ep.counterfactual):
             frames, samples = counterfactual_samples(ep, setup.spec, cube)
-            out.append((frames, samples, {**info, "source": "dagger_counterfactual",
+            out.append((frames, samples, {**info, "source": f"{setup.source}_counterfactual",
                         "prompt": arm.task.prompt_naming(cube), "success": False,
                         "duration_s": round(float(ep.obs_t[len(samples["state"]) - 1]), 3)}))  # fmt: skip
     return out
@@ -313,7 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="SOURCE=SHARE",
         help="instead of --dagger-share: this share of every batch from the episodes of SOURCE (dagger, "
-        "dagger_counterfactual, scripted_expert), the rest at natural proportions; repeatable",
+        "dagger_counterfactual, scripted_expert; 0 leaves it out), the rest at natural proportions; "
+        "repeatable",
+    )
+    ap.add_argument(
+        "--dagger-source",
+        default="dagger",
+        metavar="NAME",
+        help="the `source` recorded for this run's episodes (default dagger; must start with 'dagger'): "
+        "a corrected teacher's labels can then be told from an earlier one's (--source-share dagger=0)",
     )
     ap.add_argument(
         "--task",
@@ -472,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             replan_choices=tuple(replan_choices),
             prefix_choices=tuple(min(v, cfg.max_prefix) for v in prefix_choices),
             counterfactual_s=args.counterfactual_prompts_s if task == "pick_place" else 0.0,
+            source=args.dagger_source,
         )
         for task in tasks
     }
@@ -490,7 +500,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wam-control distill: {exc}", file=sys.stderr)
         return 2
     # Checked before collecting (an hour of rollouts must not end in a sampling error).
-    produced = {"dagger"} | ({"dagger_counterfactual"} if args.counterfactual_prompts_s > 0 else set())
+    if not args.dagger_source.startswith("dagger"):  # train.keyframe_targets skips them by this prefix
+        print(f"wam-control distill: --dagger-source {args.dagger_source!r}: expected a name starting "
+              "with 'dagger'", file=sys.stderr)  # fmt: skip
+        return 2
+    produced = {args.dagger_source} | (
+        {f"{args.dagger_source}_counterfactual"} if args.counterfactual_prompts_s > 0 else set()
+    )
     present = produced | ({str(e.get("source", "?")) for e in base.episodes} if base is not None else set())
     missing = sorted(set(source_shares) - present)
     if missing:

@@ -215,7 +215,8 @@ def colour_swap_for(
 
 
 def parse_source_shares(items: list[str]) -> dict[str, float]:
-    """["dagger_counterfactual=0.1", ...] -> {source: share}; each share in (0, 1), named once."""
+    """["dagger_counterfactual=0.1", "dagger=0", ...] -> {source: share}; each share in [0, 1), named
+    once. A share of 0 leaves that source out (labels from a teacher since corrected)."""
     shares: dict[str, float] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -223,8 +224,8 @@ def parse_source_shares(items: list[str]) -> dict[str, float]:
             share = float(value) if sep and name else math.nan
         except ValueError:
             share = math.nan
-        if not 0.0 < share < 1.0:
-            raise ValueError(f"--source-share {item!r}: expected SOURCE=SHARE with 0 < SHARE < 1")
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"--source-share {item!r}: expected SOURCE=SHARE with 0 <= SHARE < 1")
         if name in shares:
             raise ValueError(f"--source-share: source {name!r} given twice")
         shares[name] = share
@@ -572,6 +573,8 @@ def fit(
     `heads`: the init checkpoint's training-only heads (wam.load_training_heads)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     train_idx, val_idx = ds.split_episodes(cfg.val_fraction, cfg.seed)
+    if sample_weights is not None:  # a source left out (share 0) is not held out either
+        val_idx = val_idx[np.asarray(sample_weights)[val_idx] > 0]
     trainer = Trainer(model, ds, train_idx, cfg, sample_weights, heads)
     state_path = out_dir / STATE_FILE
     if resume:
@@ -785,8 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="SOURCE=SHARE",
-        help="draw this share of every batch from the episodes of SOURCE (e.g. dagger_counterfactual=0.1); "
-        "repeatable; the other episodes share the rest at their natural proportions",
+        help="draw this share of every batch from the episodes of SOURCE (e.g. dagger_counterfactual=0.1; "
+        "0 leaves SOURCE out); repeatable; the other episodes share the rest at their natural proportions",
     )
     ap.add_argument("--export", action="store_true", help="also write <out>/model.onnx")
     add_common_args(ap)
