@@ -21,7 +21,7 @@ from wam_control.sim.arm import (
     SimArm,
     asset_path,
 )
-from wam_control.sim.expert import Expert, run_expert_episode
+from wam_control.sim.expert import PICK_CARRY_Z_M, Expert, run_expert_episode
 from wam_control.sim.tasks import CUBE_COLOURS, PROMPTS
 
 DATA = Path(__file__).parent / "data"
@@ -405,6 +405,42 @@ def test_expert_resynced_beside_the_cube_rises_clear_before_moving_sideways() ->
         while not arm.task.success() and arm.time < t_end:
             arm.step(fresh.act(), gripper=fresh.gripper)
         assert arm.task.success(), (fresh.phase, arm.task.info())
+
+
+@pytest.mark.parametrize(
+    ("running", "shift_m", "phase"),
+    [
+        ("place", (0.02, -0.01), "place"),  # lowered with the cube 2 cm off the zone's centre: place
+        ("open", (0.02, -0.01), "open"),  # put down off centre, fingers still closed: let go
+        ("place", (0.08, 0.0), "lift"),  # lowered outside the zone: up to the carry height first
+    ],
+)
+def test_expert_resynced_holding_the_cube_low_over_the_zone_places_it_from_there(
+    running: str, shift_m: tuple[float, float], phase: str
+) -> None:
+    """A student that carried the cube to the zone and lowered it a little off centre: the resynced
+    expert puts it down from there (or lets go), never lifting it back to the carry height."""
+    with SimArm(task="pick_place", seed=4, cameras=()) as arm:
+        expert = Expert(arm)
+        arm.reset(4)
+        expert.reset()
+        while not (expert.phase == running and arm.ee_pose()[0][2] < PICK_CARRY_Z_M - 0.04):
+            arm.step(expert.act(), gripper=expert.gripper)
+            assert arm.time < 12.0, f"stuck in {expert.phase}"
+        p0 = arm.ee_pose()[0]
+        zone_id = arm.task._zone
+        arm.data.mocap_pos[zone_id, :2] += np.asarray(shift_m)
+        fresh = Expert(arm)
+        assert fresh.phase == phase, (fresh.phase, arm.task.info())
+        if phase == "lift":
+            return
+        top = p0[2]
+        t_end = arm.time + 10.0
+        while not arm.task.success() and arm.time < t_end:
+            arm.step(fresh.act(), gripper=fresh.gripper)
+            top = max(top, arm.ee_pose()[0][2]) if fresh.phase in ("place", "open") else top
+        assert arm.task.success(), (fresh.phase, arm.task.info())
+        assert top < p0[2] + 0.005, f"lifted {100 * (top - p0[2]):.1f} cm before letting go"
 
 
 def test_following_the_lookahead_labels_completes_a_pick_place() -> None:

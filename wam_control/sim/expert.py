@@ -50,6 +50,9 @@ RECENTER_RADIUS_M = 0.05
 # ...and no lower than this above the cube's top while moving sideways: the finger pads reach 8.4 mm
 # below the tool point, so they pass 6.6 mm over the cube.
 RECENTER_CLEARANCE_M = 0.015
+# pick_place, resynced holding the cube low over the zone: place from there when the tool is this far
+# inside the region where the cube's centre counts as in the zone (per axis)
+PLACE_SLACK_M = 0.005
 RECENTER_YAW_GATE = 0.1  # rad: the descent squares the fingers on the way down (the grasp squares the cube)
 # The fingers close along this direction of the hand frame (fr3_hand_base is -45 deg about the tool axis).
 _FINGER_AXIS_HAND = np.array([math.sqrt(0.5), math.sqrt(0.5), 0.0])
@@ -129,7 +132,7 @@ class Expert:
         """Set the phase from what the sim shows now (reach has none; push: `_sync_phase_other`).
         pick_place: set the phase from what the sim shows now (a DAgger teacher labelling a state the
         student reached, or a restart mid-task): the cube held between closed fingers -> lift / move /
-        place by where it is; in the zone and resting -> open while the fingers touch it, then retreat /
+        place by where it is (lowered inside the zone: place from there, or open once it rests); in the zone and resting -> open while the fingers touch it, then retreat /
         done; over the cube below the hover point -> descend, or close at grasp height; well below it
         and a few cm off -> recenter (sideways at that height, then descend); otherwise approach. The finger setpoint starts from the one in force. Returns the phase."""
         task = self.arm.task
@@ -147,14 +150,21 @@ class Expert:
             np.linalg.norm(cube - p) < 0.03 and half - 0.006 < fingers < half + 0.004 and task.touching()  # type: ignore[attr-defined]
         )
         if held:
-            over_zone = np.linalg.norm(p[:2] - zone[:2]) < 0.006
-            if over_zone:
+            self._grip_target = 0.0  # carrying squeezes, whatever setpoint the student had
+            # Lowered inside the zone (with room to spare), "lift" would label the way back up to the
+            # carry height and over the centre: the "back up" that stalled the students over the cube,
+            # now over the zone. Place from there instead (the descent re-centres), or let go if down.
+            room = task.zone_half - task.zone_margin - PLACE_SLACK_M  # type: ignore[attr-defined]
+            inside = bool(np.all(np.abs(p[:2] - zone[:2]) <= room))
+            if inside and task.in_zone() and task.resting():  # type: ignore[attr-defined]
+                self.phase = "open"
+                self._grip_target = GRIPPER_OPEN
+            elif np.linalg.norm(p[:2] - zone[:2]) < 0.006 or (inside and p[2] < z_carry - 0.01):
                 self.phase = "place"
             elif p[2] > z_carry - 0.01:
                 self.phase = "move"
             else:
                 self.phase = "lift"
-            self._grip_target = 0.0  # carrying squeezes, whatever setpoint the student had
             return self.phase
         self._grip_target = GRIPPER_OPEN
         if task.in_zone() and task.resting():  # type: ignore[attr-defined]
