@@ -337,69 +337,86 @@ def test_expert_resyncs_every_pick_place_phase() -> None:
         assert arm.task.success()
 
 
+def finger_axis_xy(arm: SimArm) -> np.ndarray:
+    """The unit direction of the fingers' travel in the table plane."""
+    from wam_control.sim.expert import _FINGER_AXIS_HAND
+
+    f = (arm.ee_pose()[1] @ _FINGER_AXIS_HAND)[:2]
+    return f / np.linalg.norm(f)
+
+
+def expert_down_to(arm: SimArm, above_m: float) -> Expert:
+    """The expert on seed 4 until its tool is `above_m` over the cube's centre in the descent."""
+    expert = Expert(arm)
+    arm.reset(4)
+    expert.reset()
+    cube = arm.task.cube()
+    while not (expert.phase in ("descend", "close") and arm.ee_pose()[0][2] < cube[2] + above_m):
+        arm.step(expert.act(), gripper=expert.gripper)
+        assert arm.time < 10.0, f"stuck in {expert.phase}"
+    return expert
+
+
 @pytest.mark.parametrize(
-    ("above_m", "off_m", "phase"),
+    ("above_m", "along_m", "across_m", "phase"),
     [
-        (0.05, 0.025, "recenter"),  # part-way down, off centre: sideways at that height
-        (0.05, 0.008, "descend"),  # within a centimetre: the descent goes on
-        (0.05, 0.07, "approach"),  # far off: back to the hover point
-        (0.098, 0.025, "approach"),  # at the hover height: approach is already sideways
+        (0.05, 0.025, 0.0, "recenter"),  # a pad over the cube: sideways at that height, then down
+        (0.05, 0.0, 0.03, "descend"),  # the cube between the pads: straight to the grasp point
+        (0.015, 0.006, 0.012, "descend"),  # at grasp height, between the pads: sideways, then close
+        (0.05, 0.006, 0.005, "descend"),  # within a centimetre: the descent goes on
+        (0.05, 0.0, 0.07, "approach"),  # far off: back to the hover point
+        (0.098, 0.025, 0.0, "approach"),  # at the hover height: approach is already sideways
     ],
 )
-def test_expert_resynced_low_and_off_centre_recentres_at_that_height(above_m: float, off_m: float, phase: str) -> None:
+def test_expert_resynced_low_and_off_centre_goes_on_down(
+    above_m: float, along_m: float, across_m: float, phase: str
+) -> None:
     """A student stopped part-way down and a few cm off the cube (the fifth run's stalls): the resynced
-    expert re-centres at that height and descends, never climbing back toward the hover point."""
+    expert gets to the grasp from there, never climbing back toward the hover point."""
     with SimArm(task="pick_place", seed=4, cameras=()) as arm:
-        expert = Expert(arm)
-        arm.reset(4)
-        expert.reset()
-        cube = arm.task.cube()
-        while not (expert.phase == "descend" and arm.ee_pose()[0][2] < cube[2] + above_m):
-            arm.step(expert.act(), gripper=expert.gripper)
-            assert arm.time < 10.0, f"stuck in {expert.phase}"
+        expert_down_to(arm, above_m)
         p0 = arm.ee_pose()[0]
-        # the cube slides off under the tool, perpendicular to the finger axis and along it
-        cube = arm.task.cube()
-        arm.teleport_object(np.array([p0[0] + off_m * 0.6, p0[1] + off_m * 0.8, cube[2]]))
+        f = finger_axis_xy(arm)
+        off = along_m * f + across_m * np.array([-f[1], f[0]])
+        arm.teleport_object(np.array([p0[0] + off[0], p0[1] + off[1], arm.task.cube()[2]]))
         fresh = Expert(arm)
         assert fresh.phase == phase, (fresh.phase, arm.task.info())
-        if phase != "recenter":
+        if phase == "approach":
             return
         top = p0[2]
         t_end = arm.time + 15.0
         while not arm.task.success() and arm.time < t_end:
             arm.step(fresh.act(), gripper=fresh.gripper)
-            if fresh.phase in ("recenter", "descend"):
+            if fresh.phase in ("recenter", "descend", "close"):
                 top = max(top, arm.ee_pose()[0][2])
         assert arm.task.success(), (fresh.phase, arm.task.info())
         assert top < p0[2] + 0.005, f"climbed {100 * (top - p0[2]):.1f} cm before the grasp"
 
 
-def test_expert_resynced_beside_the_cube_rises_clear_before_moving_sideways() -> None:
-    """Resynced with the tool down beside the cube, the expert goes straight up until the pads clear the
-    cube's top, then across: the cube is not pushed."""
+def test_expert_resynced_low_with_the_cube_not_between_the_pads_rises_clear_first() -> None:
+    """Resynced low beside the cube with the fingers half closed (the cube does not fit between the
+    pads), the expert goes straight up until the pads clear the cube's top, then across, opening the
+    hand: the cube is not pushed, and the grasp follows."""
     with SimArm(task="pick_place", seed=4, cameras=()) as arm:
-        expert = Expert(arm)
-        arm.reset(4)
-        expert.reset()
-        cube = arm.task.cube()
-        while not (expert.phase == "close" or arm.ee_pose()[0][2] < cube[2] + 0.01):
-            arm.step(expert.act(), gripper=expert.gripper)
-            assert arm.time < 10.0, f"stuck in {expert.phase}"
+        expert_down_to(arm, 0.01)
+        arm.set_gripper(0.015)
+        for _ in range(500):
+            arm.step(arm.command())
         p0 = arm.ee_pose()[0]
-        # cube 3.5 cm away across the finger axis: a pad passes beside it, not over it
-        rot = arm.ee_pose()[1]
-        from wam_control.sim.expert import _FINGER_AXIS_HAND
-
-        f = rot @ _FINGER_AXIS_HAND
-        across = np.array([-f[1], f[0]]) / np.linalg.norm(f[:2])
-        arm.teleport_object(np.array([p0[0] + 0.035 * across[0], p0[1] + 0.035 * across[1], cube[2]]))
+        f = finger_axis_xy(arm)
+        across = np.array([-f[1], f[0]])
+        arm.teleport_object(np.array([p0[0] + 0.035 * across[0], p0[1] + 0.035 * across[1], arm.task.cube()[2]]))
         moved_from = arm.task.cube().copy()
         fresh = Expert(arm)
         assert fresh.phase == "recenter"
+        rose_first = None
         while fresh.phase == "recenter":
+            before = arm.ee_pose()[0]
             arm.step(fresh.act(), gripper=fresh.gripper)
+            if rose_first is None and np.linalg.norm(arm.ee_pose()[0][:2] - p0[:2]) > 0.005:
+                rose_first = before[2] - moved_from[2]  # height above the cube's centre when it moved off
             assert arm.time < 20.0
+        assert rose_first is not None and rose_first > 0.025, rose_first
         assert np.linalg.norm(arm.task.cube()[:2] - moved_from[:2]) < 0.002, "the cube was pushed"
         t_end = arm.time + 15.0
         while not arm.task.success() and arm.time < t_end:

@@ -134,7 +134,8 @@ class Expert:
         student reached, or a restart mid-task): the cube held between closed fingers -> lift / move /
         place by where it is (lowered inside the zone: place from there, or open once it rests); in the zone and resting -> open while the fingers touch it, then retreat /
         done; over the cube below the hover point -> descend, or close at grasp height; well below it
-        and a few cm off -> recenter (sideways at that height, then descend); otherwise approach. The finger setpoint starts from the one in force. Returns the phase."""
+        and a few cm off -> descend when the cube lies between the open pads, else recenter (sideways
+        at that height, over the cube's top, then descend); otherwise approach. The finger setpoint starts from the one in force. Returns the phase."""
         task = self.arm.task
         p = self.arm.ee_pose()[0]
         if task.name != "pick_place":
@@ -189,8 +190,11 @@ class Expert:
         elif off < RECENTER_RADIUS_M and p[2] < z_hover - 0.015:
             # Part-way down and a few cm off: "approach" would label the way back up to the hover point,
             # while the demonstrations descend from a centimetre off; a student between the two hovers
-            # where it averages them (the fifth run's stalls, models/MODEL_CARD.md).
-            self.phase = "recenter"
+            # where it averages them (the fifth run's stalls, models/MODEL_CARD.md). With the cube
+            # between the open pads the straight line to the grasp point is clear: descend along it.
+            # Otherwise re-centre first (over the cube's top when low), then descend.
+            between = self._cube_between_pads(p, self.arm.ee_pose()[1], fingers)
+            self.phase = "descend" if between else "recenter"
         else:
             self.phase = "approach"
         return self.phase
@@ -315,6 +319,18 @@ class Expert:
         f = rot @ _FINGER_AXIS_HAND
         phi = math.atan2(f[1], f[0])
         return (cube_yaw - phi + math.pi / 4) % (math.pi / 2) - math.pi / 4
+
+    def _cube_between_pads(self, p: np.ndarray, rot: np.ndarray, fingers: float) -> bool:
+        """pick_place: whether the cube's extent along the finger axis (turned by the yaw error) lies
+        between the pads' inner faces (each `fingers` m from the tool axis), with 4 mm to spare: the
+        hand can then move toward the grasp point at any height without a pad meeting the cube."""
+        task = self.arm.task
+        f = (rot @ _FINGER_AXIS_HAND)[:2]
+        f = f / max(float(np.linalg.norm(f)), 1e-9)
+        along = abs(float((task.cube()[:2] - p[:2]) @ f))  # type: ignore[attr-defined]
+        yaw = self._finger_yaw_error(rot, task.cube_yaw())  # type: ignore[attr-defined]
+        extent = task.cube_half * (abs(math.cos(yaw)) + abs(math.sin(yaw)))  # type: ignore[attr-defined]
+        return along + extent < fingers - 0.004
 
     def _plan_pick_place(self, p: np.ndarray, rot: np.ndarray) -> tuple[np.ndarray, float, float]:
         task = self.arm.task
