@@ -165,14 +165,16 @@ if [ "${SEVENTH:-0}" = 1 ] && [ -f "$WORK/kp8_hot/model.pt" ]; then
       --episodes 40 --seed 12 --seed-start 4500 --eval-episodes 1 --surprise-episodes 1 \
       --augment-colour-swap 0.5 --dagger-source dagger_recenter --source-share dagger_recenter=0.15 \
       --source-share dagger=0
-  # kp12_place: the teacher also places from where a student lowered the cube inside the zone (it used to
-  # lift it back to the carry height); 40 episodes from kp11_recenter (seeds 4600-4639, source
-  # dagger_place, 15 % of each batch; kp11's set 10 %).
+  # kp12_place: the teacher also descends straight to the grasp point when the cube lies between the
+  # open pads (kp11's teacher rose over the cube's top first, "up" again, where kp11 stalls: 0.4-4 cm
+  # above the cube), and places from where a student lowered the cube inside the zone (it lifted it back
+  # to the carry height); 40 episodes from kp11_recenter (seeds 4600-4639, source dagger_place, 15 % of
+  # each batch); kp11's set and the earlier ones left out.
   [ -f "$WORK/kp12_place/model.onnx" ] || "$WAM" distill "${PP[@]}" --init "$WORK/kp11_recenter/model.pt" \
       --data "$WORK/kp6_swap_cf/dataset.npz" "$WORK/kp7_cf/dagger.npz" "$WORK/kp11_recenter/dagger.npz" \
       --student-out "$WORK/kp12_place" --episodes 40 --seed 13 --seed-start 4600 --eval-episodes 1 \
       --surprise-episodes 1 --augment-colour-swap 0.5 --dagger-source dagger_place \
-      --source-share dagger_place=0.15 --source-share dagger_recenter=0.1 --source-share dagger=0
+      --source-share dagger_place=0.15 --source-share dagger_recenter=0 --source-share dagger=0
 fi
 
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
