@@ -175,6 +175,14 @@ if [ "${SEVENTH:-0}" = 1 ] && [ -f "$WORK/kp8_hot/model.pt" ]; then
       --student-out "$WORK/kp12_place" --episodes 40 --seed 13 --seed-start 4600 --eval-episodes 1 \
       --surprise-episodes 1 --augment-colour-swap 0.5 --dagger-source dagger_place \
       --source-share dagger_place=0.15 --source-share dagger_recenter=0 --source-share dagger=0
+  # kp13_place2: a second iteration with the same teacher from kp12_place, which lifts the prompted cube
+  # in 12 of 20 evaluation episodes and carries it over the zone but does not let go: 40 episodes
+  # (seeds 4700-4739), both dagger_place sets a quarter of each batch.
+  [ -f "$WORK/kp13_place2/model.onnx" ] || "$WAM" distill "${PP[@]}" --init "$WORK/kp12_place/model.pt" \
+      --data "$WORK/kp6_swap_cf/dataset.npz" "$WORK/kp7_cf/dagger.npz" "$WORK/kp12_place/dagger.npz" \
+      --student-out "$WORK/kp13_place2" --episodes 40 --seed 14 --seed-start 4700 --eval-episodes 1 \
+      --surprise-episodes 1 --augment-colour-swap 0.5 --dagger-source dagger_place \
+      --source-share dagger_place=0.25 --source-share dagger=0
 fi
 
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
