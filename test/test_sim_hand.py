@@ -357,6 +357,19 @@ def expert_down_to(arm: SimArm, above_m: float) -> Expert:
     return expert
 
 
+def finish_tracking_height(arm: SimArm, expert: Expert, phases: tuple[str, ...], timeout_s: float) -> float:
+    """Run `expert` until the task succeeds (asserted); the highest tool point while in `phases`,
+    starting from where the tool is now."""
+    top = arm.ee_pose()[0][2]
+    t_end = arm.time + timeout_s
+    while not arm.task.success() and arm.time < t_end:
+        arm.step(expert.act(), gripper=expert.gripper)
+        if expert.phase in phases:
+            top = max(top, arm.ee_pose()[0][2])
+    assert arm.task.success(), (expert.phase, arm.task.info())
+    return float(top)
+
+
 @pytest.mark.parametrize(
     ("above_m", "along_m", "across_m", "phase"),
     [
@@ -383,13 +396,7 @@ def test_expert_resynced_low_and_off_centre_goes_on_down(
         assert fresh.phase == phase, (fresh.phase, arm.task.info())
         if phase == "approach":
             return
-        top = p0[2]
-        t_end = arm.time + 15.0
-        while not arm.task.success() and arm.time < t_end:
-            arm.step(fresh.act(), gripper=fresh.gripper)
-            if fresh.phase in ("recenter", "descend", "close"):
-                top = max(top, arm.ee_pose()[0][2])
-        assert arm.task.success(), (fresh.phase, arm.task.info())
+        top = finish_tracking_height(arm, fresh, ("recenter", "descend", "close"), 15.0)
         assert top < p0[2] + 0.005, f"climbed {100 * (top - p0[2]):.1f} cm before the grasp"
 
 
@@ -405,7 +412,9 @@ def test_expert_resynced_low_with_the_cube_not_between_the_pads_rises_clear_firs
         p0 = arm.ee_pose()[0]
         f = finger_axis_xy(arm)
         across = np.array([-f[1], f[0]])
-        arm.teleport_object(np.array([p0[0] + 0.035 * across[0], p0[1] + 0.035 * across[1], arm.task.cube()[2]]))
+        arm.teleport_object(
+            np.array([p0[0] + 0.035 * across[0], p0[1] + 0.035 * across[1], arm.task.cube()[2]])
+        )
         moved_from = arm.task.cube().copy()
         fresh = Expert(arm)
         assert fresh.phase == "recenter"
@@ -451,12 +460,7 @@ def test_expert_resynced_holding_the_cube_low_over_the_zone_places_it_from_there
         assert fresh.phase == phase, (fresh.phase, arm.task.info())
         if phase == "lift":
             return
-        top = p0[2]
-        t_end = arm.time + 10.0
-        while not arm.task.success() and arm.time < t_end:
-            arm.step(fresh.act(), gripper=fresh.gripper)
-            top = max(top, arm.ee_pose()[0][2]) if fresh.phase in ("place", "open") else top
-        assert arm.task.success(), (fresh.phase, arm.task.info())
+        top = finish_tracking_height(arm, fresh, ("place", "open"), 10.0)
         assert top < p0[2] + 0.005, f"lifted {100 * (top - p0[2]):.1f} cm before letting go"
 
 

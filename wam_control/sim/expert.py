@@ -50,10 +50,10 @@ RECENTER_RADIUS_M = 0.05
 # ...and no lower than this above the cube's top while moving sideways: the finger pads reach 8.4 mm
 # below the tool point, so they pass 6.6 mm over the cube.
 RECENTER_CLEARANCE_M = 0.015
+RECENTER_YAW_GATE = 0.1  # rad: the descent squares the fingers on the way down (the grasp squares the cube)
 # pick_place, resynced holding the cube low over the zone: place from there when the tool is this far
 # inside the region where the cube's centre counts as in the zone (per axis)
 PLACE_SLACK_M = 0.005
-RECENTER_YAW_GATE = 0.1  # rad: the descent squares the fingers on the way down (the grasp squares the cube)
 # The fingers close along this direction of the hand frame (fr3_hand_base is -45 deg about the tool axis).
 _FINGER_AXIS_HAND = np.array([math.sqrt(0.5), math.sqrt(0.5), 0.0])
 
@@ -132,10 +132,12 @@ class Expert:
         """Set the phase from what the sim shows now (reach has none; push: `_sync_phase_other`).
         pick_place: set the phase from what the sim shows now (a DAgger teacher labelling a state the
         student reached, or a restart mid-task): the cube held between closed fingers -> lift / move /
-        place by where it is (lowered inside the zone: place from there, or open once it rests); in the zone and resting -> open while the fingers touch it, then retreat /
-        done; over the cube below the hover point -> descend, or close at grasp height; well below it
-        and a few cm off -> descend when the cube lies between the open pads, else recenter (sideways
-        at that height, over the cube's top, then descend); otherwise approach. The finger setpoint starts from the one in force. Returns the phase."""
+        place by where it is (lowered inside the zone: place from there, or open once it rests); in
+        the zone and resting -> open while the fingers touch it, then retreat / done; over the cube
+        below the hover point -> descend, or close at grasp height; well below it and a few cm off ->
+        descend when the cube lies between the open pads, else recenter (sideways at that height,
+        over the cube's top, then descend); otherwise approach. No state below the hover point is
+        sent back up to it. The finger setpoint starts from the one in force. Returns the phase."""
         task = self.arm.task
         p = self.arm.ee_pose()[0]
         if task.name != "pick_place":
