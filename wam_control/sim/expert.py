@@ -136,8 +136,9 @@ class Expert:
         the zone and resting -> open while the fingers touch it, then retreat / done; over the cube
         below the hover point -> descend, or close at grasp height; well below it and a few cm off ->
         descend when the cube lies between the open pads, else recenter (sideways at that height,
-        over the cube's top, then descend); otherwise approach. No state below the hover point is
-        sent back up to it. The finger setpoint starts from the one in force. Returns the phase."""
+        over the cube's top, then descend); otherwise approach. Below the hover point and within
+        5 cm of the cube nothing goes back up to it (at most over the cube's top). The finger setpoint
+        starts from the one in force. Returns the phase."""
         task = self.arm.task
         p = self.arm.ee_pose()[0]
         if task.name != "pick_place":
