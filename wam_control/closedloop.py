@@ -476,7 +476,7 @@ class CubeObserver(Observer):
         # VISIT_XY_M of it) and the narrowest finger setpoint the sim received: a policy that stops
         # short of the grasp or never closes shows here.
         self.lowest_above = np.full(n, np.inf)
-        self.arm = arm
+        self._hand = arm if getattr(arm, "has_hand", False) else None  # where the finger setpoint is read
         self.gripper_min = np.inf
 
     def after_tick(self, tick: int, command: Any) -> bool:
@@ -490,8 +490,8 @@ class CubeObserver(Observer):
                 self.lowest_above[i] = min(self.lowest_above[i], above)
                 if self.first_visit < 0 and above <= VISIT_ABOVE_M:
                     self.first_visit = i
-        if getattr(self.arm, "has_hand", False):
-            self.gripper_min = min(self.gripper_min, float(np.min(self.arm.gripper_command())))
+        if self._hand is not None:
+            self.gripper_min = min(self.gripper_min, float(np.min(self._hand.gripper_command())))
         return False
 
     def outcome(self, prompt: str) -> dict[str, float | int | str]:

@@ -131,16 +131,16 @@ class Expert:
     def sync_phase(self) -> str:
         """Set the phase from what the sim shows now (reach has none; push: `_sync_phase_other`).
         pick_place: set the phase from what the sim shows now (a DAgger teacher labelling a state the
-        student reached, or a restart mid-task): the cube held between closed fingers -> lift / move /
-        place by where it is (lowered inside the zone: place from there, or open once it rests); in
-        the zone and resting -> open while the fingers touch it, then retreat / done; over the cube
+        student reached, or a restart mid-task): in the zone and resting -> open while the fingers
+        touch it (held or not), then retreat / done; the cube held between closed fingers -> lift /
+        move / place by where it is (lowered inside the zone: place from there); over the cube
         below the hover point -> descend, or close at grasp height; well below it and a few cm off ->
         descend when the cube lies between the open pads, else recenter (sideways at that height,
         over the cube's top, then descend); otherwise approach. Below the hover point and within
         5 cm of the cube nothing goes back up to it (at most over the cube's top). The finger setpoint
         starts from the one in force. Returns the phase."""
         task = self.arm.task
-        p = self.arm.ee_pose()[0]
+        p, rot = self.arm.ee_pose()
         if task.name != "pick_place":
             return self._sync_phase_other(p)
         cube, zone = task.cube(), task.zone()  # type: ignore[attr-defined]
@@ -153,17 +153,22 @@ class Expert:
         held = (
             np.linalg.norm(cube - p) < 0.03 and half - 0.006 < fingers < half + 0.004 and task.touching()  # type: ignore[attr-defined]
         )
+        if task.in_zone() and task.resting():  # type: ignore[attr-defined]
+            # placed (held or not): fingers still on it -> let go; clear of it -> up and wait
+            self._grip_target = GRIPPER_OPEN
+            if task.touching():  # type: ignore[attr-defined]
+                self.phase = "open"
+            else:
+                self.phase = "done" if p[2] > z_carry - 0.01 else "retreat"
+            return self.phase
         if held:
             self._grip_target = 0.0  # carrying squeezes, whatever setpoint the student had
             # Lowered inside the zone (with room to spare), "lift" would label the way back up to the
             # carry height and over the centre: the "back up" that stalled the students over the cube,
-            # now over the zone. Place from there instead (the descent re-centres), or let go if down.
+            # now over the zone. Place from there instead (the descent re-centres).
             room = task.zone_half - task.zone_margin - PLACE_SLACK_M  # type: ignore[attr-defined]
             inside = bool(np.all(np.abs(p[:2] - zone[:2]) <= room))
-            if inside and task.in_zone() and task.resting():  # type: ignore[attr-defined]
-                self.phase = "open"
-                self._grip_target = GRIPPER_OPEN
-            elif np.linalg.norm(p[:2] - zone[:2]) < 0.006 or (inside and p[2] < z_carry - 0.01):
+            if np.linalg.norm(p[:2] - zone[:2]) < 0.006 or (inside and p[2] < z_carry - 0.01):
                 self.phase = "place"
             elif p[2] > z_carry - 0.01:
                 self.phase = "move"
@@ -171,13 +176,6 @@ class Expert:
                 self.phase = "lift"
             return self.phase
         self._grip_target = GRIPPER_OPEN
-        if task.in_zone() and task.resting():  # type: ignore[attr-defined]
-            # placed: fingers still on it -> let go; clear of it -> up and wait
-            if task.touching():  # type: ignore[attr-defined]
-                self.phase = "open"
-            else:
-                self.phase = "done" if p[2] > z_carry - 0.01 else "retreat"
-            return self.phase
         # Not held. Over the cube and below the hover point is the descent (or, at grasp height, the
         # grasp) under way: carry on with it. Reading every un-held state as "approach" sent each
         # chunk back up to the hover point with open fingers, so a teacher that resyncs every chunk
@@ -196,7 +194,7 @@ class Expert:
             # where it averages them (the fifth run's stalls, models/MODEL_CARD.md). With the cube
             # between the open pads the straight line to the grasp point is clear: descend along it.
             # Otherwise re-centre first (over the cube's top when low), then descend.
-            between = self._cube_between_pads(p, self.arm.ee_pose()[1], fingers)
+            between = self._cube_between_pads(p, rot, fingers)
             self.phase = "descend" if between else "recenter"
         else:
             self.phase = "approach"
