@@ -220,6 +220,29 @@ def test_expert_grasps_lifts_holds_and_places() -> None:
         assert not arm.task.touching() and np.all(arm.gripper_state()[1] > arm.task.cube_half)
 
 
+def test_expert_with_a_place_spread_puts_the_cube_down_at_its_drawn_point() -> None:
+    """`place_spread_m`: the place point is drawn per episode seed within the spread of the zone's
+    centre (the same seed, the same point), and the cube is put down there, not at the centre."""
+    with SimArm(task="pick_place", seed=300, cameras=()) as arm:
+        expert = Expert(arm, place_spread_m=0.02)
+        points = {}
+        for seed in (301, 300):
+            arm.reset(seed)
+            expert.reset()
+            points[seed] = expert._place_off.copy()
+        assert np.all(np.abs(points[300]) <= 0.02) and np.linalg.norm(points[300] - points[301]) > 0.005
+        assert np.linalg.norm(points[300]) > 0.015  # this seed's point is well off the centre
+        ok, t = run_expert_episode(arm, expert, 300)
+        assert ok, (t, arm.task.info())
+        placed = arm.task.cube()[:2] - arm.task.zone()[:2]
+        assert np.linalg.norm(placed - points[300]) < 0.004, (placed, points[300])
+        arm.reset(300)
+        expert.reset()
+        assert np.array_equal(expert._place_off, points[300])
+    with pytest.raises(ValueError, match="place_spread_m"):
+        Expert(arm, place_spread_m=-0.01)
+
+
 @pytest.mark.parametrize(("task", "seed"), [("pick_place", 7), ("push", 1)])
 def test_expert_solves_in_the_hand_scene(task: str, seed: int) -> None:
     with SimArm(task=task, seed=seed, cameras=(), hand=True) as arm:
@@ -237,13 +260,15 @@ def test_record_pick_place_bag_has_fingers_gripper_commands_and_prompt(tmp_path:
     try:
         rc = main(
             ["--task", "pick_place", "--episodes", "1", "--seed", "7", "--out", str(tmp_path),
-             "--cameras", "scene", "--image-hw", "24", "24", "--camera-hz", "5"]
+             "--cameras", "scene", "--image-hw", "24", "24", "--camera-hz", "5", "--place-spread", "0.02"]
         )  # fmt: skip
     except RenderUnavailableError as exc:
         pytest.skip(f"no offscreen GL backend: {exc}")
     assert rc == 0
     demo = read_bag(tmp_path / "pick_place_seed7")
     assert demo.metadata["success"] == "true"
+    # a spread expert's bags name it as their controller (the training data's `source`)
+    assert demo.metadata["controller"] == "scripted_expert_spread" and demo.metadata["place_spread_m"] == "0.02"
     assert demo.joint_names == JOINT_NAMES + FINGER_NAMES and demo.joint_q.shape[1] == 9
     assert demo.command_names == JOINT_NAMES and demo.command_q.shape[1] == 7
     assert demo.gripper_names == FINGER_NAMES and demo.gripper_q.shape == (len(demo.command_t), 2)
@@ -256,6 +281,8 @@ def test_record_pick_place_bag_has_fingers_gripper_commands_and_prompt(tmp_path:
     assert prompt == demo.metadata["prompt"] and any(f"{c} " in prompt for c in CUBE_COLOURS)
     # the fingers measured in /joint_states close on the 4 cm cube while carrying it
     assert np.min(demo.joint_q[:, 7]) == pytest.approx(0.02, abs=0.002)
+    with pytest.raises(SystemExit):  # a place spread is for pick_place only
+        main(["--task", "push", "--episodes", "1", "--out", str(tmp_path), "--place-spread", "0.02"])
 
 
 def test_expert_resyncs_mid_task_and_recovers_a_dropped_cube() -> None:
@@ -462,6 +489,30 @@ def test_expert_resynced_holding_the_cube_low_over_the_zone_places_it_from_there
             return
         top = finish_tracking_height(arm, fresh, ("place", "open"), 10.0)
         assert top < p0[2] + 0.005, f"lifted {100 * (top - p0[2]):.1f} cm before letting go"
+
+
+@pytest.mark.parametrize(("spread_m", "phase"), [(0.02, "place"), (0.0, "move")])
+def test_expert_resynced_holding_the_cube_high_within_the_place_spread_puts_it_down_there(
+    spread_m: float, phase: str
+) -> None:
+    """Carried to 1.5 cm off the zone's centre at the carry height: with a place spread the resynced
+    expert puts the cube down straight below (what its demonstrations show); without, it moves over
+    the centre first."""
+    with SimArm(task="pick_place", seed=4, cameras=()) as arm:
+        expert = Expert(arm)
+        arm.reset(4)
+        expert.reset()
+        while expert.phase != "place":
+            arm.step(expert.act(), gripper=expert.gripper)
+            assert arm.time < 12.0, f"stuck in {expert.phase}"
+        arm.data.mocap_pos[arm.task._zone, :2] += (0.012, -0.009)
+        cube0 = arm.task.cube()
+        fresh = Expert(arm, place_spread_m=spread_m)
+        assert fresh.phase == phase, (fresh.phase, arm.task.info())
+        if phase == "move":
+            return
+        finish_tracking_height(arm, fresh, ("place",), 10.0)
+        assert np.linalg.norm(arm.task.cube()[:2] - cube0[:2]) < 0.003, "moved sideways before setting down"
 
 
 def test_following_the_lookahead_labels_completes_a_pick_place() -> None:

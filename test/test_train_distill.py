@@ -206,4 +206,8 @@ def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path, capsys: 
     assert "no episode will have source ['dagger']" in capsys.readouterr().err
     assert main(base + ["--dagger-source", "relabelled"]) == 2  # keyframe targets skip DAgger by the prefix
     assert "--dagger-source 'relabelled'" in capsys.readouterr().err
+    # the place spread is the scripted teacher's, and a distance
+    assert main(base + ["--place-spread", "-0.01"]) == 2
+    assert main([*base[:1], str(init), *base[2:], "--place-spread", "0.02"]) == 2  # a model teacher
+    assert capsys.readouterr().err.count("--place-spread") == 2
     assert not (tmp_path / "s" / "dagger.npz").exists()

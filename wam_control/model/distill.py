@@ -109,6 +109,7 @@ class CollectSetup:
     prefix_choices: tuple[int, ...] = ()  # per episode, by seed; () -> rollout.prefix_len
     counterfactual_s: float = 0.0  # pick_place: also label the first seconds for the other cubes (0: off)
     source: str = "dagger"  # the episodes' `source` (their counterfactual copies: <source>_counterfactual)
+    place_spread_m: float = 0.0  # pick_place: the expert teacher's place spread (Expert.place_spread_m)
 
 
 def make_arm(task: str, cfg: Any, seed: int) -> Any:
@@ -123,13 +124,15 @@ def make_arm(task: str, cfg: Any, seed: int) -> Any:
     )
 
 
-def make_labeler(arm: Any, task: str, teacher: Any | None, cfg: Any, label_dt: float) -> Any:
+def make_labeler(
+    arm: Any, task: str, teacher: Any | None, cfg: Any, label_dt: float, place_spread_m: float = 0.0
+) -> Any:
     """The teacher for rollouts on `arm`: a teacher model if given, else the scripted expert (through
     the physics for a gripper model or pick_place, in imagination for an arm-only reach/push)."""
     if teacher is not None:
         return teacher
     if cfg.extra_dofs or task == "pick_place":
-        return LookaheadLabeler(arm, cfg.horizon, cfg.action_dt)
+        return LookaheadLabeler(arm, cfg.horizon, cfg.action_dt, place_spread_m)
     return ExpertLabeler(arm, cfg.horizon, cfg.action_dt, label_dt)
 
 
@@ -204,7 +207,7 @@ def _worker_init(student: str, setup: CollectSetup) -> None:
 
         encoder = PromptEncoder(model.tokenizer_json, cfg.max_instruction_tokens).encode
         setup = replace(setup, rollout=replace(setup.rollout, prompt_encoder=encoder))
-    labeler = make_labeler(arm, setup.task, teacher, cfg, setup.label_dt)
+    labeler = make_labeler(arm, setup.task, teacher, cfg, setup.label_dt, setup.place_spread_m)
     _WORKER.update(
         arm=arm,
         policy=TorchPolicy(model),
@@ -325,6 +328,14 @@ def main(argv: list[str] | None = None) -> int:
         "a corrected teacher's labels can then be told from an earlier one's (--source-share dagger=0)",
     )
     ap.add_argument(
+        "--place-spread",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="pick_place, expert teacher: place the cube straight down when it is carried within M of "
+        "the zone's centre per axis (as demonstrations recorded with record --place-spread M do)",
+    )
+    ap.add_argument(
         "--task",
         default="reach",
         help="the student's rollouts: reach, push, pick_place, or several comma-separated (each "
@@ -440,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"wam-control distill: {exc}", file=sys.stderr)
             return 2
+    if args.place_spread < 0 or (args.place_spread and args.teacher != "expert"):
+        print(f"wam-control distill: --place-spread {args.place_spread}: expected >= 0 m, and only with "
+              "--teacher expert", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         teacher, teacher_desc = load_teacher(args.teacher, cfg.horizon, cfg.num_joints)
     except (FileNotFoundError, ValueError) as exc:
@@ -451,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     labelers: dict[str, Any] = {}
     for task in tasks:
         arms[task] = make_arm(task, cfg, args.seed_start)
-        labelers[task] = make_labeler(arms[task], task, teacher, cfg, args.label_dt)
+        labelers[task] = make_labeler(arms[task], task, teacher, cfg, args.label_dt, args.place_spread)
     arm = arms[tasks[0]]
     prompt_encoder = None
     if cfg.has_instruction:
@@ -482,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             prefix_choices=tuple(min(v, cfg.max_prefix) for v in prefix_choices),
             counterfactual_s=args.counterfactual_prompts_s if task == "pick_place" else 0.0,
             source=args.dagger_source,
+            place_spread_m=args.place_spread,
         )
         for task in tasks
     }

@@ -177,7 +177,7 @@ class LookaheadLabeler:
 
     gripper = True
 
-    def __init__(self, arm: Any, horizon: int, action_dt: float) -> None:
+    def __init__(self, arm: Any, horizon: int, action_dt: float, place_spread_m: float = 0.0) -> None:
         import mujoco
 
         from wam_control.sim.expert import Expert
@@ -186,7 +186,7 @@ class LookaheadLabeler:
             raise ValueError("LookaheadLabeler: the arm has no hand")
         self._mujoco = mujoco
         self.arm = arm
-        self.expert = Expert(arm)
+        self.expert = Expert(arm, place_spread_m=place_spread_m)
         self.horizon = horizon
         ticks = action_dt * arm.control_hz
         self.per_step = round(ticks)

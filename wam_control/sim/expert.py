@@ -54,6 +54,9 @@ RECENTER_YAW_GATE = 0.1  # rad: the descent squares the fingers on the way down 
 # pick_place, resynced holding the cube low over the zone: place from there when the tool is this far
 # inside the region where the cube's centre counts as in the zone (per axis)
 PLACE_SLACK_M = 0.005
+# pick_place with `place_spread_m` > 0: the place point's offset from the zone's centre is drawn per
+# episode from this stream of the episode's seed (the task's own draws use the seed itself).
+_PLACE_SEED_OFFSET = 7_919
 # The fingers close along this direction of the hand frame (fr3_hand_base is -45 deg about the tool axis).
 _FINGER_AXIS_HAND = np.array([math.sqrt(0.5), math.sqrt(0.5), 0.0])
 
@@ -78,8 +81,17 @@ class Expert:
         a_max: float = DEFAULT_A_MAX,
         j_max: float = DEFAULT_J_MAX,
         damping: float = 0.05,
+        place_spread_m: float = 0.0,
     ) -> None:
+        """`place_spread_m` (pick_place): put the cube down at a point drawn per episode (seeded by the
+        arm's episode seed) up to this far from the zone's centre per axis, instead of at the centre,
+        so demonstrations show the release wherever it still counts as in the zone; the resync then
+        places straight down from anywhere within that spread."""
         self.arm = arm
+        if place_spread_m < 0.0:
+            raise ValueError(f"Expert: place_spread_m must be >= 0, got {place_spread_m}")
+        self.place_spread_m = float(place_spread_m)
+        self._place_off = np.zeros(2)  # pick_place: the place point, from the zone's centre
         self.model = arm.model
         self._kin = mujoco.MjData(arm.model)
         self._site = arm.model.site("ee").id
@@ -127,6 +139,12 @@ class Expert:
         if self.arm.task.name == "pick_place":
             self.sync_phase()
 
+    def _place_offset(self) -> np.ndarray:
+        if self.place_spread_m == 0.0:
+            return np.zeros(2)
+        rng = np.random.default_rng([self.arm.seed, _PLACE_SEED_OFFSET])
+        return rng.uniform(-self.place_spread_m, self.place_spread_m, 2)
+
     # ------------------------------------------------------------------ planner state
     def sync_phase(self) -> str:
         """Set the phase from what the sim shows now (reach has none; push: `_sync_phase_other`).
@@ -144,6 +162,7 @@ class Expert:
         if task.name != "pick_place":
             return self._sync_phase_other(p)
         cube, zone = task.cube(), task.zone()  # type: ignore[attr-defined]
+        self._place_off = self._place_offset()
         half = task.cube_half  # type: ignore[attr-defined]
         fingers = float(np.mean(self.arm.gripper_state()[1]))
         self.gripper = float(np.mean(self.arm.gripper_command()))
@@ -166,9 +185,13 @@ class Expert:
             # Lowered inside the zone (with room to spare), "lift" would label the way back up to the
             # carry height and over the centre: the "back up" that stalled the students over the cube,
             # now over the zone. Place from there instead (the descent re-centres).
+            # The place point: here when within the spread of the zone's centre (the centre itself
+            # without a spread), else the nearest point of that square.
+            spread = self.place_spread_m
+            self._place_off = np.clip(p[:2] - zone[:2], -spread, spread)
             room = task.zone_half - task.zone_margin - PLACE_SLACK_M  # type: ignore[attr-defined]
             inside = bool(np.all(np.abs(p[:2] - zone[:2]) <= room))
-            if np.linalg.norm(p[:2] - zone[:2]) < 0.006 or (inside and p[2] < z_carry - 0.01):
+            if np.linalg.norm(p[:2] - zone[:2] - self._place_off) < 0.006 or (inside and p[2] < z_carry - 0.01):
                 self.phase = "place"
             elif p[2] > z_carry - 0.01:
                 self.phase = "move"
@@ -385,15 +408,16 @@ class Expert:
             if p[2] > z_carry - 0.01:
                 self._set_phase("move")
             return np.array([self._hold[0], self._hold[1], z_carry]), 0.15, 0.0
+        place = zone[:2] + self._place_off
         if self.phase == "move":
-            if np.linalg.norm(p[:2] - zone[:2]) < 0.006:
+            if np.linalg.norm(p[:2] - place) < 0.006:
                 self._set_phase("place")
-            return np.array([zone[0], zone[1], z_carry]), 0.25, 0.0
+            return np.array([place[0], place[1], z_carry]), 0.25, 0.0
         if self.phase == "place":
             z_place = half + 0.002
             if p[2] < z_place + 0.004:
                 self._set_phase("open")
-            return np.array([zone[0], zone[1], z_place]), 0.08, 0.0
+            return np.array([place[0], place[1], z_place]), 0.08, 0.0
         if self.phase == "open":
             self._grip_target = GRIPPER_OPEN
             if self.gripper >= GRIPPER_OPEN - 1e-6 and self._phase_t > 0.3:

@@ -101,11 +101,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="reach/push in the scene with the gripper (pick_place always has it)",
     )
+    ap.add_argument(
+        "--place-spread",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="pick_place: the expert puts the cube down up to M from the zone's centre per axis (drawn per "
+        "episode) instead of at it; the bags' controller is then scripted_expert_spread",
+    )
     ap.add_argument("--keep-failures", action="store_true", help="keep bags of episodes the expert failed")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
     cameras = tuple(c for c in args.cameras.split(",") if c)
+    if args.place_spread and args.task != "pick_place":
+        ap.error(f"--place-spread is for task pick_place, not {args.task!r}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     arm = SimArm(
@@ -117,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         cameras=cameras,
         hand=True if args.hand else None,
     )
-    expert = Expert(arm)
+    expert = Expert(arm, place_spread_m=args.place_spread)
+    # the controller names the data's source (train --source-share): a spread expert is told apart
+    controller = "scripted_expert_spread" if args.place_spread else "scripted_expert"
     kept = successes = 0
     start = time.perf_counter()
     try:
@@ -132,13 +144,15 @@ def main(argv: list[str] | None = None) -> int:
             meta = {
                 "task": args.task,
                 "seed": str(seed),
-                "controller": "scripted_expert",
+                "controller": controller,
                 "control_hz": str(arm.control_hz),
                 "camera_hz": str(arm.camera_hz),
                 "cameras": ",".join(cameras),
                 "prompt": arm.task.prompt,
                 "hand": str(arm.has_hand).lower(),
             }
+            if args.place_spread:
+                meta["place_spread_m"] = str(args.place_spread)
             with BagRecorder(
                 path,
                 arm.joint_names,
