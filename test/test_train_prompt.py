@@ -141,6 +141,43 @@ def test_training_reads_each_episodes_prompt_and_learns_the_gripper(tmp_path: Pa
     assert after < 0.5 * before
 
 
+def test_the_gripper_weight_scales_the_gripper_columns_part_of_the_action_loss(tmp_path: Path) -> None:
+    """Weight W on the gripper column: the action loss is (arm + W * gripper) / (7 + W) of the per-column
+    squared errors (W = 1: the plain mean), and training at W = 20 fits the gripper closer than at 1."""
+    write_hand_bag(tmp_path / "b", "put the red cube on the yellow square", close_at=0.3)
+    frames, arr, info = episode_from_bag(tmp_path / "b", hand_spec())
+    from wam_control.model.data import DatasetBuilder
+
+    builder = DatasetBuilder()
+    builder.add(frames, arr, info)
+    ds = builder.build()
+    idx = np.arange(len(ds))
+    plen = np.zeros(len(ds), np.int64)
+    losses, fits = {}, {}
+    for w in (1.0, 20.0):
+        model = build_model(small_config(), seed=0)
+        model.tokenizer_json = build_tokenizer(task_prompts())
+        mean, std, scale = normalization_from(ds, 7)
+        model.set_normalization(torch.from_numpy(mean), torch.from_numpy(std), torch.from_numpy(scale))
+        cfg = TrainConfig(steps=120, batch_size=32, lr=3e-3, warmup_steps=10, gripper_weight=w)
+        trainer = Trainer(model, ds, idx, cfg)
+        model.eval()
+        with torch.no_grad():
+            losses[w] = float(trainer.losses(idx, plen, None)[1]["action"])
+            out = model.forward_train(*trainer._obs(idx), torch.from_numpy(ds.actions[idx]),
+                                      torch.from_numpy(plen), trainer._tokens(idx))  # fmt: skip
+            state = torch.from_numpy(ds.state[idx])
+            err = (out.residual - (torch.from_numpy(ds.actions[idx]) - state[:, None]) / model.residual_scale) ** 2
+            per_col = err.mean(dim=(0, 1))
+        assert losses[w] == pytest.approx(float((per_col[:7].sum() + w * per_col[7]) / (7 + w)), rel=1e-4)
+        for _ in range(120):
+            trainer.step()
+        fits[w] = trainer.evaluate(idx)["extra_dof_rmse"]
+    assert fits[20.0] < 0.8 * fits[1.0], fits
+    with pytest.raises(ValueError, match="gripper weight"):
+        Trainer(model, ds, idx, TrainConfig(gripper_weight=0.0))
+
+
 def test_exported_prompt_model_matches_torch_and_the_runtime_tokenizer(tmp_path: Path) -> None:
     from wam_control.model.export import export_onnx
     from wam_control.policy.contract import read_contract, tokenizer_path

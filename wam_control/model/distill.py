@@ -597,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                 keyframe_weight=args.keyframe_weight,
                 keyframe_warmup_steps=args.keyframe_warmup_steps,
                 colour_swap=args.augment_colour_swap,
+                gripper_weight=args.gripper_weight,
             )
             t1 = time.perf_counter()
             res = fit(

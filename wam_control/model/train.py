@@ -96,6 +96,9 @@ class TrainConfig:
     # for this many steps: its random early gradients would otherwise reshape a trained encoder.
     keyframe_warmup_steps: int = 200
     colour_swap: float = 0.0  # share of pick_place samples with the cubes' colours permuted (model/augment.py)
+    # Weight of the extra DOFs' action columns (the gripper setpoint) against each arm joint's: its
+    # switch (close, open) is one column of eight and was learned late and blurred at weight 1.
+    gripper_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,6 +314,11 @@ class Trainer:
             p.requires_grad_(False)
         # The keyframe head is a training aid on the latent: it is not part of the model (nor its ONNX).
         na = len(model.config.joint_names)
+        if cfg.gripper_weight <= 0:
+            raise ValueError(f"gripper weight must be > 0, got {cfg.gripper_weight}")
+        n_act = na + len(model.config.extra_dofs)
+        self.column_weights = torch.ones(n_act, device=self.device)
+        self.column_weights[na:] = cfg.gripper_weight
         self.keyframe_head: nn.Module | None = None
         self.keyframe: tuple[np.ndarray, np.ndarray] | None = None
         if cfg.keyframe_weight > 0:
@@ -390,9 +398,8 @@ class Trainer:
         out = m.forward_train(images, state, actions, plen_t, tokens)
         target_res = (actions - state.unsqueeze(1)) / m.residual_scale
         free = (~out.prefix_mask).unsqueeze(-1).float()
-        act_loss = ((out.residual - target_res) ** 2 * free).sum() / (
-            free.sum() * actions.shape[-1]
-        ).clamp_min(1)
+        w = self.column_weights  # all ones: the plain mean over the free steps' columns
+        act_loss = ((out.residual - target_res) ** 2 * free * w).sum() / (free.sum() * w.sum()).clamp_min(1)
 
         pred = m.predict_latents(out.latent, state, executed)  # [B,K,C]
         rows = np.arange(len(idx))
@@ -741,6 +748,12 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
         "detached latent before its loss reaches the encoder",
     )
     ap.add_argument(
+        "--gripper-weight",
+        type=float,
+        default=1.0,
+        help="weight of the gripper setpoint's action column against each arm joint's (default 1)",
+    )
+    ap.add_argument(
         "--augment-colour-swap",
         type=float,
         default=0.0,
@@ -877,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         keyframe_weight=args.keyframe_weight,
         keyframe_warmup_steps=args.keyframe_warmup_steps,
         colour_swap=args.augment_colour_swap,
+        gripper_weight=args.gripper_weight,
     )
     heads = load_training_heads(args.init) if args.init and not args.resume else None
     print(
