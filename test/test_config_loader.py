@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -341,3 +342,42 @@ def test_files_named_in_the_config_resolve_against_its_folder(tmp_path) -> None:
     # Not there yet: still placed beside the config, where the error message will point.
     assert Path(config.imagination.decoder) == folder / "stats" / "decoder.onnx"
     assert Path(config.inference.model) == folder / "m.onnx"
+
+
+def _with_gripper(**dof: object) -> dict:
+    """_plain() plus a gripper extra DOF on joint 'finger' (stroke 0-0.04 m)."""
+    data = _plain()
+    data["joint_limits"]["finger"] = {**data["joint_limits"]["j1"], "min_position": 0.0, "max_position": 0.04}
+    data["extra_dofs"] = {"gripper": {"joint": "finger", "command_topic": "/gripper/commands", **dof}}
+    return data
+
+
+@pytest.mark.parametrize(
+    ("dof", "finger_range"),
+    [
+        ({}, (0.004, 0.036)),  # the arm's rule: safety.position_margin, at most 10 % of the range
+        ({"position_margin": None}, (0.004, 0.036)),
+        ({"position_margin": 0.0}, (0.0, 0.04)),  # a gripper: closed and fully open are commands
+        ({"position_margin": 0.002}, (0.002, 0.038)),
+    ],
+)
+def test_an_extra_dof_keeps_its_own_position_margin(dof: dict, finger_range: tuple[float, float]) -> None:
+    cfg = config_from_dict(_with_gripper(**dof), source="deploy.yaml")
+    la = dataclasses.replace(cfg, joints=("j1", "j2", "finger")).limit_arrays()  # as the controller does
+    assert (la.q_min[2], la.q_max[2]) == pytest.approx(finger_range)
+    np.testing.assert_allclose(la.q_max[:2], [1.0 - cfg.safety.position_margin] * 2)  # the arm's unchanged
+
+
+@pytest.mark.parametrize(("margin", "words"), [(-0.001, ">= 0"), (0.02, "under half"), ("none", "expected a number")])
+def test_an_extra_dofs_bad_position_margin_is_named(margin: object, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(_with_gripper(position_margin=margin), source="deploy.yaml")
+    assert info.value.key == "extra_dofs.gripper.position_margin" and words in str(info.value)
+
+
+def test_the_hand_presets_gripper_commands_its_whole_stroke() -> None:
+    cfg = load_config(preset_path("fr3_hand"))
+    finger = cfg.extra_joint("gripper")
+    la = dataclasses.replace(cfg, joints=(*cfg.joints, finger)).limit_arrays()
+    assert (la.q_min[-1], la.q_max[-1]) == (0.0, 0.04)
+    assert la.q_max[0] == pytest.approx(cfg.joint_limits["fr3_joint1"].max_position - cfg.safety.position_margin)

@@ -213,6 +213,10 @@ def _coerce(hint: Any, raw: Any, key: str, source: str) -> Any:
         if raw not in choices:
             raise ConfigError(source, key, f"expected one of {', '.join(map(repr, choices))}, got {raw!r}")
         return raw
+    if hint is type(None):  # the `~` of an optional key
+        if raw is not None:
+            raise ConfigError(source, key, f"expected ~ (nothing), got {raw!r}")
+        return None
     if hint is bool:
         if not isinstance(raw, bool):
             raise ConfigError(source, key, f"expected true or false, got {raw!r}")
@@ -353,7 +357,17 @@ def _validate(config: RobotConfig, limits_source: str) -> None:
                 f"missing limits for extra DOF '{name}' (joint '{joint}'): it goes through the safety "
                 "filter like an arm joint",
             )
-        _validate_joint(config.joint_limits[joint], f"joint_limits.{joint}", limits_source)
+        jl = config.joint_limits[joint]
+        _validate_joint(jl, f"joint_limits.{joint}", limits_source)
+        margin = dof.position_margin
+        half_range = 0.5 * (jl.max_position - jl.min_position) if jl.has_position_limits else math.inf
+        if margin is not None and not 0 <= margin < half_range:
+            raise ConfigError(
+                src,
+                f"extra_dofs.{name}.position_margin",
+                f"expected >= 0 and under half of joint '{joint}''s range "
+                f"[{jl.min_position}, {jl.max_position}], got {margin}",
+            )
 
 
 def _validate_joint(jl: JointLimits, key: str, source: str) -> None:

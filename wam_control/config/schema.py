@@ -261,6 +261,11 @@ class ExtraDofConfig:
     command_joints: tuple[str, ...] = ()
     """Joint names in the JointTrajectory / number of values in the Float64MultiArray; empty: [joint]
     (a parallel gripper's mimic finger gets the same value when listed twice, e.g. both finger joints)."""
+    position_margin: float | None = None
+    """How far inside its position limits the safety filter keeps it (m or rad); ~ (the default):
+    safety.position_margin, at most 10 % of the range, as for an arm joint. A gripper's stroke ends are
+    ordinary commands (closed on an object, fully open), not hard stops to keep clear of: with the arm's
+    rule its 0 and 40 mm setpoints were clamped to 4 and 36 mm, an intervention every tick."""
 
 
 @dataclass(frozen=True)
@@ -332,13 +337,23 @@ class RobotConfig:
         def column(fn) -> np.ndarray:  # type: ignore[no-untyped-def]
             return np.array([fn(self.joint_limits[j]) for j in self.joints], dtype=np.float64)
 
-        def margin(jl: JointLimits) -> float:
-            return min(self.safety.position_margin, 0.1 * (jl.max_position - jl.min_position))
-
+        own_margin = {
+            self.extra_joint(n): d.position_margin
+            for n, d in self.extra_dofs.items()
+            if d.position_margin is not None
+        }
+        margins = np.array(
+            [
+                own_margin.get(j, min(self.safety.position_margin, 0.1 * (jl.max_position - jl.min_position)))
+                for j, jl in ((j, self.joint_limits[j]) for j in self.joints)
+            ]
+        )
+        q_min = column(lambda jl: jl.min_position if jl.has_position_limits else -math.inf) + margins
+        q_max = column(lambda jl: jl.max_position if jl.has_position_limits else math.inf) - margins
         scale = self.safety.velocity_scale
         return LimitArrays(
-            q_min=column(lambda jl: jl.min_position + margin(jl) if jl.has_position_limits else -math.inf),
-            q_max=column(lambda jl: jl.max_position - margin(jl) if jl.has_position_limits else math.inf),
+            q_min=q_min,
+            q_max=q_max,
             v_max=column(lambda jl: jl.max_velocity * scale if jl.has_velocity_limits else math.inf),
             a_max=column(lambda jl: jl.max_acceleration if jl.has_acceleration_limits else math.inf),
             d_max=column(lambda jl: jl.deceleration if jl.has_acceleration_limits else math.inf),
