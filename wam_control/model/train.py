@@ -96,8 +96,8 @@ class TrainConfig:
     # for this many steps: its random early gradients would otherwise reshape a trained encoder.
     keyframe_warmup_steps: int = 200
     colour_swap: float = 0.0  # share of pick_place samples with the cubes' colours permuted (model/augment.py)
-    # Weight of the extra DOFs' action columns (the gripper setpoint) against each arm joint's: its
-    # switch (close, open) is one column of eight and was learned late and blurred at weight 1.
+    # Weight of the extra DOFs' action columns (the gripper setpoint) against each arm joint's: at 1 the
+    # gripper's switch (close, open) is one column of eight (models/MODEL_CARD.md, "Seventh run").
     gripper_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
