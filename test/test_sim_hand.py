@@ -239,8 +239,34 @@ def test_expert_with_a_place_spread_puts_the_cube_down_at_its_drawn_point() -> N
         arm.reset(300)
         expert.reset()
         assert np.array_equal(expert._place_off, points[300])
-    with pytest.raises(ValueError, match="place_spread_m"):
-        Expert(arm, place_spread_m=-0.01)
+    for bad in ({"place_spread_m": -0.01}, {"descent_miss_m": -0.01}):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            Expert(arm, **bad)
+
+
+def test_expert_with_a_descent_miss_comes_down_beside_the_cube_and_grasps_from_there() -> None:
+    """`descent_miss_m`: the first descent ends at the cube's height, half to all of the miss beside it,
+    then the expert goes across to the grasp point between the open pads (the cube is not pushed) and
+    completes the task: the recovery that students hovering beside the cube need, demonstrated."""
+    with SimArm(task="pick_place", seed=300, cameras=()) as arm:
+        expert = Expert(arm, descent_miss_m=0.04)
+        arm.reset(300)
+        expert.reset()
+        start = arm.task.cube().copy()
+        phases, beside, pushed = ["approach"], None, 0.0
+        while not arm.task.success() and arm.time < 25.0:
+            arm.step(expert.act(), gripper=expert.gripper)
+            if expert.phase != phases[-1]:
+                phases.append(expert.phase)
+            if expert.phase == "miss":
+                p, cube = arm.ee_pose()[0], arm.task.cube()
+                beside = (np.linalg.norm(p[:2] - cube[:2]), p[2] - cube[2])
+            if expert.phase in ("miss", "descend"):
+                pushed = max(pushed, float(np.linalg.norm(arm.task.cube()[:2] - start[:2])))
+        assert arm.task.success(), (expert.phase, arm.task.info())
+        assert phases[:4] == ["approach", "miss", "descend", "close"], phases
+        assert beside is not None and 0.02 - 0.005 < beside[0] < 0.045 and abs(beside[1]) < 0.01, beside
+        assert pushed < 0.003, f"the cube moved {1000 * pushed:.1f} mm before the grasp"
 
 
 @pytest.mark.parametrize(("task", "seed"), [("pick_place", 7), ("push", 1)])
@@ -260,15 +286,17 @@ def test_record_pick_place_bag_has_fingers_gripper_commands_and_prompt(tmp_path:
     try:
         rc = main(
             ["--task", "pick_place", "--episodes", "1", "--seed", "7", "--out", str(tmp_path),
-             "--cameras", "scene", "--image-hw", "24", "24", "--camera-hz", "5", "--place-spread", "0.02"]
+             "--cameras", "scene", "--image-hw", "24", "24", "--camera-hz", "5", "--place-spread", "0.02",
+             "--descent-miss", "0.04"]
         )  # fmt: skip
     except RenderUnavailableError as exc:
         pytest.skip(f"no offscreen GL backend: {exc}")
     assert rc == 0
     demo = read_bag(tmp_path / "pick_place_seed7")
     assert demo.metadata["success"] == "true"
-    # a spread expert's bags name it as their controller (the training data's `source`)
-    assert demo.metadata["controller"] == "scripted_expert_spread" and demo.metadata["place_spread_m"] == "0.02"
+    # an expert variant's bags name it as their controller (the training data's `source`)
+    assert demo.metadata["controller"] == "scripted_expert_spread_miss"
+    assert demo.metadata["place_spread_m"] == "0.02" and demo.metadata["descent_miss_m"] == "0.04"
     assert demo.joint_names == JOINT_NAMES + FINGER_NAMES and demo.joint_q.shape[1] == 9
     assert demo.command_names == JOINT_NAMES and demo.command_q.shape[1] == 7
     assert demo.gripper_names == FINGER_NAMES and demo.gripper_q.shape == (len(demo.command_t), 2)
@@ -281,8 +309,9 @@ def test_record_pick_place_bag_has_fingers_gripper_commands_and_prompt(tmp_path:
     assert prompt == demo.metadata["prompt"] and any(f"{c} " in prompt for c in CUBE_COLOURS)
     # the fingers measured in /joint_states close on the 4 cm cube while carrying it
     assert np.min(demo.joint_q[:, 7]) == pytest.approx(0.02, abs=0.002)
-    with pytest.raises(SystemExit):  # a place spread is for pick_place only
-        main(["--task", "push", "--episodes", "1", "--out", str(tmp_path), "--place-spread", "0.02"])
+    for option in ("--place-spread", "--descent-miss"):  # pick_place only
+        with pytest.raises(SystemExit):
+            main(["--task", "push", "--episodes", "1", "--out", str(tmp_path), option, "0.02"])
 
 
 def test_expert_resyncs_mid_task_and_recovers_a_dropped_cube() -> None:

@@ -57,6 +57,7 @@ PLACE_SLACK_M = 0.005
 # pick_place with `place_spread_m` > 0: the place point's offset from the zone's centre is drawn per
 # episode from this stream of the episode's seed (the task's own draws use the seed itself).
 _PLACE_SEED_OFFSET = 7_919
+_MISS_SEED_OFFSET = 7_927  # the same for `descent_miss_m`'s draw
 # The fingers close along this direction of the hand frame (fr3_hand_base is -45 deg about the tool axis).
 _FINGER_AXIS_HAND = np.array([math.sqrt(0.5), math.sqrt(0.5), 0.0])
 
@@ -82,15 +83,24 @@ class Expert:
         j_max: float = DEFAULT_J_MAX,
         damping: float = 0.05,
         place_spread_m: float = 0.0,
+        descent_miss_m: float = 0.0,
     ) -> None:
         """`place_spread_m` (pick_place): put the cube down at a point drawn per episode (seeded by the
         arm's episode seed) up to this far from the zone's centre per axis, instead of at the centre,
         so demonstrations show the release wherever it still counts as in the zone; the resync then
-        places straight down from anywhere within that spread."""
+        places straight down from anywhere within that spread.
+
+        `descent_miss_m` (pick_place): the first descent ends at the cube's height beside it, between
+        half and all of this far off its centre across the finger axis (drawn per episode), and the
+        grasp is made from there as the resynced expert makes it (sideways between the open pads):
+        demonstrations of the recovery a student needs when it comes down off the cube."""
         self.arm = arm
-        if place_spread_m < 0.0:
-            raise ValueError(f"Expert: place_spread_m must be >= 0, got {place_spread_m}")
+        if place_spread_m < 0.0 or descent_miss_m < 0.0:
+            raise ValueError(f"Expert: place_spread_m and descent_miss_m must be >= 0, got {place_spread_m}, {descent_miss_m}")
         self.place_spread_m = float(place_spread_m)
+        self.descent_miss_m = float(descent_miss_m)
+        self._miss_pending = False
+        self._miss_xy = np.zeros(2)
         self._place_off = np.zeros(2)  # pick_place: the place point, from the zone's centre
         self.model = arm.model
         self._kin = mujoco.MjData(arm.model)
@@ -138,6 +148,17 @@ class Expert:
         self._grip_v = 0.0
         if self.arm.task.name == "pick_place":
             self.sync_phase()
+            self._miss_pending = self.descent_miss_m > 0.0
+
+    def _miss_offset(self, rot: np.ndarray) -> np.ndarray:
+        """`descent_miss_m`: across the finger axis (the cube then passes between the open pads), by a
+        length and side drawn from the episode's seed."""
+        f = (rot @ _FINGER_AXIS_HAND)[:2]
+        f = f / max(float(np.linalg.norm(f)), 1e-9)
+        rng = np.random.default_rng([self.arm.seed, _MISS_SEED_OFFSET])
+        length = rng.uniform(0.5, 1.0) * self.descent_miss_m
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        return side * length * np.array([-f[1], f[0]])
 
     def _place_offset(self) -> np.ndarray:
         if self.place_spread_m == 0.0:
@@ -373,8 +394,20 @@ class Expert:
                 and abs(yaw_err) < 0.03
                 and self.gripper >= GRIPPER_OPEN - 1e-6
             ):
-                self._set_phase("descend")
+                if self._miss_pending:
+                    self._miss_xy = cube[:2] + self._miss_offset(rot)
+                    self._set_phase("miss")
+                else:
+                    self._set_phase("descend")
             return np.array([cube[0], cube[1], z_hover]), 0.25, yaw_err
+        if self.phase == "miss":  # only with descent_miss_m, once per episode
+            yaw_err = self._finger_yaw_error(rot, task.cube_yaw())  # type: ignore[attr-defined]
+            goal = np.array([self._miss_xy[0], self._miss_xy[1], cube[2]])
+            if np.linalg.norm(p - goal) < 0.005:
+                self._miss_pending = False
+                self.sync_phase()  # from beside the cube: across to the grasp point, as the teacher labels it
+                return p.copy(), 0.05, 0.0
+            return goal, 0.08, yaw_err
         if self.phase == "recenter":  # only ever entered by `sync_phase`
             self._grip_target = GRIPPER_OPEN
             yaw_err = self._finger_yaw_error(rot, task.cube_yaw())  # type: ignore[attr-defined]

@@ -109,13 +109,21 @@ def main(argv: list[str] | None = None) -> int:
         help="pick_place: the expert puts the cube down up to M from the zone's centre per axis (drawn per "
         "episode) instead of at it; the bags' controller is then scripted_expert_spread",
     )
+    ap.add_argument(
+        "--descent-miss",
+        type=float,
+        default=0.0,
+        metavar="M",
+        help="pick_place: the expert's first descent ends at the cube's height M/2-M beside it, and it grasps "
+        "from there (the recovery a policy needs); the bags' controller gets the suffix _miss",
+    )
     ap.add_argument("--keep-failures", action="store_true", help="keep bags of episodes the expert failed")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
     cameras = tuple(c for c in args.cameras.split(",") if c)
-    if args.place_spread and args.task != "pick_place":
-        ap.error(f"--place-spread is for task pick_place, not {args.task!r}")
+    if (args.place_spread or args.descent_miss) and args.task != "pick_place":
+        ap.error(f"--place-spread and --descent-miss are for task pick_place, not {args.task!r}")
 
     args.out.mkdir(parents=True, exist_ok=True)
     arm = SimArm(
@@ -127,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         cameras=cameras,
         hand=True if args.hand else None,
     )
-    expert = Expert(arm, place_spread_m=args.place_spread)
-    # the controller names the data's source (train --source-share): a spread expert is told apart
-    controller = "scripted_expert_spread" if args.place_spread else "scripted_expert"
+    expert = Expert(arm, place_spread_m=args.place_spread, descent_miss_m=args.descent_miss)
+    # the controller names the data's source (train --source-share): each expert variant is told apart
+    controller = "scripted_expert" + ("_spread" if args.place_spread else "") + ("_miss" if args.descent_miss else "")
     kept = successes = 0
     start = time.perf_counter()
     try:
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             if args.place_spread:
                 meta["place_spread_m"] = str(args.place_spread)
+            if args.descent_miss:
+                meta["descent_miss_m"] = str(args.descent_miss)
             with BagRecorder(
                 path,
                 arm.joint_names,
