@@ -218,6 +218,24 @@ if [ "${EIGHTH:-0}" = 1 ] && [ -f "$WORK/kp12_place/model.pt" ]; then
       --source-share dagger_spread=0.25 --source-share dagger_place=0.1 --source-share scripted_expert_spread=0.15
 fi
 
+# 3h. (EIGHTH=1, continued) The students of 3g end hovering 2-5 cm beside the cube at its height: 160
+#     demonstrations of exactly that and the way out (record --descent-miss 0.05: the first descent ends
+#     2.5-5 cm beside the cube, across the finger axis, and the grasp is made from there; seeds 510-669,
+#     source scripted_expert_spread_miss); kp17_miss: from kp15_gw4, with them and kp16's DAgger labels
+#     (kp15's own rollouts).
+if [ "${EIGHTH:-0}" = 1 ] && [ -f "$WORK/kp16_gw4_dagger/model.pt" ]; then
+  record pick_place demos_pick_place4 510 160 --place-spread 0.02 --descent-miss 0.05
+  if [ ! -f "$WORK/kp17_miss/model.onnx" ]; then
+    "$WAM" train --init "$WORK/kp15_gw4/model.pt" --data "${BASE_DATA[@]}" "$WORK/kp14_spread/dagger.npz" \
+        "$WORK/kp14_spread/data4.npz" "$WORK/kp16_gw4_dagger/dagger.npz" "$WORK/demos_pick_place4" \
+        --out "$WORK/kp17_miss" "${COMMON[@]}" --keyframe-weight 1.0 --augment-colour-swap 0.5 --steps 2000 \
+        --seed 17 --no-progress --all-episodes --val-fraction 0 --gripper-weight 4 \
+        --source-share scripted_expert_spread_miss=0.2 --source-share scripted_expert_spread=0.1 \
+        --source-share dagger_spread=0.2 --source-share dagger_place=0.1 --source-share dagger=0
+    rm -f "$WORK/kp17_miss/dataset.npz"
+  fi
+fi
+
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
 cp "$SHIP/model.onnx" models/wam_multitask.onnx
 cp "$SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json
