@@ -226,8 +226,11 @@ fi
 if [ "${EIGHTH:-0}" = 1 ] && [ -f "$WORK/kp16_gw4_dagger/model.pt" ]; then
   record pick_place demos_pick_place4 510 160 --place-spread 0.02 --descent-miss 0.05
   if [ ! -f "$WORK/kp17_miss/model.onnx" ]; then
-    "$WAM" train --init "$WORK/kp15_gw4/model.pt" --data "${BASE_DATA[@]}" "$WORK/kp14_spread/dagger.npz" \
-        "$WORK/kp14_spread/data4.npz" "$WORK/kp16_gw4_dagger/dagger.npz" "$WORK/demos_pick_place4" \
+    # kp7_cf's and kp13's DAgger sets stay out: the aggregate must fit in 24 GB twice while `train`
+    # concatenates it (with them it was killed for memory)
+    "$WAM" train --init "$WORK/kp15_gw4/model.pt" --data "$WORK/kp6_swap_cf/dataset.npz" \
+        "$WORK/kp12_place/dagger.npz" "$WORK/kp14_spread/dagger.npz" "$WORK/kp14_spread/data4.npz" \
+        "$WORK/kp16_gw4_dagger/dagger.npz" "$WORK/demos_pick_place4" \
         --out "$WORK/kp17_miss" "${COMMON[@]}" --keyframe-weight 1.0 --augment-colour-swap 0.5 --steps 2000 \
         --seed 17 --no-progress --all-episodes --val-fraction 0 --gripper-weight 4 \
         --source-share scripted_expert_spread_miss=0.2 --source-share scripted_expert_spread=0.1 \
