@@ -41,7 +41,8 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 
 def _env(domain: int) -> dict[str, str]:
-    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1"}
+    # PYTHONFAULTHANDLER: a process that does not stop dumps every thread's stack on the SIGABRT below
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     env.pop("CYCLONEDDS_URI", None)  # `wam-control run` configures Cyclone itself: no user configuration
     return env
 
@@ -51,8 +52,12 @@ def _stop(proc: subprocess.Popen[bytes], sig: int) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
+        proc.send_signal(signal.SIGABRT)  # where it hangs, in the output (seen once in CI: not reproduced)
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
         raise AssertionError(f"no exit within 20 s of signal {sig}:\n{out.decode(errors='replace')}") from None
     return proc.returncode, out.decode(errors="replace")
 
