@@ -21,7 +21,7 @@ from wam_control.sim.arm import (
     SimArm,
     asset_path,
 )
-from wam_control.sim.expert import PICK_CARRY_Z_M, Expert, run_expert_episode
+from wam_control.sim.expert import PICK_CARRY_Z_M, Expert, finger_axis_xy, run_expert_episode
 from wam_control.sim.tasks import CUBE_COLOURS, PROMPTS
 
 DATA = Path(__file__).parent / "data"
@@ -384,14 +384,6 @@ def test_expert_resyncs_every_pick_place_phase() -> None:
         assert arm.task.success()
 
 
-def finger_axis_xy(arm: SimArm) -> np.ndarray:
-    """The unit direction of the fingers' travel in the table plane."""
-    from wam_control.sim.expert import _FINGER_AXIS_HAND
-
-    f = (arm.ee_pose()[1] @ _FINGER_AXIS_HAND)[:2]
-    return f / np.linalg.norm(f)
-
-
 def expert_down_to(arm: SimArm, above_m: float) -> Expert:
     """The expert on seed 4 until its tool is `above_m` over the cube's centre in the descent."""
     expert = Expert(arm)
@@ -436,7 +428,7 @@ def test_expert_resynced_low_and_off_centre_goes_on_down(
     with SimArm(task="pick_place", seed=4, cameras=()) as arm:
         expert_down_to(arm, above_m)
         p0 = arm.ee_pose()[0]
-        f = finger_axis_xy(arm)
+        f = finger_axis_xy(arm.ee_pose()[1])
         off = along_m * f + across_m * np.array([-f[1], f[0]])
         arm.teleport_object(np.array([p0[0] + off[0], p0[1] + off[1], arm.task.cube()[2]]))
         fresh = Expert(arm)
@@ -457,7 +449,7 @@ def test_expert_resynced_low_with_the_cube_not_between_the_pads_rises_clear_firs
         for _ in range(500):
             arm.step(arm.command())
         p0 = arm.ee_pose()[0]
-        f = finger_axis_xy(arm)
+        f = finger_axis_xy(arm.ee_pose()[1])
         across = np.array([-f[1], f[0]])
         arm.teleport_object(
             np.array([p0[0] + 0.035 * across[0], p0[1] + 0.035 * across[1], arm.task.cube()[2]])

@@ -62,6 +62,12 @@ _MISS_SEED_OFFSET = 7_927  # the same for `descent_miss_m`'s draw
 _FINGER_AXIS_HAND = np.array([math.sqrt(0.5), math.sqrt(0.5), 0.0])
 
 
+def finger_axis_xy(rot: np.ndarray) -> np.ndarray:
+    """The unit direction the fingers travel along, in the table plane, for the hand's rotation `rot`."""
+    f = (rot @ _FINGER_AXIS_HAND)[:2]
+    return f / max(float(np.linalg.norm(f)), 1e-9)
+
+
 _X = np.array([1.0, 0.0, 0.0])
 _Y = np.array([0.0, 1.0, 0.0])
 
@@ -153,8 +159,7 @@ class Expert:
     def _miss_offset(self, rot: np.ndarray) -> np.ndarray:
         """`descent_miss_m`: across the finger axis (the cube then passes between the open pads), by a
         length and side drawn from the episode's seed."""
-        f = (rot @ _FINGER_AXIS_HAND)[:2]
-        f = f / max(float(np.linalg.norm(f)), 1e-9)
+        f = finger_axis_xy(rot)
         rng = np.random.default_rng([self.arm.seed, _MISS_SEED_OFFSET])
         length = rng.uniform(0.5, 1.0) * self.descent_miss_m
         side = 1.0 if rng.random() < 0.5 else -1.0
@@ -205,9 +210,8 @@ class Expert:
             self._grip_target = 0.0  # carrying squeezes, whatever setpoint the student had
             # Lowered inside the zone (with room to spare), "lift" would label the way back up to the
             # carry height and over the centre: the "back up" that stalled the students over the cube,
-            # now over the zone. Place from there instead (the descent re-centres).
-            # The place point: here when within the spread of the zone's centre (the centre itself
-            # without a spread), else the nearest point of that square.
+            # now over the zone. Place from there instead, at the place point: here when within the
+            # spread of the zone's centre, else the square's nearest point (the descent re-centres).
             spread = self.place_spread_m
             self._place_off = np.clip(p[:2] - zone[:2], -spread, spread)
             room = task.zone_half - task.zone_margin - PLACE_SLACK_M  # type: ignore[attr-defined]
@@ -370,8 +374,7 @@ class Expert:
         between the pads' inner faces (each `fingers` m from the tool axis), with 4 mm to spare: the
         hand can then move toward the grasp point at any height without a pad meeting the cube."""
         task = self.arm.task
-        f = (rot @ _FINGER_AXIS_HAND)[:2]
-        f = f / max(float(np.linalg.norm(f)), 1e-9)
+        f = finger_axis_xy(rot)
         along = abs(float((task.cube()[:2] - p[:2]) @ f))  # type: ignore[attr-defined]
         yaw = self._finger_yaw_error(rot, task.cube_yaw())  # type: ignore[attr-defined]
         extent = task.cube_half * (abs(math.cos(yaw)) + abs(math.sin(yaw)))  # type: ignore[attr-defined]
