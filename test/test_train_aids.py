@@ -272,3 +272,34 @@ def test_source_shares_set_each_sources_part_of_a_batch() -> None:
             parse_source_shares(bad)
     with pytest.raises(ValueError, match="dagger_counterfactual.*'dagger', 'demonstration'"):
         source_weights(ds, {"dagger_counterfactual": 0.1})
+
+
+def test_a_task_qualified_share_takes_its_episodes_before_the_bare_source() -> None:
+    from wam_control.model.data import DatasetBuilder
+    from wam_control.model.train import parse_source_shares, source_weights
+
+    rng = np.random.default_rng(5)
+    builder = DatasetBuilder()
+    for n, source, task in [(10, "expert", "pick_place"), (4, "expert", "push"), (6, "expert", "reach"), (8, "dagger", "push")]:
+        frames, arrays, info = _episode(n, (), source, rng)
+        builder.add(frames, arrays, {**info, "task": task})
+    ds = builder.build()
+    part = {"pp": slice(0, 10), "push": slice(10, 14), "reach": slice(14, 20), "dagger": slice(20, 28)}
+
+    def shares(*items: str) -> dict[str, float]:
+        w = source_weights(ds, parse_source_shares(list(items)))
+        assert w.sum() == pytest.approx(1.0)
+        assert all(np.ptp(w[s]) == 0 for s in part.values())  # uniform within each episode
+        return {k: round(float(w[s].sum()), 6) for k, s in part.items()}
+
+    # (the share list, in either order) -> each group's part of a batch
+    for items, want in [
+        (["expert/push=0.4"], {"pp": 0.25, "push": 0.4, "reach": 0.15, "dagger": 0.2}),  # the rest by numbers
+        (["expert=0.5", "expert/push=0.2"], {"pp": 0.3125, "push": 0.2, "reach": 0.1875, "dagger": 0.3}),
+        (["expert/push=0.2", "expert=0.5"], {"pp": 0.3125, "push": 0.2, "reach": 0.1875, "dagger": 0.3}),
+        (["expert/push=0.2", "dagger/push=0.3"], {"pp": 0.3125, "push": 0.2, "reach": 0.1875, "dagger": 0.3}),
+        (["expert/push=0", "dagger=0"], {"pp": 0.625, "push": 0.0, "reach": 0.375, "dagger": 0.0}),
+    ]:
+        assert shares(*items) == pytest.approx(want), items
+    with pytest.raises(ValueError, match="'expert/lift'.*'dagger/push', 'expert/pick_place'"):
+        source_weights(ds, {"expert/lift": 0.1})

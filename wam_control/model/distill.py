@@ -317,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="SOURCE=SHARE",
         help="instead of --dagger-share: this share of every batch from the episodes of SOURCE (dagger, "
-        "dagger_counterfactual, scripted_expert; 0 leaves it out), the rest at natural proportions; "
-        "repeatable",
+        "dagger_counterfactual, scripted_expert; 0 leaves it out; SOURCE/TASK names one task's episodes "
+        "of it), the rest at natural proportions; repeatable",
     )
     ap.add_argument(
         "--dagger-source",
@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         {f"{args.dagger_source}_counterfactual"} if args.counterfactual_prompts_s > 0 else set()
     )
     present = produced | ({str(e.get("source", "?")) for e in base.episodes} if base is not None else set())
-    missing = sorted(set(source_shares) - present)
+    missing = sorted({n.partition("/")[0] for n in source_shares} - present)
     if missing:
         print(
             f"wam-control distill: --source-share: no episode will have source {missing} "

@@ -240,19 +240,26 @@ def parse_source_shares(items: list[str]) -> dict[str, float]:
 def source_weights(ds: Dataset, shares: Mapping[str, float]) -> np.ndarray:
     """Per-observation sampling weights that give the episodes of each named source (the episode's
     `source`: scripted_expert, dagger, dagger_counterfactual, ...) that share of every batch; the
-    other observations share the rest in proportion to their numbers (as without weights)."""
+    other observations share the rest in proportion to their numbers (as without weights).
+
+    A name SOURCE/TASK (scripted_expert/push) names that source's episodes of one task. It takes
+    them before a bare SOURCE does, so `scripted_expert=0.3 scripted_expert/push=0.2` gives the push
+    demonstrations 0.2 and the other demonstrations 0.3: one task's part of a batch can be held while
+    other sources' shares grow."""
     source = np.array([str(e.get("source", "?")) for e in ds.episodes])[ds.episode]
+    task = np.array([str(e.get("task", "?")) for e in ds.episodes])[ds.episode]
     weights = np.zeros(len(source))
-    rest = np.ones(len(source), dtype=bool)
-    for name, share in shares.items():
-        mine = source == name
+    claimed = np.zeros(len(source), dtype=bool)
+    for name in sorted(shares, key=lambda n: "/" not in n):  # SOURCE/TASK before SOURCE
+        src, _, tsk = name.partition("/")
+        mine = (source == src) & (task == tsk if tsk else True) & ~claimed
         if not mine.any():
-            present = sorted(set(source.tolist()))
+            present = sorted({f"{a}/{b}" for a, b in zip(source, task)} if tsk else set(source.tolist()))
             raise ValueError(f"--source-share: no episode has source {name!r} (the data has {present})")
-        weights[mine] = share / mine.sum()
-        rest &= ~mine
-    if rest.any():
-        weights[rest] = (1.0 - sum(shares.values())) / rest.sum()
+        weights[mine] = shares[name] / mine.sum()
+        claimed |= mine
+    if not claimed.all():
+        weights[~claimed] = (1.0 - sum(shares.values())) / (~claimed).sum()
     return weights
 
 
@@ -802,7 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="SOURCE=SHARE",
         help="draw this share of every batch from the episodes of SOURCE (e.g. dagger_counterfactual=0.1; "
-        "0 leaves SOURCE out); repeatable; the other episodes share the rest at their natural proportions",
+        "0 leaves SOURCE out; SOURCE/TASK, e.g. scripted_expert/push, names one task's episodes of it); "
+        "repeatable; the other episodes share the rest at their natural proportions",
     )
     ap.add_argument("--export", action="store_true", help="also write <out>/model.onnx")
     add_common_args(ap)
