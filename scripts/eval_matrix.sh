@@ -2,7 +2,7 @@
 # Issue 16's closed-loop matrix for one prompted model, in parallel: reach, push and pick_place at 0 ms
 # (async) and at 200 ms injected delay (async and sync), and the wrong-prompt control. Each cell's seeds
 # are cut into shards of SHARD episodes run as separate `wam-control bench closed-loop` processes
-# (lockstep simulated time: a seed gives the same episode in any shard, on any machine), then each
+# (lockstep simulated time: a seed gives the same episode in any shard on one machine), then each
 # cell's shards are merged into one final line (eval_matrix.summary).
 # Usage: scripts/eval_matrix.sh MODEL.onnx OUT_DIR [JOBS]
 #   JOBS: processes at once (default: nproc); EPISODES (default 20) per cell, PP0_EPISODES (default 40)
