@@ -194,7 +194,12 @@ def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path, capsys: 
 
     init = tiny_student(tmp_path / "init.pt")
     base = ["--teacher", "expert", "--init", str(init), "--student-out", str(tmp_path / "s")]
-    for bad in (["--workers", "0"], ["--collect-prefix-lens", "2,x"], ["--collect-prefix-lens", "-1"]):
+    for bad in (
+        ["--workers", "0"],
+        ["--collect-prefix-lens", "2,x"],
+        ["--collect-prefix-lens", "-1"],
+        ["--eval-episodes", "0"],  # once crashed after the whole collection, writing the report
+    ):
         with pytest.raises(SystemExit):
             main(base + bad)
     # Source shares are checked before any rollout: a source no episode will have, a share out of range.

@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("replan steps must be >= 1")
     if args.iterations < 1 or args.episodes < 1:
         ap.error("--iterations and --episodes must be >= 1")
+    if args.eval_episodes < 1:  # checked now, not after the collection: the report evaluates what it trained
+        ap.error(f"--eval-episodes must be >= 1, got {args.eval_episodes}")
     if args.seed_start + args.iterations * args.episodes > args.eval_seed:
         ap.error(
             "rollout seeds would reach the evaluation seeds; lower --seed-start/--episodes or raise --eval-seed"
