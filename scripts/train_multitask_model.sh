@@ -249,7 +249,7 @@ if [ "${NINTH:-0}" = 1 ] && [ -f "$WORK/kp17_miss/model.pt" ]; then
       --steps 1 --batch-size 8 --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
       --init "$WORK/kp17_miss/model.pt" --data "$WORK/kp17_miss/dataset.demos_pick_place4.npz" \
       --student-out "$WORK/kp18_dagger_collect" --episodes 48 --seed 18 --seed-start 5000 --eval-episodes 1 \
-      --surprise-episodes 1 --gripper-weight 4  # its 1-step student is not used: the labels are
+      --surprise-episodes 1 --gripper-weight 4  # only its dagger.npz is used (--steps 1: not its student)
   if [ ! -f "$WORK/kp18_long/model.onnx" ]; then
     "$WAM" train --init "$WORK/kp17_miss/model.pt" --data "$WORK/kp6_swap_cf/dataset.npz" \
         "$WORK/kp12_place/dagger.npz" "$WORK/kp14_spread/dagger.npz" "$WORK/kp14_spread/data4.npz" \
