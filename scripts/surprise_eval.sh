@@ -8,7 +8,8 @@
 #   TUNE (default 20) pick_place tuning seeds from 100200 (+ TUNE/2 reach seeds, teleport);
 #   HELD (default 40) pick_place held-out seeds from 100300 (+ HELD/2 reach seeds, every kind);
 #   MAX_FALSE (default 1): false alarms the chosen setting may have on the tuning seeds.
-# Frame check off: the prompted model has no decoder yet. The calibration is written beside the model.
+#   FRAME_CHECK (on/off; default on when <model>.decoder.onnx is beside the model, else off).
+# The calibration is written beside the model.
 set -u -o pipefail
 MODEL="${1:?usage: scripts/surprise_eval.sh MODEL.onnx OUT_DIR [JOBS]}"
 OUT="${2:?usage: scripts/surprise_eval.sh MODEL.onnx OUT_DIR [JOBS]}"
@@ -17,7 +18,11 @@ CAL="${CAL:-42}" TUNE="${TUNE:-20}" HELD="${HELD:-40}" SHARD="${SHARD:-2}"
 mkdir -p "$OUT"
 if command -v wam-control >/dev/null; then WAM=wam-control; else WAM="python3 -m wam_control.cli"; fi
 export OMP_NUM_THREADS=1
-B="bench surprise --model $MODEL --frame-check off"
+dec="${MODEL%.onnx}.decoder.onnx"
+FC="${FRAME_CHECK:-$([ -f "$dec" ] && echo on || echo off)}"
+B="bench surprise --model $MODEL --frame-check $FC"
+LATENT_ONLY=$([ "$FC" = off ] && echo --latent-only)
+echo "surprise_eval: frame check $FC"
 t0=$SECONDS
 
 # 1. calibration: one process (the statistics pool every episode)
@@ -44,7 +49,7 @@ shards() {  # tag task first count extra-args...: one job line per SHARD seeds
   >"$OUT/tune_jobs.txt"
 xargs -d '\n' -P "$JOBS" -I{} bash -c {} <"$OUT/tune_jobs.txt"
 echo "surprise_eval: tuning traces in $((SECONDS - t0)) s"
-python3 scripts/surprise_tune.py "$OUT"/tune_*.npz --max-false "${MAX_FALSE:-1}" --latent-only | tee "$OUT/tune.txt"
+python3 scripts/surprise_tune.py "$OUT"/tune_*.npz --max-false "${MAX_FALSE:-1}" $LATENT_ONLY | tee "$OUT/tune.txt"
 best=$(grep -m1 '^ok ' "$OUT/tune.txt") || { echo "surprise_eval: no setting within the false-alarm budget"; exit 1; }
 A=$(sed -E 's/.*smoothing=([0-9.]+).*/\1/' <<<"$best")
 TH=$(sed -E 's/.*slow=([0-9.]+).*/\1/' <<<"$best")
