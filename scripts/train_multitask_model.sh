@@ -264,6 +264,30 @@ if [ "${NINTH:-0}" = 1 ] && [ -f "$WORK/kp17_miss/model.pt" ]; then
   fi
 fi
 
+# 3j. (TENTH=1; MODEL_CARD "Eighth run", continued) kp18_long fails mostly before the grasp (17 of 21): a
+#     DAgger iteration of kp18 on pick_place (40 episodes, seeds 5100-5139, source dagger_spread), then
+#     kp19_dagger: from kp18, 4000 steps at half the learning rate, kp18's shares with the new rollouts in
+#     the pick_place DAgger part (0.25).
+if [ "${TENTH:-0}" = 1 ] && [ -f "$WORK/kp18_long/model.pt" ]; then
+  [ -f "$WORK/kp19_dagger_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --steps 1 --batch-size 8 \
+      --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
+      --init "$WORK/kp18_long/model.pt" --data "$WORK/kp17_miss/dataset.demos_pick_place4.npz" \
+      --student-out "$WORK/kp19_dagger_collect" --episodes 40 --seed 19 --seed-start 5100 --eval-episodes 1 \
+      --surprise-episodes 1 --gripper-weight 4  # only its dagger.npz is used
+  if [ ! -f "$WORK/kp19_dagger/model.onnx" ]; then
+    "$WAM" train --init "$WORK/kp18_long/model.pt" --data "$WORK/kp6_swap_cf/dataset.npz" \
+        "$WORK/kp12_place/dagger.npz" "$WORK/kp14_spread/dagger.npz" "$WORK/kp14_spread/data4.npz" \
+        "$WORK/kp16_gw4_dagger/dagger.npz" "$WORK/kp17_miss/dataset.demos_pick_place4.npz" \
+        "$WORK/kp18_dagger_collect/dagger.npz" "$WORK/kp19_dagger_collect/dagger.npz" --out "$WORK/kp19_dagger" \
+        "${COMMON[@]}" --keyframe-weight 1.0 --augment-colour-swap 0.5 --steps 4000 --lr 5e-4 --seed 19 \
+        --no-progress --all-episodes --val-fraction 0 --gripper-weight 4 \
+        --source-share scripted_expert/push=0.2 --source-share dagger_spread/push=0.05 \
+        --source-share scripted_expert/reach=0.05 --source-share scripted_expert_spread_miss=0.2 \
+        --source-share scripted_expert_spread=0.1 --source-share dagger_spread=0.25 --source-share dagger=0
+    rm -f "$WORK/kp19_dagger/dataset.npz"
+  fi
+fi
+
 # 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
 cp "$SHIP/model.onnx" models/wam_multitask.onnx
 cp "$SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json
