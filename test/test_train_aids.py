@@ -303,3 +303,5 @@ def test_a_task_qualified_share_takes_its_episodes_before_the_bare_source() -> N
         assert shares(*items) == pytest.approx(want), items
     with pytest.raises(ValueError, match="'expert/lift'.*'dagger/push', 'expert/pick_place'"):
         source_weights(ds, {"expert/lift": 0.1})
+    with pytest.raises(ValueError, match="every episode of 'dagger' is already given"):
+        source_weights(ds, {"dagger/push": 0.1, "dagger": 0.2})

@@ -253,6 +253,8 @@ def source_weights(ds: Dataset, shares: Mapping[str, float]) -> np.ndarray:
     for name in sorted(shares, key=lambda n: "/" not in n):  # SOURCE/TASK before SOURCE
         src, _, tsk = name.partition("/")
         mine = (source == src) & (task == tsk if tsk else True) & ~claimed
+        if not mine.any() and (source == src).any() and not tsk:
+            raise ValueError(f"--source-share: every episode of {name!r} is already given a SOURCE/TASK share")
         if not mine.any():
             present = sorted({f"{a}/{b}" for a, b in zip(source, task)} if tsk else set(source.tolist()))
             raise ValueError(f"--source-share: no episode has source {name!r} (the data has {present})")
