@@ -266,8 +266,9 @@ fi
 
 # 3j. (TENTH=1; MODEL_CARD "Eighth run", continued) kp18_long fails mostly before the grasp (17 of 21): a
 #     DAgger iteration of kp18 on pick_place (40 episodes, seeds 5100-5139, source dagger_spread), then
-#     kp19_dagger: from kp18, 4000 steps at half the learning rate, kp18's shares with the new rollouts in
-#     the pick_place DAgger part (0.25).
+#     kp19_dagger: from kp18, 3000 steps at half the learning rate, kp18's shares with the new rollouts in
+#     the pick_place DAgger part (0.25). kp12's DAgger set (dagger_place) stays out: with it and the new
+#     set the aggregate was killed for memory (24 GB).
 if [ "${TENTH:-0}" = 1 ] && [ -f "$WORK/kp18_long/model.pt" ]; then
   [ -f "$WORK/kp19_dagger_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --steps 1 --batch-size 8 \
       --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
@@ -276,10 +277,10 @@ if [ "${TENTH:-0}" = 1 ] && [ -f "$WORK/kp18_long/model.pt" ]; then
       --surprise-episodes 1 --gripper-weight 4  # only its dagger.npz is used
   if [ ! -f "$WORK/kp19_dagger/model.onnx" ]; then
     "$WAM" train --init "$WORK/kp18_long/model.pt" --data "$WORK/kp6_swap_cf/dataset.npz" \
-        "$WORK/kp12_place/dagger.npz" "$WORK/kp14_spread/dagger.npz" "$WORK/kp14_spread/data4.npz" \
+        "$WORK/kp14_spread/dagger.npz" "$WORK/kp14_spread/data4.npz" \
         "$WORK/kp16_gw4_dagger/dagger.npz" "$WORK/kp17_miss/dataset.demos_pick_place4.npz" \
         "$WORK/kp18_dagger_collect/dagger.npz" "$WORK/kp19_dagger_collect/dagger.npz" --out "$WORK/kp19_dagger" \
-        "${COMMON[@]}" --keyframe-weight 1.0 --augment-colour-swap 0.5 --steps 4000 --lr 5e-4 --seed 19 \
+        "${COMMON[@]}" --keyframe-weight 1.0 --augment-colour-swap 0.5 --steps 3000 --lr 5e-4 --seed 19 \
         --no-progress --all-episodes --val-fraction 0 --gripper-weight 4 \
         --source-share scripted_expert/push=0.2 --source-share dagger_spread/push=0.05 \
         --source-share scripted_expert/reach=0.05 --source-share scripted_expert_spread_miss=0.2 \
