@@ -300,9 +300,10 @@ def test_record_pick_place_bag_has_fingers_gripper_commands_and_prompt(tmp_path:
     assert prompt == demo.metadata["prompt"] and any(f"{c} " in prompt for c in CUBE_COLOURS)
     # the fingers measured in /joint_states close on the 4 cm cube while carrying it
     assert np.min(demo.joint_q[:, 7]) == pytest.approx(0.02, abs=0.002)
-    for option in ("--place-spread", "--descent-miss"):  # pick_place only
-        with pytest.raises(SystemExit):
-            main(["--task", "push", "--episodes", "1", "--out", str(tmp_path), option, "0.02"])
+    for option in ("--place-spread", "--descent-miss"):  # pick_place only, and a distance
+        for task, value in (("push", "0.02"), ("pick_place", "-0.01")):
+            with pytest.raises(SystemExit):
+                main(["--task", task, "--episodes", "1", "--out", str(tmp_path), option, value])
 
 
 def test_expert_resyncs_mid_task_and_recovers_a_dropped_cube() -> None:

@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
     cameras = tuple(c for c in args.cameras.split(",") if c)
+    if args.place_spread < 0 or args.descent_miss < 0:
+        ap.error(f"--place-spread and --descent-miss are distances >= 0, got {args.place_spread}, {args.descent_miss}")
     if (args.place_spread or args.descent_miss) and args.task != "pick_place":
         ap.error(f"--place-spread and --descent-miss are for task pick_place, not {args.task!r}")
 
