@@ -358,3 +358,38 @@ def test_build_runtime_reads_the_server_from_the_config(server: LocalServer) -> 
     port = free_port()
     with pytest.raises(TritonUnavailable, match=f"127.0.0.1:{port}"):
         build_runtime(cfg(f"127.0.0.1:{port}"))
+
+
+@pytest.mark.parametrize("runtime", ["direct", "pytriton"])
+def test_contract_v2_prompted_gripper_model_without_optional_parts(tmp_path: Path, runtime: str) -> None:
+    """A user's contract v2 model (byom_models: images, state and a prompt in; 7 arm joints + the gripper
+    out; no prefix inputs, no world-model head) served by both runtimes: the client sends exactly the
+    model's inputs (the prompt's tokens included), and the replies equal in-process ONNX Runtime's,
+    prompt by prompt."""
+    if runtime == "pytriton":
+        pytest.importorskip("pytriton.triton")
+    from byom_models import VOCAB, build_model
+
+    path = build_model(tmp_path / "prompt_gripper.onnx", prompt=True, extra=["gripper"], extra_goal=[0.035])
+    contract = read_contract(path)
+    assert contract.has_instruction and not contract.has_prefix and not contract.has_world_model
+    with LocalServer(path, max_batch=4, runtime=runtime) as srv:
+        remote = TritonBackend(path, server=srv.url)
+        local = load_backend(path, "onnxruntime", warmup=0)
+        try:
+            assert "(= server's)" in remote.describe()
+            outs = {}
+            for word in ("left", "right"):
+                x = example_input(contract, seed=3)
+                x.instruction_tokens[:] = 0
+                x.instruction_tokens[:2] = (VOCAB[word], VOCAB["target"])
+                got, want = remote.infer(x), local.infer(x)
+                assert got.actions.shape == (contract.horizon, 8)
+                np.testing.assert_array_equal(got.actions, want.actions)
+                assert got.latent.size == 0 and got.latent_pred.size == 0
+                outs[word] = got.actions
+            # The prompt reached the served model: joint 1's goal moves with the word.
+            assert not np.allclose(outs["left"][:, 0], outs["right"][:, 0])
+        finally:
+            remote.close()
+            local.close()

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from wam_control.policy.base import BackendUnavailable, InputChecker, PolicyInput, PolicyOutput, example_input
-from wam_control.policy.contract import ContractError, ModelContract, read_contract
+from wam_control.policy.contract import INSTRUCTION_INPUT, ContractError, ModelContract, read_contract
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +206,17 @@ class TritonBackend:
         self._checker = InputChecker(self.contract)
         self._token = secrets.token_hex(4)
         self._seq = itertools.count(1)
-        self._plen = np.zeros(self._wire_shapes["prefix_len"], np.int64)
-        names = (("images", "UINT8"), ("state", "FP32"), ("action_prefix", "FP32"), ("prefix_len", "INT64"))
-        self._input_shapes = [self._wire_shapes[n] for n, _ in names]
-        self._inputs = [self._grpc.InferInput(n, list(self._wire_shapes[n]), dt) for n, dt in names]
-        self._requested = [self._grpc.InferRequestedOutput(n) for n in ("actions", "latent", "latent_pred")]
+        # The contract's inputs and outputs only (its optional parts: prefix, world model, prompt).
+        wire_in, wire_out = triton_io(self.contract)
+        self._plen = np.zeros(self._wire_shapes.get("prefix_len", (1,)), np.int64)
+        self._input_names = list(wire_in)
+        self._input_shapes = [self._wire_shapes[n] for n in self._input_names]
+        self._inputs = [
+            self._grpc.InferInput(n, list(self._wire_shapes[n]), wire_in[n][0]) for n in self._input_names
+        ]
+        self._requested = [self._grpc.InferRequestedOutput(n) for n in wire_out]
+        self._no_latent = np.zeros(0, np.float32)  # as OnnxRuntimeBackend's, for a model without the head
+        self._no_latent_pred = np.zeros((0, 0), np.float32)
         self.replies_dropped = 0
         self.calls = 0
         self.rtt_s: collections.deque[float] = collections.deque(maxlen=100_000)
@@ -317,14 +323,16 @@ class TritonBackend:
         self._checker.check(inp)
         wire_id = f"{self._token}-{next(self._seq)}"
         self._plen.fill(int(inp.prefix_len))
+        arrays = {
+            "images": inp.images,
+            "state": inp.state,
+            "action_prefix": inp.action_prefix,
+            "prefix_len": self._plen,
+            INSTRUCTION_INPUT: inp.instruction_tokens,
+        }
         # The request's tensors are built once (start-up); each call only sets their bytes.
-        for tensor, arr, shape in zip(
-            self._inputs,
-            (inp.images, inp.state, inp.action_prefix, self._plen),
-            self._input_shapes,
-            strict=True,
-        ):
-            tensor.set_data_from_numpy(np.ascontiguousarray(arr).reshape(shape))
+        for tensor, name, shape in zip(self._inputs, self._input_names, self._input_shapes, strict=True):
+            tensor.set_data_from_numpy(np.ascontiguousarray(arrays[name]).reshape(shape))
         t0 = time.perf_counter()
         if self.added_rtt_s:
             time.sleep(self.added_rtt_s / 2)
@@ -361,13 +369,16 @@ class TritonBackend:
             raise TritonUnavailable(
                 f"{self._where}: reply {echoed!r} does not answer request {wire_id} (tick {inp.obs_tick})"
             )
-        out = PolicyOutput(
-            actions=self._output(result, "actions", (self.contract.horizon, self.contract.num_joints)),
-            latent=self._output(result, "latent", (self.contract.latent_dim,)),
-            latent_pred=self._output(
-                result, "latent_pred", (self.contract.latent_steps, self.contract.latent_dim)
-            ),
-        )
+        c = self.contract
+        actions = self._output(result, "actions", (c.horizon, c.action_dim))
+        if c.has_world_model:
+            out = PolicyOutput(
+                actions=actions,
+                latent=self._output(result, "latent", (c.latent_dim,)),
+                latent_pred=self._output(result, "latent_pred", (c.latent_steps, c.latent_dim)),
+            )
+        else:
+            out = PolicyOutput(actions=actions, latent=self._no_latent, latent_pred=self._no_latent_pred)
         if self.added_rtt_s:
             time.sleep(self.added_rtt_s / 2)
         self.rtt_s.append(time.perf_counter() - t0)

@@ -100,7 +100,13 @@ class OrtBatchModel:
         self.backend = OnnxRuntimeBackend(model_path, providers=providers, intra_op_threads=threads)
         self.contract = self.backend.contract
         self.session = self.backend.session
-        self._outputs = ["actions", "latent", "latent_pred"]
+        # The contract's tensors only: a model without the prefix inputs, the world-model head or the
+        # prompt (contract v1) is served with what it has.
+        from wam_control.policy.contract import expected_io
+
+        ins, outs = expected_io(self.contract)
+        self._inputs = list(ins)
+        self._outputs = list(outs)
         self.executions = 0
         self.batched = 0
 
@@ -110,21 +116,11 @@ class OrtBatchModel:
     def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
         sizes = [int(r.data["state"].shape[0]) for r in requests]
         if len(requests) == 1:
-            d = requests[0].data
-            feeds = {
-                "images": d["images"],
-                "state": d["state"],
-                "action_prefix": d["action_prefix"],
-                "prefix_len": d["prefix_len"].reshape(-1).astype(np.int64, copy=False),
-            }
+            feeds = {name: requests[0].data[name] for name in self._inputs}
         else:
-            feeds = {
-                name: np.concatenate([r.data[name] for r in requests])
-                for name in ("images", "state", "action_prefix")
-            }
-            feeds["prefix_len"] = np.concatenate([r.data["prefix_len"].reshape(-1) for r in requests]).astype(
-                np.int64, copy=False
-            )
+            feeds = {name: np.concatenate([r.data[name] for r in requests]) for name in self._inputs}
+        if "prefix_len" in feeds:  # one scalar per request on the wire ([B, 1]); the model takes [B]
+            feeds["prefix_len"] = feeds["prefix_len"].reshape(-1).astype(np.int64, copy=False)
         outs = self.session.run(self._outputs, feeds)
         self.executions += 1
         self.batched += sum(sizes)
