@@ -306,6 +306,30 @@ def test_record_pick_place_bag_has_fingers_gripper_commands_and_prompt(tmp_path:
                 main(["--task", task, "--episodes", "1", "--out", str(tmp_path), option, value])
 
 
+def test_record_after_success_holds_the_target_for_the_time_asked(tmp_path: Path) -> None:
+    """--after-success-s: the same episode goes on that long past success, the arm held where the task
+    ended (demonstrations of staying at the target); a duration <= 0 is an argument error."""
+    from wam_control.sim.bag import read_bag
+    from wam_control.sim.record import main
+
+    base = ["--task", "reach", "--episodes", "1", "--seed", "3", "--cameras", "scene", "--image-hw", "16", "16",
+            "--camera-hz", "2", "--hand"]  # fmt: skip
+    try:
+        assert main([*base, "--out", str(tmp_path / "short")]) == 0
+    except RenderUnavailableError as exc:
+        pytest.skip(f"no offscreen GL backend: {exc}")
+    assert main([*base, "--out", str(tmp_path / "held"), "--after-success-s", "2"]) == 0
+    short, held = read_bag(tmp_path / "short" / "reach_seed3"), read_bag(tmp_path / "held" / "reach_seed3")
+    assert short.metadata["success"] == held.metadata["success"] == "true"
+    assert held.metadata["after_success_s"] == "2.0"
+    # the recording stops once success has held without a break for the time asked: 1.5 s more here
+    assert float(held.metadata["duration_s"]) - float(short.metadata["duration_s"]) == pytest.approx(1.5, abs=0.01)
+    assert np.array_equal(held.joint_q[: len(short.joint_q)], short.joint_q)  # the same episode until then
+    for value in ("0", "-1"):
+        with pytest.raises(SystemExit):
+            main([*base, "--out", str(tmp_path / "bad"), "--after-success-s", value])
+
+
 def test_expert_resyncs_mid_task_and_recovers_a_dropped_cube() -> None:
     """A fresh expert (a DAgger teacher, a restart) takes the phase from the sim: carrying -> it carries
     on; the cube dropped back on the table -> it picks it up again and still places it."""

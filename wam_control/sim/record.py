@@ -117,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         help="pick_place: the expert's first descent ends at the cube's height M/2-M beside it, and it grasps "
         "from there (the recovery a policy needs); the bags' controller gets the suffix _miss",
     )
+    ap.add_argument(
+        "--after-success-s",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds recorded once the task has succeeded (held), the expert holding where the task ended "
+        "(default 0.5); longer teaches a policy to stay at the target instead of drifting off it",
+    )
     ap.add_argument("--keep-failures", action="store_true", help="keep bags of episodes the expert failed")
     args = ap.parse_args(argv)
     if args.episodes < 1:
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     cameras = tuple(c for c in args.cameras.split(",") if c)
     if args.place_spread < 0 or args.descent_miss < 0:
         ap.error(f"--place-spread and --descent-miss are distances >= 0, got {args.place_spread}, {args.descent_miss}")
+    if not args.after_success_s > 0:
+        ap.error(f"--after-success-s is a duration > 0, got {args.after_success_s}")
     if (args.place_spread or args.descent_miss) and args.task != "pick_place":
         ap.error(f"--place-spread and --descent-miss are for task pick_place, not {args.task!r}")
 
@@ -165,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 meta["place_spread_m"] = str(args.place_spread)
             if args.descent_miss:
                 meta["descent_miss_m"] = str(args.descent_miss)
+            meta["after_success_s"] = str(args.after_success_s)
             with BagRecorder(
                 path,
                 arm.joint_names,
@@ -179,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     expert.act,
                     rec,
                     arm.task.horizon_s,
+                    stop_after_success_s=args.after_success_s,
                     gripper=(lambda: expert.gripper) if arm.has_hand else None,
                 )
                 rec.set_metadata("success", str(ok).lower())
