@@ -30,6 +30,69 @@ record() {  # task folder first count [--hand]: record seeds first..first+count-
   done
 }
 
+# Shared by the stages: train arguments, a resumable train stage, the pick_place DAgger arguments
+# (THREADS=1 when other jobs share the cores: two OpenMP threads then spin against them).
+COMMON=(--cameras scene,wrist --gripper-joint fr3_finger_joint1 --instruction-tokens 16
+        --model-name wam-multitask --augment-shift 4 --batch-size 64 --threads "${THREADS:-2}" --export)
+train_stage() {  # out, then train arguments: skipped when <out>/model.onnx exists, resumed if started
+  local out="$WORK/$1"
+  shift
+  [ -f "$out/model.onnx" ] && return
+  if [ -f "$out/train_state.pt" ]; then
+    "$WAM" train --out "$out" "$@" "${COMMON[@]}" --resume
+  else
+    "$WAM" train --out "$out" "$@" "${COMMON[@]}"
+  fi
+}
+PP=(--teacher expert --task pick_place --iterations 1 --max-time-s 15 --steps 2000 --batch-size 64
+    --collect-replan-steps 4,8 --collect-prefix-lens 2,6 --workers 2 --augment-shift 4 --keyframe-weight 1.0
+    --threads "${THREADS:-2}" --export --no-progress)
+
+# 0. (COMPACT=1) The short recipe: what nineteen runs found useful, from scratch, in about two hours on
+#    two cores, with one DAgger iteration (models/MODEL_CARD.md "Ninth run"). The long chain below
+#    needs every earlier stage's checkpoint and data (about ten hours); this one needs nothing but the
+#    sim. Demonstrations: plain, place-spread and descent-miss pick_place, push and reach, recorded by two
+#    recorders at once into the same folders and seeds the long chain uses; then one `train` from scratch
+#    with each source's part of the batch set; then a DAgger iteration on pick_place and push.
+if [ "${COMPACT:-0}" = 1 ]; then
+  {
+    record pick_place demos_pick_place 0 "${C_PP:-100}"
+    record pick_place demos_pick_place4 510 "${C_MISS:-120}" --place-spread 0.02 --descent-miss 0.05
+  } &
+  {
+    record pick_place demos_pick_place3 350 "${C_SPREAD:-100}" --place-spread 0.02
+    record push demos_push 0 "${C_PUSH:-120}" --hand
+    record reach demos_reach 0 "${C_REACH:-80}" --hand
+  } &
+  wait
+  # Reach demonstrations that stay at the target for 3 s after success (the others end 0.5 s after it, and
+  # the students drifted off the target once there): recorded after kc1 started, so they are kc2's.
+  record reach demos_reach_hold 700 "${C_HOLD:-80}" --hand --after-success-s 3
+  SHARES=(--source-share scripted_expert/push=0.25 --source-share scripted_expert/reach=0.1
+          --source-share scripted_expert_spread_miss=0.25 --source-share scripted_expert_spread=0.2)
+  COMPACT_DATA=("$WORK/demos_pick_place" "$WORK/demos_pick_place3" "$WORK/demos_pick_place4" "$WORK/demos_push"
+                "$WORK/demos_reach")
+  if [ ! -f "$WORK/kc1/model.onnx" ]; then
+    train_stage kc1 --data "${COMPACT_DATA[@]}" --keypoints 32 --keyframe-weight 1.0 --augment-colour-swap 0.5 \
+        --gripper-weight 4 --steps "${C_STEPS:-6000}" --seed 21 --no-progress --all-episodes --val-fraction 0 \
+        "${SHARES[@]}"
+  fi
+  # kc2: a DAgger iteration of kc1 on pick_place and push (spread teacher), then from kc1 on everything.
+  [ -f "$WORK/kc2_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task pick_place,push --steps 1 \
+      --batch-size 8 --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
+      --init "$WORK/kc1/model.pt" --data "$WORK/demos_pick_place4" --student-out "$WORK/kc2_collect" \
+      --episodes "${C_DAGGER:-40}" --seed 22 --seed-start 5200 --eval-episodes 1 --surprise-episodes 1 \
+      --gripper-weight 4  # only its dagger.npz is used (--steps 1: not its student)
+  if [ ! -f "$WORK/kc2/model.onnx" ]; then
+    train_stage kc2 --init "$WORK/kc1/model.pt" --data "$WORK/kc1/dataset.npz" "$WORK/demos_reach_hold" \
+        "$WORK/kc2_collect/dagger.npz" \
+        --keyframe-weight 1.0 --augment-colour-swap 0.5 --gripper-weight 4 --steps "${C_STEPS2:-2000}" \
+        --lr 5e-4 --seed 22 --no-progress --all-episodes --val-fraction 0 "${SHARES[@]}" \
+        --source-share dagger_spread=0.25
+  fi
+  exit 0
+fi
+
 # 1. Scripted-expert demonstrations in the hand scene (the fingers in /joint_states, the gripper setpoint
 #    on /gripper_controller/commands, the task's prompt on /instruction), both cameras. Two batches per
 #    task, in the order they were recorded: the first run used the first batch only.
@@ -45,18 +108,6 @@ record reach demos_reach2 150 100 --hand
 #    camera; images shifted by up to 4 px. 2a: the first batches (8000 steps); 2b: from 2a, all the
 #    data, plus the keyframe loss (the arm at the next grasp / release / goal, predicted from the
 #    latent). THREADS=1 when other jobs share the cores (two OpenMP threads then spin against them).
-COMMON=(--cameras scene,wrist --gripper-joint fr3_finger_joint1 --instruction-tokens 16
-        --model-name wam-multitask --augment-shift 4 --batch-size 64 --threads "${THREADS:-2}" --export)
-train_stage() {  # out, then train arguments: skipped when <out>/model.onnx exists, resumed if started
-  local out="$WORK/$1"
-  shift
-  [ -f "$out/model.onnx" ] && return
-  if [ -f "$out/train_state.pt" ]; then
-    "$WAM" train --out "$out" "$@" "${COMMON[@]}" --resume
-  else
-    "$WAM" train --out "$out" "$@" "${COMMON[@]}"
-  fi
-}
 train_stage kp --data "$WORK/demos_pick_place" "$WORK/demos_push" "$WORK/demos_reach" --keypoints 32 \
     --steps "$STEPS" --seed 0
 train_stage kp2 --data "$WORK/kp/dataset.npz" "$WORK/demos_pick_place2" "$WORK/demos_push2" \
@@ -98,9 +149,6 @@ fi
 # 3c. (FOURTH=1; models/MODEL_CARD.md "Third run", after the pick_place teacher fix) From kp2 (demonstrations
 #     only), DAgger on pick_place with the fixed teacher: 40 episodes (kp4_dagger, seeds 4000-4039), then 30
 #     more from that student (kp4_dagger2, seeds 4100-4129), two workers, the runtime's cadence and delay.
-PP=(--teacher expert --task pick_place --iterations 1 --max-time-s 15 --steps 2000 --batch-size 64
-    --collect-replan-steps 4,8 --collect-prefix-lens 2,6 --workers 2 --augment-shift 4 --keyframe-weight 1.0
-    --threads "${THREADS:-2}" --export --no-progress)
 if [ "${FOURTH:-0}" = 1 ]; then
   [ -f "$WORK/kp4_dagger/model.onnx" ] || "$WAM" distill "${PP[@]}" --init "$WORK/kp2/model.pt" \
       --data "$WORK/kp2/dataset.npz" --student-out "$WORK/kp4_dagger" --episodes 40 --seed 4 \
