@@ -27,7 +27,9 @@ declare -A SPEC=(
   [push200]="push $N both 200"
   [reach0]="reach $N async 0"
   [reach200]="reach $N both 200"
-  [wrong]="pick_place $N async 0 pick up the blue cube"
+  # the wrong-prompt control: one of the sim's own phrasings, with blue whatever the scene's task cube is
+  # (before the ninth run it was "pick up the blue cube", which no episode is prompted with)
+  [wrong]="pick_place $N async 0 put the blue cube on the yellow square"
 )
 jobs_file="$OUT/jobs.txt"
 : >"$jobs_file"
