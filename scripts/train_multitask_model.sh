@@ -17,17 +17,18 @@ WAM=".venv/bin/wam-control"
 STEPS="${STEPS:-8000}"
 mkdir -p "$WORK" models
 
-record() {  # task folder first count [--hand]: record seeds first..first+count-1 that are not there yet
-  local task="$1" out="$WORK/$2" first="$3" count="$4" seed
+record() {  # task folder first count [record options]: record the seeds first..first+count-1 past the
+            # last one already there (an episode the expert failed leaves no bag, and fails again)
+  local task="$1" out="$WORK/$2" first="$3" count="$4" seed start
   shift 4
   mkdir -p "$out"
+  start="$first"
   for ((seed = first; seed < first + count; seed++)); do
-    if [ ! -d "$out/${task}_seed$seed" ]; then
-      "$WAM" record --task "$task" --episodes $((first + count - seed)) --seed "$seed" --cameras scene,wrist \
-          --out "$out" "$@" || true  # stops at the first bag that exists; the loop goes on after it
-      return
-    fi
+    [ -d "$out/${task}_seed$seed" ] && start=$((seed + 1))
   done
+  [ "$start" -lt $((first + count)) ] || return 0
+  "$WAM" record --task "$task" --episodes $((first + count - start)) --seed "$start" --cameras scene,wrist \
+      --out "$out" "$@"
 }
 
 # Shared by the stages: train arguments, a resumable train stage, the pick_place DAgger arguments
@@ -65,9 +66,6 @@ if [ "${COMPACT:-0}" = 1 ]; then
     record reach demos_reach 0 "${C_REACH:-80}" --hand
   } &
   wait
-  # Reach demonstrations that stay at the target for 3 s after success (the others end 0.5 s after it, and
-  # the students drifted off the target once there): recorded after kc1 started, so they are kc2's.
-  record reach demos_reach_hold 700 "${C_HOLD:-80}" --hand --after-success-s 3
   SHARES=(--source-share scripted_expert/push=0.25 --source-share scripted_expert/reach=0.1
           --source-share scripted_expert_spread_miss=0.25 --source-share scripted_expert_spread=0.2)
   COMPACT_DATA=("$WORK/demos_pick_place" "$WORK/demos_pick_place3" "$WORK/demos_pick_place4" "$WORK/demos_push"
@@ -77,16 +75,32 @@ if [ "${COMPACT:-0}" = 1 ]; then
         --gripper-weight 4 --steps "${C_STEPS:-6000}" --seed 21 --no-progress --all-episodes --val-fraction 0 \
         "${SHARES[@]}"
   fi
-  # kc2: a DAgger iteration of kc1 on pick_place and push (spread teacher), then from kc1 on everything.
+  # Reach demonstrations that stay at the target for 3 s after success (the others end 0.5 s after it, and
+  # the students drifted off the target once there): recorded after kc1, so they are kc2's.
+  record reach demos_reach_hold 700 "${C_HOLD:-80}" --hand --after-success-s 3
+  # kc1 from those 518 was weak (pick_place 0.05, push 0, reach 0.4; as the first run's BC): kc2 also gets
+  # 410 more demonstrations (the second run's BC gained most from more data), recorded after kc1 (this
+  # run recorded them while kc1's DAgger rollouts ran).
+  {
+    record pick_place demos_pick_place4 510 $((120 + ${C_MORE_MISS:-120})) --place-spread 0.02 --descent-miss 0.05
+    record pick_place demos_pick_place 0 $((100 + ${C_MORE_PP:-100}))
+  } &
+  {
+    record push demos_push 0 $((120 + ${C_MORE_PUSH:-130})) --hand
+    record pick_place demos_pick_place3 350 $((100 + ${C_MORE_SPREAD:-60})) --place-spread 0.02
+  } &
+  wait
+  # kc2: a DAgger iteration of kc1 on pick_place and push (spread teacher), then from kc1 on everything,
+  # longer than kc1 (kc1's 6000 steps from scratch left it at pick_place 0.05, reach 0.4).
   [ -f "$WORK/kc2_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task pick_place,push --steps 1 \
       --batch-size 8 --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
       --init "$WORK/kc1/model.pt" --data "$WORK/demos_pick_place4" --student-out "$WORK/kc2_collect" \
       --episodes "${C_DAGGER:-40}" --seed 22 --seed-start 5200 --eval-episodes 1 --surprise-episodes 1 \
       --gripper-weight 4  # only its dagger.npz is used (--steps 1: not its student)
   if [ ! -f "$WORK/kc2/model.onnx" ]; then
-    train_stage kc2 --init "$WORK/kc1/model.pt" --data "$WORK/kc1/dataset.npz" "$WORK/demos_reach_hold" \
+    train_stage kc2 --init "$WORK/kc1/model.pt" --data "${COMPACT_DATA[@]}" "$WORK/demos_reach_hold" \
         "$WORK/kc2_collect/dagger.npz" \
-        --keyframe-weight 1.0 --augment-colour-swap 0.5 --gripper-weight 4 --steps "${C_STEPS2:-2000}" \
+        --keyframe-weight 1.0 --augment-colour-swap 0.5 --gripper-weight 4 --steps "${C_STEPS2:-8000}" \
         --lr 5e-4 --seed 22 --no-progress --all-episodes --val-fraction 0 "${SHARES[@]}" \
         --source-share dagger_spread=0.25
   fi
