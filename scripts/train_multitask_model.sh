@@ -101,8 +101,9 @@ if [ "${COMPACT:-0}" = 1 ]; then
     train_stage kc2 --init "$WORK/kc1/model.pt" --data "${COMPACT_DATA[@]}" "$WORK/demos_reach_hold" \
         "$WORK/kc2_collect/dagger.npz" \
         --keyframe-weight 1.0 --augment-colour-swap 0.5 --gripper-weight 4 --steps "${C_STEPS2:-8000}" \
-        --lr 5e-4 --seed 22 --no-progress --all-episodes --val-fraction 0 "${SHARES[@]}" \
-        --source-share dagger_spread=0.25
+        --lr 5e-4 --seed 22 --no-progress --all-episodes --val-fraction 0 --source-share scripted_expert/push=0.2 \
+        --source-share scripted_expert/reach=0.1 --source-share scripted_expert_spread_miss=0.2 \
+        --source-share scripted_expert_spread=0.15 --source-share dagger_spread=0.2  # the rest (0.15): plain
   fi
   exit 0
 fi

@@ -305,3 +305,15 @@ def test_a_task_qualified_share_takes_its_episodes_before_the_bare_source() -> N
         source_weights(ds, {"expert/lift": 0.1})
     with pytest.raises(ValueError, match="every episode of 'dagger' is already given"):
         source_weights(ds, {"dagger/push": 0.1, "dagger": 0.2})
+
+
+def test_train_refuses_shares_over_one_before_reading_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shares are checked before the data is read (minutes for a large set): a missing data folder is
+    not reached."""
+    from wam_control.model.train import main
+
+    argv = ["--data", str(tmp_path / "no_such_bags"), "--out", str(tmp_path / "out"), "--steps", "1",
+            "--source-share", "scripted_expert/push=0.6", "--source-share", "dagger=0.5"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "add up to 1.1" in err and "no_such_bags" not in err

@@ -820,6 +820,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         device = resolve_device(args.device)
+        # checked before the data is read (minutes for a large set); source_weights checks the names later
+        shares = parse_source_shares(args.source_share) if args.source_share else None
     except ValueError as exc:
         print(f"wam-control train: {exc}", file=sys.stderr)
         return 2
@@ -869,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     decode_s = time.perf_counter() - t0
     try:
-        weights = source_weights(ds, parse_source_shares(args.source_share)) if args.source_share else None
+        weights = source_weights(ds, shares) if shares is not None else None
     except ValueError as exc:
         print(f"wam-control train: {exc}", file=sys.stderr)
         return 2
