@@ -128,6 +128,23 @@ if [ "${COMPACT:-0}" = 1 ]; then
       rm -f "$WORK/kc$n/dataset.npz"
     fi
   done
+  # C_SHIP=kcN: that student goes to models/ (config/fr3_hand.yaml points at it) with its tokenizer, its
+  # training summary and its checkpoint (wam_multitask.pt: the next run's `train --init`, so that a run
+  # starts from it instead of from scratch when runs/ is gone).
+  if [ -n "${C_SHIP:-}" ]; then
+    cp "$WORK/$C_SHIP/model.onnx" models/wam_multitask.onnx
+    cp "$WORK/$C_SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json
+    cp "$WORK/$C_SHIP/model.pt" models/wam_multitask.pt
+    .venv/bin/python - "$WORK/$C_SHIP" models/wam_multitask.training.json <<'PY'
+import json, sys
+from pathlib import Path
+stage, out = Path(sys.argv[1]), Path(sys.argv[2])
+train = json.loads((stage / "training_report.json").read_text())
+train.pop("history", None)
+out.write_text(json.dumps({"stage": stage.name, "train": train}, indent=2) + "\n")
+print("wrote", out)
+PY
+  fi
   exit 0
 fi
 
@@ -375,7 +392,8 @@ if [ "${TENTH:-0}" = 1 ] && [ -f "$WORK/kp18_long/model.pt" ]; then
   fi
 fi
 
-# 4. Ship: the ONNX, its tokenizer and the training summary beside it (config/fr3_hand.yaml points here).
+# 4. Ship (the long chain: kp2 / kp2_dagger; COMPACT=1 C_SHIP=kcN ships the short recipe's student, which
+#    models/ holds now): the ONNX, its tokenizer and the training summary (config/fr3_hand.yaml points here).
 cp "$SHIP/model.onnx" models/wam_multitask.onnx
 cp "$SHIP/model.tokenizer.json" models/wam_multitask.tokenizer.json
 .venv/bin/python - "$WORK" models/wam_multitask.training.json <<'PY'
