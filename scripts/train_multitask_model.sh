@@ -105,12 +105,12 @@ if [ "${COMPACT:-0}" = 1 ]; then
         --source-share scripted_expert/reach=0.1 --source-share scripted_expert_spread_miss=0.2 \
         --source-share scripted_expert_spread=0.15 --source-share dagger_spread=0.2  # the rest (0.15): plain
   fi
-  # kc3, kc4, ... (C_ITERS, default 3): DAgger from the last student on all three tasks (40 episodes, seeds
+  # kc3, kc4, ... (C_ITERS, default 4; kc4 is in models/): DAgger from the last student on all three tasks (40 episodes, seeds
   # 5300, 5400, ...), pick_place's first 3.5 s also labelled for the other two cubes' prompts (kc2 went to
   # another cube first in 11 of 20 evaluation episodes; such counterfactual labels taught the long chain
   # the colour word), then from it on everything with every DAgger set so far (4000 steps).
   dagger_sets=("$WORK/kc2_collect/dagger.npz")
-  for ((n = 3; n <= ${C_ITERS:-3}; n++)); do
+  for ((n = 3; n <= ${C_ITERS:-4}; n++)); do
     prev="$WORK/kc$((n - 1))"
     [ -f "$WORK/kc${n}_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task pick_place,push,reach \
         --steps 1 --batch-size 8 --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
