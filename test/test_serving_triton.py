@@ -351,8 +351,6 @@ def test_contract_v2_prompted_gripper_model_without_optional_parts(tmp_path: Pat
     out; no prefix inputs, no world-model head) served by both runtimes (`serve --runtime pytriton` is kept
     for comparison; this is its only test): the client sends exactly the model's inputs (the prompt's
     tokens included), and the replies equal in-process ONNX Runtime's, prompt by prompt."""
-    if runtime == "pytriton":
-        pytest.importorskip("pytriton.triton")
     from byom_models import VOCAB, build_model
 
     path = build_model(tmp_path / "prompt_gripper.onnx", prompt=True, extra=["gripper"], extra_goal=[0.035])
