@@ -306,6 +306,34 @@ def test_record_pick_place_bag_has_fingers_gripper_commands_and_prompt(tmp_path:
                 main(["--task", task, "--episodes", "1", "--out", str(tmp_path), option, value])
 
 
+def test_record_every_cube_gives_one_scene_three_prompts_and_three_motions(tmp_path: Path) -> None:
+    """--every-cube: one bag per cube as the target, from the same scene: the first images are equal,
+    the prompts differ in the colour word only, and each episode picks and places its own cube."""
+    from wam_control.sim.bag import read_bag
+    from wam_control.sim.record import main
+
+    base = ["--task", "pick_place", "--episodes", "1", "--seed", "4", "--cameras", "scene", "--image-hw", "24",
+            "24", "--camera-hz", "2", "--after-success-s", "0.1"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path), "--every-cube"]) == 0
+    demos = {c: read_bag(tmp_path / f"pick_place_seed4_{c}") for c in CUBE_COLOURS}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"pick_place_seed4_{c}" for c in CUBE_COLOURS)
+    with SimArm(task="pick_place", seed=4, cameras=()) as arm:
+        own = arm.task.prompt  # the seed's own prompt: one of the three, with the same phrasing
+    for colour, demo in demos.items():
+        assert demo.metadata["success"] == "true" and demo.metadata["target_cube"] == colour
+        assert demo.metadata["controller"] == "scripted_expert_cubes"
+        assert demo.instructions[0].split() == [colour if w in CUBE_COLOURS else w for w in own.split()]
+    first = [demo.images["camera"].frames[0] for demo in demos.values()]
+    assert all(np.array_equal(first[0], f) for f in first[1:])
+    # three different motions: where the arm is 3 s in differs by centimetres-scale joint angles
+    at_3s = [demo.joint_q[np.searchsorted(demo.joint_t, 3.0), :7] for demo in demos.values()]
+    assert min(np.abs(a - b).max() for i, a in enumerate(at_3s) for b in at_3s[:i]) > 0.05
+    with pytest.raises(SystemExit):  # pick_place only
+        main(["--task", "push", "--episodes", "1", "--out", str(tmp_path / "push"), "--every-cube"])
+    with SimArm(task="pick_place", seed=4, cameras=()) as arm, pytest.raises(ValueError, match="target cube 3"):
+        arm.task.set_target(3)
+
+
 def test_record_after_success_holds_the_target_for_the_time_asked(tmp_path: Path) -> None:
     """--after-success-s: the same episode goes on that long past success, the arm held where the task
     ended (demonstrations of staying at the target); a duration <= 0 is an argument error."""

@@ -2,7 +2,8 @@
 
     wam-control record --task reach --episodes 20 --seed 0 --out demos/
 
-writes one bag directory per episode, `<out>/<task>_seed<seed>` (MCAP by default), with the topics of
+writes one bag directory per episode, `<out>/<task>_seed<seed>` (MCAP by default; with `--every-cube`,
+one per cube as the target: `<out>/pick_place_seed<seed>_<colour>`), with the topics of
 wam_control.sim.bag. `record_episode()` records any controller (a callable returning the next joint
 position target), not only the expert. Every bag starts with the task's prompt on /instruction (also
 in the metadata as `prompt`); with the hand (task pick_place), /joint_states carries the finger joints
@@ -22,7 +23,7 @@ import numpy as np
 
 from wam_control.sim.arm import SimArm
 from wam_control.sim.bag import BagRecorder, CameraSpec
-from wam_control.sim.tasks import TASKS
+from wam_control.sim.tasks import CUBE_COLOURS, TASKS
 
 FRAME_IDS = {"scene": "scene_camera_optical_frame", "wrist": "wrist_camera_optical_frame"}
 
@@ -125,17 +126,28 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds recorded once the task has succeeded (held), the expert holding where the task ended "
         "(default 0.5); longer teaches a policy to stay at the target instead of drifting off it",
     )
+    ap.add_argument(
+        "--every-cube",
+        action="store_true",
+        help="pick_place: record each seed once per cube as the task's target (bags <task>_seed<S>_<colour>): "
+        "the same scene and phrasing with each colour in the prompt, so the same first images go with three "
+        "prompts and three motions; the bags' controller gets the suffix _cubes",
+    )
     ap.add_argument("--keep-failures", action="store_true", help="keep bags of episodes the expert failed")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
     cameras = tuple(c for c in args.cameras.split(",") if c)
     if args.place_spread < 0 or args.descent_miss < 0:
-        ap.error(f"--place-spread and --descent-miss are distances >= 0, got {args.place_spread}, {args.descent_miss}")
+        ap.error(
+            f"--place-spread and --descent-miss are distances >= 0, got {args.place_spread}, {args.descent_miss}"
+        )
     if not args.after_success_s > 0:
         ap.error(f"--after-success-s is a duration > 0, got {args.after_success_s}")
-    if (args.place_spread or args.descent_miss) and args.task != "pick_place":
-        ap.error(f"--place-spread and --descent-miss are for task pick_place, not {args.task!r}")
+    if (args.place_spread or args.descent_miss or args.every_cube) and args.task != "pick_place":
+        ap.error(
+            f"--place-spread, --descent-miss and --every-cube are for task pick_place, not {args.task!r}"
+        )
 
     args.out.mkdir(parents=True, exist_ok=True)
     arm = SimArm(
@@ -149,17 +161,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     expert = Expert(arm, place_spread_m=args.place_spread, descent_miss_m=args.descent_miss)
     # the controller names the data's source (train --source-share): each expert variant is told apart
-    controller = "scripted_expert" + ("_spread" if args.place_spread else "") + ("_miss" if args.descent_miss else "")
+    controller = (
+        "scripted_expert"
+        + ("_spread" if args.place_spread else "")
+        + ("_miss" if args.descent_miss else "")
+        + ("_cubes" if args.every_cube else "")
+    )
+    # (seed, target cube or None for the seed's own): one episode each
+    episodes = [
+        (args.seed + i, cube)
+        for i in range(args.episodes)
+        for cube in (range(len(CUBE_COLOURS)) if args.every_cube else (None,))
+    ]
     kept = successes = 0
     start = time.perf_counter()
     try:
-        for i in range(args.episodes):
-            seed = args.seed + i
-            path = args.out / f"{args.task}_seed{seed}"
+        for seed, cube in episodes:
+            name = f"{args.task}_seed{seed}" + ("" if cube is None else f"_{CUBE_COLOURS[cube]}")
+            path = args.out / name
             if path.exists():
                 print(f"record: {path} exists already; not overwriting", file=sys.stderr)
                 return 1
             arm.reset(seed)
+            if cube is not None:
+                arm.task.set_target(cube)
             expert.reset()
             meta = {
                 "task": args.task,
@@ -173,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             if args.place_spread:
                 meta["place_spread_m"] = str(args.place_spread)
+            if cube is not None:
+                meta["target_cube"] = CUBE_COLOURS[cube]
             if args.descent_miss:
                 meta["descent_miss_m"] = str(args.descent_miss)
             meta["after_success_s"] = str(args.after_success_s)
@@ -200,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
                 kept += 1
             else:
                 _remove_bag(path)
-            print(f"episode seed={seed} success={str(ok).lower()} duration_s={arm.time:.2f}")
+            target = "" if cube is None else f" cube={CUBE_COLOURS[cube]}"
+            print(f"episode seed={seed}{target} success={str(ok).lower()} duration_s={arm.time:.2f}")
     finally:
         arm.close()
     wall = time.perf_counter() - start
     print(
-        f"episodes={args.episodes} kept={kept} success_rate={successes / args.episodes:.3f} wall_s={wall:.1f} out={args.out}"
+        f"episodes={len(episodes)} kept={kept} success_rate={successes / len(episodes):.3f} wall_s={wall:.1f} "
+        f"out={args.out}"
     )
     return 0
 

@@ -273,6 +273,15 @@ class PickPlaceTask(Task):
         """This episode's phrasing with cube `i`'s colour (the prompt as if cube `i` were the task's)."""
         return self.phrasing.format(colour=CUBE_COLOURS[i])
 
+    def set_target(self, i: int) -> None:
+        """Make cube `i` the task's (after reset): the same scene and phrasing, its colour in the prompt."""
+        if not 0 <= i < len(CUBE_COLOURS):
+            raise ValueError(
+                f"pick_place target cube {i}: expected 0..{len(CUBE_COLOURS) - 1} ({CUBE_COLOURS})"
+            )
+        self.target_index = int(i)
+        self.prompt = self.prompt_naming(self.target_index)
+
     def _place_cube(self, i: int, pos: np.ndarray, yaw: float = 0.0) -> None:
         a, d = self._cube_qadr[i], self._cube_dadr[i]
         self.arm.data.qpos[a : a + 3] = pos
