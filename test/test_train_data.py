@@ -106,3 +106,44 @@ def test_dataset_cache_and_errors(tmp_path: Path) -> None:
         episode_from_bag(bags / "reach_seed0", spec(hw=(32, 32)))
     with pytest.raises(FileNotFoundError, match="no ROS 2 bags"):
         bag_dirs(tmp_path)
+
+
+def test_builder_joins_datasets_rebased_and_lets_each_part_go(tmp_path: Path) -> None:
+    """Several folders become one dataset: frames in order, indices re-based into the whole, and the
+    builder keeps no part once built (each part's frames are freed as they are copied: the peak is the
+    data once, not twice)."""
+    import gc
+    import weakref
+
+    from wam_control.model.data import DatasetBuilder
+
+    folders = []
+    for f, seconds in enumerate((0.6, 0.9)):
+        write_bag(tmp_path / f"d{f}" / "reach_seed0", seconds=seconds, seed=f)
+        folders.append(tmp_path / f"d{f}")
+    parts = [load_dataset(d, spec(), progress=False) for d in folders]
+    expect_frames = np.concatenate([p.frames for p in parts])
+    expect_obs_frame = np.concatenate([parts[0].obs_frame, parts[1].obs_frame + len(parts[0].frames)])
+    expect_future = np.concatenate([parts[0].future, parts[1].future + len(parts[0])])
+    expect_actions = np.concatenate([p.actions for p in parts])
+    builder = DatasetBuilder()
+    alive = []
+    while parts:
+        p = parts.pop(0)
+        alive.append(weakref.ref(p.frames))
+        builder.add_dataset(p)
+        del p
+    ds = builder.build()
+    gc.collect()
+    assert [ref() is None for ref in alive] == [True, True]
+    assert np.array_equal(ds.frames, expect_frames) and np.array_equal(ds.obs_frame, expect_obs_frame)
+    assert np.array_equal(ds.future, expect_future) and np.array_equal(ds.actions, expect_actions)
+    assert ds.episode.tolist() == [0] * 25 + [1] * (len(ds) - 25) and len(ds.episodes) == 2
+    with pytest.raises(ValueError, match="dataset is empty"):
+        builder.build()  # built once: nothing left in it
+    mixed = DatasetBuilder()
+    mixed.add_dataset(load_dataset(folders[0], spec(), progress=False))
+    write_bag(tmp_path / "big" / "reach_seed0", seconds=0.6, hw=(32, 32))
+    mixed.add_dataset(load_dataset(tmp_path / "big", spec(hw=(32, 32)), progress=False))
+    with pytest.raises(ValueError, match=r"frames of shape \(1, 32, 32, 3\) and \(1, 16, 16, 3\)"):
+        mixed.build()

@@ -202,22 +202,44 @@ class DatasetBuilder:
         self._n_obs += len(ds)
 
     def build(self) -> Dataset:
+        """The one Dataset; the builder is empty afterwards (build once).
+
+        Frames are copied part by part into one array and each part is let go as soon as it is copied:
+        the pages of the new array are committed as they are written, so the peak is about the data
+        once plus one part, not twice the data (np.concatenate held both: a 400k-observation training
+        set, ~12 GB of frames, did not fit in 24 GB)."""
         if not self._parts:
             raise ValueError("dataset is empty: no episode produced any observation")
+        frame_shape = self._frames[0].shape[1:]
+        for f in self._frames:
+            if f.shape[1:] != frame_shape:
+                raise ValueError(
+                    f"frames of shape {f.shape[1:]} and {frame_shape} in one dataset: every part needs the "
+                    "same cameras and image size"
+                )
+        frames = np.empty((self._n_frames, *frame_shape), dtype=np.uint8)
+        at = 0
+        while self._frames:
+            part = self._frames.pop(0)
+            frames[at : at + len(part)] = part
+            at += len(part)
+            del part
 
         def cat(key: str) -> np.ndarray:
-            return np.concatenate([p[key] for p in self._parts])
+            return np.concatenate([p.pop(key) for p in self._parts])
 
-        return Dataset(
-            frames=np.concatenate(self._frames),
+        ds = Dataset(
+            frames=frames,
             obs_frame=cat("obs_frame"),
             state=cat("state"),
             actions=cat("actions"),
             executed=cat("executed"),
             future=cat("future"),
             episode=cat("episode"),
-            episodes=list(self._episodes),
+            episodes=self._episodes,
         )
+        self._parts, self._episodes, self._n_frames, self._n_obs = [], [], 0, 0
+        return ds
 
 
 def concat(datasets: Iterable[Dataset]) -> Dataset:

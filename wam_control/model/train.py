@@ -676,23 +676,21 @@ def load_datasets(
 ) -> Dataset:
     """One dataset from one or several folders of bags / .npz files (each folder cached in `out`);
     the whole is cached as `<out>/dataset.npz` (what `wam-control distill --data` takes)."""
-    from wam_control.model.data import concat, save_dataset
+    from wam_control.model.data import DatasetBuilder, save_dataset
 
     if len(data) == 1:
         return load_dataset(
             data[0], spec, cache=out / "dataset.npz", successful_only=successful_only, progress=progress
         )
-    parts = [
-        load_dataset(
-            d,
-            spec,
-            cache=out / f"dataset.{Path(d).name}.npz",
-            successful_only=successful_only,
-            progress=progress,
+    # Only the builder holds each folder's dataset, so build() can let each go once it is copied.
+    builder = DatasetBuilder()
+    for d in data:
+        builder.add_dataset(
+            load_dataset(
+                d, spec, cache=out / f"dataset.{Path(d).name}.npz", successful_only=successful_only, progress=progress
+            )
         )
-        for d in data
-    ]
-    ds = concat(parts)
+    ds = builder.build()
     save_dataset(ds, out / "dataset.npz", {"spec": spec.to_dict(), "sources": [str(d) for d in data]})
     return ds
 
