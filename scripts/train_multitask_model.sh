@@ -71,7 +71,15 @@ if [ "${COMPACT:-0}" = 1 ]; then
           --source-share scripted_expert_spread_miss=0.25 --source-share scripted_expert_spread=0.2)
   COMPACT_DATA=("$WORK/demos_pick_place" "$WORK/demos_pick_place3" "$WORK/demos_pick_place4" "$WORK/demos_push"
                 "$WORK/demos_reach")
-  if [ ! -f "$WORK/kc1/model.onnx" ]; then
+  # C_FROM=<checkpoint> C_FROM_N=<n>: runs/ is not kept between sessions; the iterations then start at
+  # kc<n> from that checkpoint (models/wam_multitask.pt: the last student shipped), on the demonstrations
+  # (re-recorded here from their seeds) and whatever DAgger sets are still on disk; kc1 and kc2 are
+  # not redone.
+  if [ -n "${C_FROM:-}" ]; then
+    [ -f "$C_FROM" ] || { echo "C_FROM=$C_FROM: no such checkpoint" >&2; exit 2; }
+    [ -n "${C_FROM_N:-}" ] || { echo "C_FROM needs C_FROM_N, the iteration it starts (e.g. 6)" >&2; exit 2; }
+  fi
+  if [ -z "${C_FROM:-}" ] && [ ! -f "$WORK/kc1/model.onnx" ]; then
     train_stage kc1 --data "${COMPACT_DATA[@]}" --keypoints 32 --keyframe-weight 1.0 --augment-colour-swap 0.5 \
         --gripper-weight 4 --steps "${C_STEPS:-6000}" --seed 21 --no-progress --all-episodes --val-fraction 0 \
         "${SHARES[@]}"
@@ -93,12 +101,12 @@ if [ "${COMPACT:-0}" = 1 ]; then
   wait
   # kc2: a DAgger iteration of kc1 on pick_place and push (spread teacher), then from kc1 on everything,
   # longer than kc1 (kc1's 6000 steps from scratch left it at pick_place 0.05, reach 0.4).
-  [ -f "$WORK/kc2_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task pick_place,push --steps 1 \
+  [ -n "${C_FROM:-}" ] || [ -f "$WORK/kc2_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task pick_place,push --steps 1 \
       --batch-size 8 --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
       --init "$WORK/kc1/model.pt" --data "$WORK/demos_pick_place4" --student-out "$WORK/kc2_collect" \
       --episodes "${C_DAGGER:-40}" --seed 22 --seed-start 5200 --eval-episodes 1 --surprise-episodes 1 \
       --gripper-weight 4  # only its dagger.npz is used (--steps 1: not its student)
-  if [ ! -f "$WORK/kc2/model.onnx" ]; then
+  if [ -z "${C_FROM:-}" ] && [ ! -f "$WORK/kc2/model.onnx" ]; then
     train_stage kc2 --init "$WORK/kc1/model.pt" --data "${COMPACT_DATA[@]}" "$WORK/demos_reach_hold" \
         "$WORK/kc2_collect/dagger.npz" \
         --keyframe-weight 1.0 --augment-colour-swap 0.5 --gripper-weight 4 --steps "${C_STEPS2:-8000}" \
@@ -122,9 +130,15 @@ if [ "${COMPACT:-0}" = 1 ]; then
     record pick_place demos_every_cube2 850 "${C_CUBES:-50}" --every-cube &
     wait
   fi
-  dagger_sets=("$WORK/kc2_collect/dagger.npz")
-  for ((n = 3; n <= ${C_ITERS:-4}; n++)); do
-    prev="$WORK/kc$((n - 1))"
+  first_n=3
+  [ -z "${C_FROM:-}" ] || first_n="$C_FROM_N"
+  dagger_sets=()
+  for ((n = 2; n < first_n; n++)); do
+    [ ! -f "$WORK/kc${n}_collect/dagger.npz" ] || dagger_sets+=("$WORK/kc${n}_collect/dagger.npz")
+  done
+  for ((n = first_n; n <= ${C_ITERS:-4}; n++)); do
+    prev_pt="$WORK/kc$((n - 1))/model.pt"
+    [ -z "${C_FROM:-}" ] || [ "$n" -ne "$first_n" ] || prev_pt="$C_FROM"
     steps_n=4000 late_data=()
     shares=(scripted_expert/push=0.2 scripted_expert/reach=0.1 scripted_expert_spread_miss=0.15
             scripted_expert_spread=0.1 dagger_spread=0.25 dagger_spread_counterfactual=0.1)  # rest: plain pick_place
@@ -136,12 +150,12 @@ if [ "${COMPACT:-0}" = 1 ]; then
     fi
     [ -f "$WORK/kc${n}_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task pick_place,push,reach \
         --steps 1 --batch-size 8 --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
-        --init "$prev/model.pt" --data "$WORK/demos_reach_hold" --student-out "$WORK/kc${n}_collect" \
+        --init "$prev_pt" --data "$WORK/demos_reach_hold" --student-out "$WORK/kc${n}_collect" \
         --episodes "${C_DAGGER:-40}" --seed $((20 + n)) --seed-start $((5000 + 100 * n)) --eval-episodes 1 \
         --surprise-episodes 1 --gripper-weight 4 --counterfactual-prompts-s 3.5
     dagger_sets+=("$WORK/kc${n}_collect/dagger.npz")
     if [ ! -f "$WORK/kc$n/model.onnx" ]; then
-      train_stage "kc$n" --init "$prev/model.pt" --data "${COMPACT_DATA[@]}" "$WORK/demos_reach_hold" \
+      train_stage "kc$n" --init "$prev_pt" --data "${COMPACT_DATA[@]}" "$WORK/demos_reach_hold" \
           "${dagger_sets[@]}" "${late_data[@]}" "${shares[@]/#/--source-share=}" --keyframe-weight 1.0 --augment-colour-swap 0.5 --gripper-weight 4 \
           --steps "$steps_n" --lr 5e-4 --seed $((20 + n)) --no-progress --all-episodes --val-fraction 0
       rm -f "$WORK/kc$n/dataset.npz"
