@@ -148,7 +148,10 @@ if [ "${COMPACT:-0}" = 1 ]; then
       shares=(scripted_expert/push=0.2 scripted_expert/reach=0.1 scripted_expert_spread_miss=0.1
               scripted_expert_spread=0.1 dagger_spread=0.2 dagger_spread_counterfactual=0.1 scripted_expert_cubes=0.15)
     fi
-    [ -f "$WORK/kc${n}_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task pick_place,push,reach \
+    # reach is at 1.0 from kc3 on: from kc6 the rollouts go to pick_place and push only
+    tasks=pick_place,push,reach
+    [ "$n" -lt 6 ] || tasks=pick_place,push
+    [ -f "$WORK/kc${n}_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task "$tasks" \
         --steps 1 --batch-size 8 --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
         --init "$prev_pt" --data "$WORK/demos_reach_hold" --student-out "$WORK/kc${n}_collect" \
         --episodes "${C_DAGGER:-40}" --seed $((20 + n)) --seed-start $((5000 + 100 * n)) --eval-episodes 1 \
