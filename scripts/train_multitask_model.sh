@@ -158,6 +158,12 @@ if [ "${COMPACT:-0}" = 1 ]; then
         --surprise-episodes 1 --gripper-weight 4 --counterfactual-prompts-s 3.5
     dagger_sets+=("$WORK/kc${n}_collect/dagger.npz")
     if [ ! -f "$WORK/kc$n/model.onnx" ]; then
+      # the demonstrations' decoded caches (train keeps one per folder in its out dir): hard links from
+      # the last stage instead of five minutes of decoding the same bags again
+      mkdir -p "$WORK/kc$n"
+      for cache in "$WORK/kc$((n - 1))"/dataset.demos_*.npz; do
+        [ ! -f "$cache" ] || [ -f "$WORK/kc$n/${cache##*/}" ] || ln "$cache" "$WORK/kc$n/"
+      done
       train_stage "kc$n" --init "$prev_pt" --data "${COMPACT_DATA[@]}" "$WORK/demos_reach_hold" \
           "${dagger_sets[@]}" "${late_data[@]}" "${shares[@]/#/--source-share=}" --keyframe-weight 1.0 --augment-colour-swap 0.5 --gripper-weight 4 \
           --steps "$steps_n" --lr 5e-4 --seed $((20 + n)) --no-progress --all-episodes --val-fraction 0
