@@ -237,11 +237,11 @@ class LookaheadLabeler:
         the lookahead, then put back)."""
         task = self.arm.task
         real = task.target_index
-        task.target_index = cube
+        task.set_target(cube)
         try:
             return self(images, q, q_cmd, v_cmd)
         finally:
-            task.target_index = real
+            task.set_target(real)
 
 
 class CounterfactualLabels:

@@ -258,9 +258,9 @@ class PickPlaceTask(Task):
                 break
         else:
             raise RuntimeError("pick_place: no zone clear of the cubes after 1000 draws")
-        self.target_index = int(rng.integers(len(CUBE_COLOURS)))
+        target = int(rng.integers(len(CUBE_COLOURS)))
         self.phrasing = PROMPTS[self.name][int(rng.integers(len(PROMPTS[self.name])))]
-        self.prompt = self.prompt_naming(self.target_index)
+        self.set_target(target)
         for i, (c, yaw) in enumerate(zip(cubes, yaws)):
             self._place_cube(i, np.array([c[0], c[1], self.cube_half + 0.0005]), float(yaw))
         self.arm.data.mocap_pos[self._zone] = (zone[0], zone[1], 0.0005)
