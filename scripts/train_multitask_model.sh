@@ -151,11 +151,17 @@ if [ "${COMPACT:-0}" = 1 ]; then
     # reach is at 1.0 from kc3 on: from kc6 the rollouts go to pick_place and push only
     tasks=pick_place,push,reach
     [ "$n" -lt 6 ] || tasks=pick_place,push
+    # From kc8 the rollouts run at the runtime's own cadences only: its scheduler requests a chunk every
+    # 8 action steps (half the chunk) with a committed prefix of 2 at 0 ms and 6 at 200 ms; PP's
+    # replan 4 never happens there. Two of three episodes at 200 ms, where async lost to sync (kc7
+    # pick_place 0.30 / 0.60).
+    cadence=()
+    [ "$n" -lt 8 ] || cadence=(--collect-replan-steps 8 --collect-prefix-lens 2,6,6)
     [ -f "$WORK/kc${n}_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task "$tasks" \
         --steps 1 --batch-size 8 --augment-colour-swap 0.5 --place-spread 0.02 --dagger-source dagger_spread \
         --init "$prev_pt" --data "$WORK/demos_reach_hold" --student-out "$WORK/kc${n}_collect" \
         --episodes "${C_DAGGER:-40}" --seed $((20 + n)) --seed-start $((5000 + 100 * n)) --eval-episodes 1 \
-        --surprise-episodes 1 --gripper-weight 4 --counterfactual-prompts-s 3.5
+        --surprise-episodes 1 --gripper-weight 4 --counterfactual-prompts-s 3.5 "${cadence[@]}"
     dagger_sets+=("$WORK/kc${n}_collect/dagger.npz")
     if [ ! -f "$WORK/kc$n/model.onnx" ]; then
       # the demonstrations' decoded caches (train keeps one per folder in its out dir): hard links from
