@@ -6,7 +6,8 @@
 # cell's shards are merged into one final line (eval_matrix.summary).
 # Usage: scripts/eval_matrix.sh MODEL.onnx OUT_DIR [JOBS]
 #   JOBS: processes at once (default: nproc); EPISODES (default 20) per cell, PP0_EPISODES (default 40)
-#   for pick_place at 0 ms; SHARD (default 5); CELLS: which cells (default all, see below).
+#   for pick_place at 0 ms; SHARD (default 5); CELLS: which cells (default all, see below);
+#   MIN_PREFIX: inference.min_prefix_steps for every cell (default: config/fr3_hand.yaml's).
 # The 2-core dev machine runs the whole matrix in ~1.5 h; a 16-core machine in a few minutes.
 set -u -o pipefail
 MODEL="${1:?usage: scripts/eval_matrix.sh MODEL.onnx OUT_DIR [JOBS]}"
@@ -39,6 +40,7 @@ for cell in $CELLS; do
     n=$((SEED + count - s < SHARD ? SEED + count - s : SHARD))
     args="bench closed-loop --task $task --config fr3_hand --model $MODEL --episodes $n --seed $s"
     args+=" --mode $mode --delay-ms $delay --no-surprise"
+    [ -z "${MIN_PREFIX:-}" ] || args+=" --min-prefix-steps $MIN_PREFIX"
     [ -n "$prompt" ] && args+=" --prompt '$prompt'"
     echo "$WAM $args > $OUT/${cell}_$s.log 2>&1" >>"$jobs_file"
   done
@@ -78,6 +80,8 @@ for cell in cells:
             wins = [float(r[rate]) * e for r, e in zip(rows, eps)]
             pairs = [(float(v), w) for v, w in zip(vals, wins) if w > 0 and not math.isnan(float(v))]
             merged[key] = f"{sum(v * w for v, w in pairs) / sum(w for _, w in pairs):.3f}" if pairs else "nan"
+        elif key == "min_prefix_steps":
+            merged[key] = rows[0][key]
         elif key in ("interventions", "starvations"):
             merged[key] = str(sum(int(v) for v in vals))
         elif key.startswith("seam_jump_p99"):

@@ -162,6 +162,12 @@ ERROR_CASES = [
         "fraction",
     ),
     ("negative spin", _with("loop.spin_s", -1e-3), "loop.spin_s", ">= 0"),
+    (
+        "negative min prefix",
+        _with("inference.min_prefix_steps", -1),
+        "inference.min_prefix_steps",
+        ">= 0 action steps",
+    ),
     ("bad affinity", _with("loop.cpu_affinity", "a,b"), "loop.cpu_affinity", "CPU ids"),
     ("rt priority out of range", _with("loop.realtime_priority", 120), "loop.realtime_priority", "1-99"),
     ("duplicate joints", _with("joints", ["j1", "j1"]), "joints", "unique"),

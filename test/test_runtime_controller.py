@@ -90,6 +90,38 @@ def test_requests_carry_the_committed_prefix_never_zero_padded():
     np.testing.assert_allclose(first.action_prefix, np.repeat(first.state[None], len(first.action_prefix), 0))
 
 
+def test_min_prefix_steps_commits_a_longer_prefix_than_the_latency_needs():
+    """inference.min_prefix_steps: at a short latency the requests still carry that many committed
+    steps (the model sees the prefix it would see at a long latency), each the plan then being
+    executed, and the run keeps tracking."""
+    base = build_rig(latency_ticks=5).config
+    cfg = dataclasses.replace(base, inference=dataclasses.replace(base.inference, min_prefix_steps=6))
+    rig = build_rig(cfg, latency_ticks=5)
+    log = rig.replay.run(1500)
+    s = int(rig.controller.scheduler.s)
+    assert 5 // s + 2 < 6  # the latency alone would commit fewer
+    later = [r for r in rig.worker.requests if r.prefix_len > 0 and r.obs_tick > 600]
+    assert len(later) > 5
+    for r in later:
+        assert r.prefix_len == 6
+        for k in range(r.prefix_len):
+            i = r.obs_tick + k * s - int(log.ticks[0])
+            if i < len(log.ticks):
+                assert np.abs(r.action_prefix[k] - log.q_cmd[i]).max() < 5e-3
+    m = rig.controller.scheduler.metrics()
+    assert m["starved_ticks"] == 0 and m["prefix_overflows"] == 0
+    err = np.abs(log.q_cmd[1000:] - rig.motion(log.ticks[1000:] * rig.controller.dt)).max()
+    assert err < 0.01
+
+
+def test_min_prefix_steps_beyond_the_models_max_prefix_is_refused_by_name():
+    base = build_rig().config
+    cfg = dataclasses.replace(base, inference=dataclasses.replace(base.inference, min_prefix_steps=9))
+    with pytest.raises(ContractError, match="inference.min_prefix_steps 9 exceeds the model's max_prefix 8") as exc:
+        build_rig(cfg)
+    assert exc.value.field == "max_prefix"
+
+
 def test_stop_brakes_to_hold_and_start_resumes():
     rig = build_rig(latency_ticks=10)
     rig.replay.run(1200)

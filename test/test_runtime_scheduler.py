@@ -144,6 +144,32 @@ def test_prefix_is_the_committed_plan_while_the_model_thinks_and_never_zero_padd
     assert sched.prefix_len_last == 4
 
 
+@pytest.mark.parametrize(
+    ("delay_ticks", "min_prefix", "expected"),
+    [
+        (5, 0, 2),  # d/s = 0: the step running now + 1 extra
+        (5, 5, 5),  # the minimum wins at a short delay
+        (24, 3, 4),  # the delay needs more than the minimum
+        (24, 6, 6),
+        (55, 4, 6),  # needs 7: capped at max_prefix 6, as without a minimum
+    ],
+)
+def test_min_prefix_steps_is_a_floor_under_what_the_delay_needs(delay_ticks, min_prefix, expected):
+    inf = InferenceConfig(delay_percentile=95.0, delay_window=20, warmup_chunks=0, min_prefix_steps=min_prefix)
+    sched = ChunkScheduler(H, D, S, 6, DT, inf)
+    sched.accept(0, chunk_at(0), now_tick=delay_ticks)
+    out = np.zeros((H, D), dtype=np.float32)
+    assert sched.fill_prefix(60, out, fallback=np.ones(D)) == expected
+    for k in range(expected):
+        np.testing.assert_allclose(out[k], sched._cur.actions[(60 + k * S) // S], atol=1e-6)
+
+
+def test_min_prefix_steps_above_max_prefix_is_an_error_naming_the_key():
+    inf = InferenceConfig(min_prefix_steps=7)
+    with pytest.raises(ValueError, match="inference.min_prefix_steps 7 exceeds the model's max_prefix 6"):
+        ChunkScheduler(H, D, S, 6, DT, inf)
+
+
 def test_prefix_is_capped_at_max_prefix_and_the_overflow_is_counted():
     sched = make(warmup=0, max_prefix=2)
     sched.accept(0, chunk_at(0), now_tick=55)  # d = 55 ticks: needs 7 steps

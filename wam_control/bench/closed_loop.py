@@ -33,6 +33,7 @@ with the privileged expert (pick_place: with the config's gripper added to the m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -152,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         "(separates runtime problems from model problems)",
     )
     ap.add_argument("--horizon-s", type=float, default=None, help="episode time limit (default: the task's)")
+    ap.add_argument(
+        "--min-prefix-steps",
+        type=int,
+        default=None,
+        help="inference.min_prefix_steps for this run (default: the config's): commit at least this many "
+        "action steps at each request, whatever the latency",
+    )
     ap.add_argument("--quiet", action="store_true", help="no per-episode lines")
     ap.add_argument(
         "--no-surprise",
@@ -173,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     from wam_control.runtime.builder import Overrides, resolve
 
     config = load_config(preset_path(args.config or ("fr3_hand" if args.task == "pick_place" else "fr3")))
+    if args.min_prefix_steps is not None:
+        if args.min_prefix_steps < 0:
+            ap.error("--min-prefix-steps must be >= 0")
+        config = dataclasses.replace(
+            config, inference=dataclasses.replace(config.inference, min_prefix_steps=args.min_prefix_steps)
+        )
     model_path = Path(args.model or config.inference.model)
     if not model_path.is_file():
         print(f"bench closed-loop: model file {model_path} not found (pass --model PATH)", file=sys.stderr)
@@ -233,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         f"closed-loop {args.task}: {args.episodes} episodes x {list(modes)}, seeds {args.seed}..{args.seed + args.episodes - 1}, "
         f"model {model_path.name} ({contract.horizon} x {contract.action_dt * 1e3:g} ms), "
         f"{backend.describe() if backend is not None else 'expert oracle'}, "
-        f"{config.control_hz:g} Hz lockstep, latency = {args.compute_ms:g} ms compute + {args.delay_ms:g} ms injected; "
+        f"{config.control_hz:g} Hz lockstep, latency = {args.compute_ms:g} ms compute + {args.delay_ms:g} ms injected, "
+        f"committed prefix >= {config.inference.min_prefix_steps} steps; "
         f"{surprise_note}",
         flush=True,
     )
@@ -285,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         ("episodes", args.episodes),
         ("delay_ms", f"{args.delay_ms:g}"),
         ("latency_ticks", lat),
+        ("min_prefix_steps", config.inference.min_prefix_steps),
         ("success_rate", _fmt(s["success_rate"])),
         ("mean_time_s", _fmt(s["mean_time_s"])),
         ("seam_jump_p99", _fmt(s["seam_jump_p99"], 6)),

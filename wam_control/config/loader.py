@@ -312,6 +312,10 @@ def _validate(config: RobotConfig, limits_source: str) -> None:
         or config.inference.warmup_chunks < 0
     ):
         raise ConfigError(src, "inference", "threads and delay_window must be >= 1, warmup_chunks >= 0")
+    if config.inference.min_prefix_steps < 0:
+        raise ConfigError(
+            src, "inference.min_prefix_steps", f"expected >= 0 action steps, got {config.inference.min_prefix_steps}"
+        )
     if config.safety.max_state_age_s < config.timeouts.joint_state_s:
         raise ConfigError(
             src,

@@ -156,6 +156,11 @@ class InferenceConfig:
     delay_window: int = 50
     warmup_chunks: int = 3
     """Chunks whose delay is excluded from the delay estimate (first calls are slow)."""
+    min_prefix_steps: int = 0
+    """Commit at least this many action steps of the running plan at each request, whatever the
+    latency (0: only the steps that run before the chunk arrives, plus one). A model that acts
+    differently on a short and a long committed prefix then sees the same prefix at 0 ms as at 200 ms;
+    at most the model's max_prefix."""
 
     def __post_init__(self) -> None:
         host, sep, port = self.server.rpartition(":")

@@ -688,6 +688,14 @@ def check_contract(
                 f"model action_dt {contract.action_dt} s is {ticks:g} ticks at control_hz {control_hz}; "
                 "it must be a whole number of ticks >= 1",
             )
+    inference = getattr(config, "inference", None) if config is not None else None
+    min_prefix = int(getattr(inference, "min_prefix_steps", 0) or 0)
+    if min_prefix > contract.max_prefix:
+        raise ContractError(
+            "max_prefix",
+            f"inference.min_prefix_steps {min_prefix} exceeds the model's max_prefix {contract.max_prefix} "
+            "(the longest committed prefix it was trained on)",
+        )
     extra_dofs = getattr(config, "extra_dofs", None) if config is not None else None
     if extra_dofs is not None:
         for what, names in (("action_names", contract.extra_actions), ("state_names", contract.extra_states)):

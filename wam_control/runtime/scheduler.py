@@ -327,6 +327,11 @@ class ChunkScheduler:
         self.chunk_ticks = (horizon - 1) * self.s if horizon > 1 else self.s
         self.replan_ticks = int(round(self.params.replan_fraction * self.chunk_ticks))
         self.delay = DelayTracker(inference.delay_window, inference.delay_percentile, inference.warmup_chunks)
+        if inference.min_prefix_steps > max_prefix:
+            raise ValueError(
+                f"inference.min_prefix_steps {inference.min_prefix_steps} exceeds the model's max_prefix {max_prefix}"
+            )
+        self.min_prefix = inference.min_prefix_steps
         spline = _natural_spline_matrix(horizon) if self.params.interpolation == "cubic" else None
         self._spline = spline
         self._cur: _Chunk | None = None
@@ -442,14 +447,15 @@ class ChunkScheduler:
         """Write the action prefix for a request observed at `tick` into `out` [H, D]; return prefix_len.
 
         The prefix is the plan that will execute while the model thinks: steps 0 .. floor(d/s) + extra
-        of the new chunk, evaluated on the plan now being executed (chunk + seam correction). Rows past
+        of the new chunk (at least `inference.min_prefix_steps`), evaluated on the plan now being
+        executed (chunk + seam correction). Rows past
         prefix_len repeat the last committed action (or `fallback`, the measured state, when there is
         none): zero rows would decode to the training set's mean pose in a model that ignores the mask.
         """
         n = 0
         cur = self._cur
         if self.params.mode == "prefix" and cur is not None and cur.covers(tick) and self.max_prefix > 0:
-            need = int(self.delay.estimate // self.s) + 1 + self.params.prefix_extra_steps
+            need = max(int(self.delay.estimate // self.s) + 1 + self.params.prefix_extra_steps, self.min_prefix)
             self.prefix_needed_last = need
             if need > self.max_prefix:
                 self.counters["prefix_overflows"] += 1
