@@ -120,6 +120,10 @@ def test_min_prefix_steps_beyond_the_models_max_prefix_is_refused_by_name():
     with pytest.raises(ContractError, match="inference.min_prefix_steps 9 exceeds the model's max_prefix 8") as exc:
         build_rig(cfg)
     assert exc.value.field == "max_prefix"
+    # a model without the prefix inputs gets no prefix at all: the minimum does not apply to it
+    rig = build_rig(cfg, contract=make_contract(cfg, prefix=False), latency_ticks=5)
+    rig.replay.run(800)
+    assert all(r.prefix_len == 0 for r in rig.worker.requests)
 
 
 def test_stop_brakes_to_hold_and_start_resumes():

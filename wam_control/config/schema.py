@@ -159,8 +159,9 @@ class InferenceConfig:
     min_prefix_steps: int = 0
     """Commit at least this many action steps of the running plan at each request, whatever the
     latency (0: only the steps that run before the chunk arrives, plus one). A model that acts
-    differently on a short and a long committed prefix then sees the same prefix at 0 ms as at 200 ms;
-    at most the model's max_prefix."""
+    differently on a short and a long committed prefix then sees the same prefix at 0 ms as at 200 ms.
+    At most the model's max_prefix (else the model is refused at start-up); a model without the prefix
+    inputs gets no prefix whatever this says."""
 
     def __post_init__(self) -> None:
         host, sep, port = self.server.rpartition(":")

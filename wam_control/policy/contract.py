@@ -688,9 +688,11 @@ def check_contract(
                 f"model action_dt {contract.action_dt} s is {ticks:g} ticks at control_hz {control_hz}; "
                 "it must be a whole number of ticks >= 1",
             )
+    # A model without the prefix inputs gets no prefix at all (its seams are blended), so a minimum
+    # means nothing to it; one with them must have been trained on prefixes that long.
     inference = getattr(config, "inference", None) if config is not None else None
     min_prefix = int(getattr(inference, "min_prefix_steps", 0) or 0)
-    if min_prefix > contract.max_prefix:
+    if contract.has_prefix and min_prefix > contract.max_prefix:
         raise ContractError(
             "max_prefix",
             f"inference.min_prefix_steps {min_prefix} exceeds the model's max_prefix {contract.max_prefix} "

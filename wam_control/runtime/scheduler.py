@@ -327,7 +327,7 @@ class ChunkScheduler:
         self.chunk_ticks = (horizon - 1) * self.s if horizon > 1 else self.s
         self.replan_ticks = int(round(self.params.replan_fraction * self.chunk_ticks))
         self.delay = DelayTracker(inference.delay_window, inference.delay_percentile, inference.warmup_chunks)
-        if inference.min_prefix_steps > max_prefix:
+        if 0 < max_prefix < inference.min_prefix_steps:  # max_prefix 0: a model without prefix inputs
             raise ValueError(
                 f"inference.min_prefix_steps {inference.min_prefix_steps} exceeds the model's max_prefix {max_prefix}"
             )
