@@ -158,6 +158,9 @@ if [ "${COMPACT:-0}" = 1 ]; then
     # pick_place 0.30 / 0.60).
     cadence=()
     [ "$n" -lt 8 ] || cadence=(--collect-replan-steps 8 --collect-prefix-lens 2,6,6)
+    # From kc9 the prefix of config/fr3_hand.yaml only (min_prefix_steps 6: the runtime commits 6 steps
+    # at 0 ms too).
+    [ "$n" -lt 9 ] || cadence=(--collect-replan-steps 8 --collect-prefix-lens 6)
     # From kc8 the images are shifted by at most 1 pixel in training (4 before): 4 pixels of the scene
     # camera are ~6 cm on the table, and kc7 put cubes 3-5 cm short of zones near the workspace's edge.
     # kc8 with 4 (the ablation, MODEL_CARD "Eleventh run") was not better anywhere.
