@@ -527,14 +527,17 @@ def test_expert_resynced_low_with_the_cube_not_between_the_pads_rises_clear_firs
     [
         ("place", (0.02, -0.01), "place"),  # lowered with the cube 2 cm off the zone's centre: place
         ("open", (0.02, -0.01), "open"),  # put down off centre, fingers still closed: let go
-        ("place", (0.08, 0.0), "lift"),  # lowered outside the zone: up to the carry height first
+        ("place", (0.045, 0.0), "shift"),  # lowered 4.5 cm off, outside the zone: across, then down
+        ("place", (-0.01, 0.04), "shift"),
+        ("place", (0.08, 0.0), "lift"),  # lowered far outside the zone: up to the carry height first
     ],
 )
 def test_expert_resynced_holding_the_cube_low_over_the_zone_places_it_from_there(
     running: str, shift_m: tuple[float, float], phase: str
 ) -> None:
     """A student that carried the cube to the zone and lowered it a little off centre: the resynced
-    expert puts it down from there (or lets go), never lifting it back to the carry height."""
+    expert puts it down from there (or lets go), never lifting it back to the carry height. Lowered a
+    few cm outside the zone it moves the cube across at that height first ("shift")."""
     with SimArm(task="pick_place", seed=4, cameras=()) as arm:
         expert = Expert(arm)
         arm.reset(4)
@@ -549,7 +552,7 @@ def test_expert_resynced_holding_the_cube_low_over_the_zone_places_it_from_there
         assert fresh.phase == phase, (fresh.phase, arm.task.info())
         if phase == "lift":
             return
-        top = finish_tracking_height(arm, fresh, ("place", "open"), 10.0)
+        top = finish_tracking_height(arm, fresh, ("shift", "place", "open"), 10.0)
         assert top < p0[2] + 0.005, f"lifted {100 * (top - p0[2]):.1f} cm before letting go"
 
 

@@ -54,6 +54,13 @@ RECENTER_YAW_GATE = 0.1  # rad: the descent squares the fingers on the way down 
 # pick_place, resynced holding the cube low over the zone: place from there when the tool is this far
 # inside the region where the cube's centre counts as in the zone (per axis)
 PLACE_SLACK_M = 0.005
+# ...and holding it low just outside that region, within this distance of the place point: across to
+# it at that height, then down. "lift" (back up to the carry height, across, down again) against the
+# demonstrations' straight descent left students hovering a few cm off the zone, the cube held 2-3 cm
+# over the table (kc7, kc8). Other cubes' centres are >= 12 cm from the zone's centre (the task's
+# min_zone_gap), so this sideways path keeps the held cube >= 6 cm from them.
+PLACE_SHIFT_RADIUS_M = 0.06
+PLACE_SHIFT_CLEARANCE_M = 0.01  # the held cube's bottom stays this high over the table while moving across
 # pick_place with `place_spread_m` > 0: the place point's offset from the zone's centre is drawn per
 # episode from this stream of the episode's seed (the task's own draws use the seed itself).
 _PLACE_SEED_OFFSET = 7_919
@@ -220,6 +227,8 @@ class Expert:
                 self.phase = "place"
             elif p[2] > z_carry - 0.01:
                 self.phase = "move"
+            elif np.linalg.norm(p[:2] - zone[:2] - self._place_off) < PLACE_SHIFT_RADIUS_M:
+                self.phase = "shift"
             else:
                 self.phase = "lift"
             return self.phase
@@ -437,7 +446,7 @@ class Expert:
                 self._set_phase("lift")
             return self._hold.copy(), 0.05, 0.0
         held = np.linalg.norm(cube - p) < 0.03
-        if self.phase in ("lift", "move") and not held:
+        if self.phase in ("lift", "move", "shift") and not held:
             self._set_phase("approach")  # dropped: start again
             return p.copy(), 0.1, 0.0
         if self.phase == "lift":
@@ -445,6 +454,11 @@ class Expert:
                 self._set_phase("move")
             return np.array([self._hold[0], self._hold[1], z_carry]), 0.15, 0.0
         place = zone[:2] + self._place_off
+        if self.phase == "shift":  # only ever entered by `sync_phase`
+            if np.linalg.norm(p[:2] - place) < 0.006:
+                self._set_phase("place")
+            z_low = p[2] - (cube[2] - half) + PLACE_SHIFT_CLEARANCE_M  # the tool height that keeps the cube clear
+            return np.array([place[0], place[1], max(p[2], z_low)]), 0.08, 0.0
         if self.phase == "move":
             if np.linalg.norm(p[:2] - place) < 0.006:
                 self._set_phase("place")
