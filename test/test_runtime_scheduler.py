@@ -164,12 +164,6 @@ def test_min_prefix_steps_is_a_floor_under_what_the_delay_needs(delay_ticks, min
         np.testing.assert_allclose(out[k], sched._cur.actions[(60 + k * S) // S], atol=1e-6)
 
 
-def test_min_prefix_steps_above_max_prefix_is_an_error_naming_the_key():
-    inf = InferenceConfig(min_prefix_steps=7)
-    with pytest.raises(ValueError, match="inference.min_prefix_steps 7 exceeds the model's max_prefix 6"):
-        ChunkScheduler(H, D, S, 6, DT, inf)
-
-
 def test_prefix_is_capped_at_max_prefix_and_the_overflow_is_counted():
     sched = make(warmup=0, max_prefix=2)
     sched.accept(0, chunk_at(0), now_tick=55)  # d = 55 ticks: needs 7 steps

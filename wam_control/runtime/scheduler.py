@@ -327,10 +327,8 @@ class ChunkScheduler:
         self.chunk_ticks = (horizon - 1) * self.s if horizon > 1 else self.s
         self.replan_ticks = int(round(self.params.replan_fraction * self.chunk_ticks))
         self.delay = DelayTracker(inference.delay_window, inference.delay_percentile, inference.warmup_chunks)
-        if 0 < max_prefix < inference.min_prefix_steps:  # max_prefix 0: a model without prefix inputs
-            raise ValueError(
-                f"inference.min_prefix_steps {inference.min_prefix_steps} exceeds the model's max_prefix {max_prefix}"
-            )
+        # a floor above max_prefix is refused with the model (policy.contract.check_contract); here it
+        # is capped like any other prefix that outgrows the model
         self.min_prefix = inference.min_prefix_steps
         spline = _natural_spline_matrix(horizon) if self.params.interpolation == "cubic" else None
         self._spline = spline
@@ -448,9 +446,9 @@ class ChunkScheduler:
 
         The prefix is the plan that will execute while the model thinks: steps 0 .. floor(d/s) + extra
         of the new chunk (at least `inference.min_prefix_steps`), evaluated on the plan now being
-        executed (chunk + seam correction). Rows past
-        prefix_len repeat the last committed action (or `fallback`, the measured state, when there is
-        none): zero rows would decode to the training set's mean pose in a model that ignores the mask.
+        executed (chunk + seam correction). Rows past prefix_len repeat the last committed action (or
+        `fallback`, the measured state, when there is none): zero rows would decode to the training
+        set's mean pose in a model that ignores the mask.
         """
         n = 0
         cur = self._cur
