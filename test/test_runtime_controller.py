@@ -9,8 +9,9 @@ import pytest
 
 from wam_control.policy.contract import ContractError
 from wam_control.runtime.clock import SimClock
-from wam_control.runtime.controller import ERROR, OK, Controller
+from wam_control.runtime.controller import ERROR, OK, AsyncExecution, Controller, SyncExecution
 from wam_control.runtime.replay import build_rig, make_contract
+from wam_control.runtime.scheduler import SchedulerParams
 
 
 def test_contract_is_checked_against_the_config():
@@ -124,6 +125,19 @@ def test_min_prefix_steps_beyond_the_models_max_prefix_is_refused_by_name():
     rig = build_rig(cfg, contract=make_contract(cfg, prefix=False), latency_ticks=5)
     rig.replay.run(800)
     assert all(r.prefix_len == 0 for r in rig.worker.requests)
+
+
+@pytest.mark.parametrize("execution", [AsyncExecution(), SyncExecution()], ids=["async", "sync"])
+def test_seam_limits_are_a_quarter_of_each_dofs_own_limits_with_a_gripper(execution: object) -> None:
+    # fr3_hand: seven arm joints (10 rad/s^2, 5000 rad/s^3) and a finger (0.5 m/s^2, no jerk limit). A
+    # common limit (the tightest of all) held the arm's seam corrections to the finger's 0.125.
+    from wam_control.config import load_config, preset_path
+
+    cfg = load_config(preset_path("fr3_hand"))
+    limits = dataclasses.replace(cfg, joints=(*cfg.joints, "fr3_finger_joint1")).limit_arrays()
+    params = execution.scheduler_params(limits)  # type: ignore[attr-defined]
+    assert params.blend_max_acc_per_dof == (2.5,) * 7 + (0.125,)
+    assert params.blend_max_jerk_per_dof == (1250.0,) * 7 + (SchedulerParams().blend_max_jerk,)
 
 
 def test_stop_brakes_to_hold_and_start_resumes():

@@ -231,6 +231,59 @@ def test_disagreeing_chunk_is_blended_c2_with_bounded_jerk_and_ends_on_the_new_c
     np.testing.assert_allclose(q[end + 1], new.target(end + 1), atol=1e-12)
 
 
+def _blend_after_switch(params: SchedulerParams, offset: np.ndarray) -> tuple[ChunkScheduler, np.ndarray]:
+    """The arm at rest on chunk A (all zeros) until tick 60, then chunk B (obs tick 40) holding `offset`
+    per DOF: the gap is position only, and the emitted targets minus `offset` are the correction."""
+    sched = make(params)
+    sched.accept(0, np.zeros((H, D)), now_tick=0)
+    run(sched, range(0, 60))
+    sched.accept(40, np.tile(offset, (H, 1)), now_tick=60)
+    return sched, run(sched, range(60, 40 + (H - 1) * S)) - offset
+
+
+# A gripper finger (m) beside arm joints (rad): its limits are not the arm's and must not become them.
+ARM, FINGER = 2.5, 0.125
+
+
+@pytest.mark.parametrize(
+    "offset, per_dof_acc, as_long_as_offset, as_long_as_acc",
+    [
+        # an arm joint's seam is corrected as fast as the arm's own limit allows, finger or not
+        ((0.02, 0.0, 0.0), (ARM, ARM, FINGER), (0.02, 0.0, 0.0), ARM),
+        # a finger's seam is as slow as the finger's limit needs
+        ((0.0, 0.0, 0.0005), (ARM, ARM, FINGER), (0.0, 0.0, 0.0005), FINGER),
+        # both: whichever needs longer against its own limit
+        ((0.02, 0.0, 0.0005), (ARM, ARM, FINGER), (0.02, 0.0, 0.0), ARM),
+        ((0.002, 0.0, 0.0005), (ARM, ARM, FINGER), (0.0, 0.0, 0.0005), FINGER),
+    ],
+)  # fmt: skip
+def test_seam_correction_is_bounded_by_each_dofs_own_acceleration_limit(
+    offset: tuple[float, ...],
+    per_dof_acc: tuple[float, ...],
+    as_long_as_offset: tuple[float, ...],
+    as_long_as_acc: float,
+) -> None:
+    sched, corr = _blend_after_switch(
+        SchedulerParams(blend_max_jerk=1e6, blend_max_acc_per_dof=per_dof_acc), np.array(offset)
+    )
+    alone, _ = _blend_after_switch(
+        SchedulerParams(blend_max_jerk=1e6, blend_max_acc=as_long_as_acc), np.array(as_long_as_offset)
+    )
+    assert sched.counters["seams_blended"] == 1
+    assert sched.blend_ticks_last == alone.blend_ticks_last
+    assert sched.blend_ticks_last * DT < 0.25  # within the chunk: not cut short at its end
+    # the correction's own acceleration stays within each DOF's own limit
+    acc = np.abs(np.diff(corr, 2, axis=0)).max(axis=0) / DT**2
+    assert np.all(acc <= np.array(per_dof_acc) * 1.05)
+
+
+def test_per_dof_seam_limits_must_match_the_dofs_and_be_positive() -> None:
+    with pytest.raises(ValueError, match="3 per-DOF seam limits for 3 DOFs|per-DOF seam limits"):
+        make(SchedulerParams(blend_max_acc_per_dof=(1.0, 1.0)))
+    with pytest.raises(ValueError, match="blend_max_jerk_per_dof"):
+        SchedulerParams(blend_max_jerk_per_dof=(1.0, 0.0, 1.0))
+
+
 def test_prefix_conditioned_chunk_needs_no_blend_and_has_no_seam():
     sched, q = _switch(SchedulerParams(), offset=0.02, prefix_steps=4)
     assert sched.seam_gap_last < 1e-3

@@ -92,13 +92,20 @@ class _Filter(Protocol):
 
 
 def default_scheduler_params(limits: LimitArrays) -> SchedulerParams:
-    """Seam corrections may use a quarter of the tightest acceleration and jerk limits."""
+    """Seam corrections may use a quarter of each DOF's own acceleration and jerk limits (the
+    scheduler's defaults on a DOF without one).
+
+    Per DOF, not the tightest of all: with a gripper finger among the DOFs (0.5 m/s^2) a common limit
+    held the arm's corrections to 0.125 rad/s^2, so every seam was stretched over blend_max_s and the
+    arm left the prefix the model had been promised (docs/benchmarks/closed_loop.md, "Seams")."""
     base = SchedulerParams()
-    acc = float(np.min(limits.a_max))
-    jerk = float(np.min(limits.j_max))
+
+    def quarter(limit: np.ndarray, default: float) -> tuple[float, ...]:
+        return tuple(0.25 * float(v) if math.isfinite(v) and v > 0 else default for v in limit)
+
     return SchedulerParams(
-        blend_max_acc=0.25 * acc if math.isfinite(acc) and acc > 0 else base.blend_max_acc,
-        blend_max_jerk=0.25 * jerk if math.isfinite(jerk) and jerk > 0 else base.blend_max_jerk,
+        blend_max_acc_per_dof=quarter(limits.a_max, base.blend_max_acc),
+        blend_max_jerk_per_dof=quarter(limits.j_max, base.blend_max_jerk),
     )
 
 
@@ -753,13 +760,7 @@ class SyncExecution:
         """Ticks spent holding still for the model (after the first chunk)."""
 
     def scheduler_params(self, limits: LimitArrays) -> SchedulerParams:
-        base = default_scheduler_params(limits)
-        return SchedulerParams(
-            mode="prefix",
-            replan_fraction=0.0,
-            blend_max_acc=base.blend_max_acc,
-            blend_max_jerk=base.blend_max_jerk,
-        )
+        return dataclasses.replace(default_scheduler_params(limits), mode="prefix", replan_fraction=0.0)
 
     def select_target(self, c: Controller, tick: int) -> np.ndarray | None:
         if c.scheduler.remaining_ticks(tick) >= 0:

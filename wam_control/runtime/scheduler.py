@@ -58,9 +58,15 @@ class SchedulerParams:
     control rate of 500 Hz a 1 mrad position gap alone is a 250 rad/s^2 step, so in practice only
     seams that prefix conditioning made (almost) exact go through unblended."""
     blend_max_acc: float = 2.5
-    """Acceleration the seam correction may add (rad/s^2)."""
+    """Acceleration the seam correction may add (rad/s^2), on every DOF without its own value below."""
     blend_max_jerk: float = 500.0
-    """Jerk the seam correction may add (rad/s^3)."""
+    """Jerk the seam correction may add (rad/s^3), on every DOF without its own value below."""
+    blend_max_acc_per_dof: tuple[float, ...] = ()
+    """Per DOF, in that DOF's own units (a gripper finger's m/s^2 beside the arm's rad/s^2); () means
+    blend_max_acc for every DOF. One limit for all would compare a finger's metres with a joint's
+    radians."""
+    blend_max_jerk_per_dof: tuple[float, ...] = ()
+    """Per DOF, as blend_max_acc_per_dof; () means blend_max_jerk for every DOF."""
     blend_min_s: float = 0.01
     blend_max_s: float = 0.5
     fixed_blend_weight: float = 0.5
@@ -79,6 +85,9 @@ class SchedulerParams:
             raise ValueError("SchedulerParams.trigger_margin_ticks and prefix_extra_steps must be >= 0")
         if not (self.blend_max_acc > 0 and self.blend_max_jerk > 0):
             raise ValueError("SchedulerParams.blend_max_acc and blend_max_jerk must be > 0")
+        for name in ("blend_max_acc_per_dof", "blend_max_jerk_per_dof"):
+            if not all(v > 0 and math.isfinite(v) for v in getattr(self, name)):
+                raise ValueError(f"SchedulerParams.{name} must be finite and > 0, got {getattr(self, name)}")
         if not 0 < self.blend_min_s <= self.blend_max_s:
             raise ValueError("SchedulerParams: need 0 < blend_min_s <= blend_max_s")
 
@@ -182,15 +191,28 @@ class _SeamCorrection:
 
     @classmethod
     def duration_for(
-        cls, dp: float, dv: float, da: float, max_acc: float, max_jerk: float, t_min: float, t_max: float
+        cls,
+        dp: np.ndarray,
+        dv: np.ndarray,
+        da: np.ndarray,
+        max_acc: np.ndarray,
+        max_jerk: np.ndarray,
+        t_min: float,
+        t_max: float,
     ) -> float:
+        """The shortest T (1.1x steps from t_min, at most t_max) at which the correction's acceleration
+        and jerk stay within every DOF's own limits; dp, dv, da are the per-DOF gap magnitudes."""
+        # Each gap term is bounded by its worst DOF relative to that DOF's limit (conservative: the
+        # worst DOFs of the three terms need not be the same one).
+        pj, vj, aj = float(np.max(dp / max_jerk)), float(np.max(dv / max_jerk)), float(np.max(da / max_jerk))
+        pa, va = float(np.max(dp / max_acc)), float(np.max(dv / max_acc))
         # The acceleration gap itself is not added by the correction (at t=0 the target keeps the old
         # plan's acceleration), so only the parts that grow as T shrinks are bounded.
         t = t_min
         while t < t_max:
-            jerk = cls._JERK[0] * dp / t**3 + cls._JERK[1] * dv / t**2 + cls._JERK[2] * da / t
-            acc = cls._ACC[0] * dp / t**2 + cls._ACC[1] * dv / t
-            if jerk <= max_jerk and acc <= max_acc:
+            jerk = cls._JERK[0] * pj / t**3 + cls._JERK[1] * vj / t**2 + cls._JERK[2] * aj / t
+            acc = cls._ACC[0] * pa / t**2 + cls._ACC[1] * va / t
+            if jerk <= 1.0 and acc <= 1.0:
                 return t
             t *= 1.1
         return t_max
@@ -336,6 +358,8 @@ class ChunkScheduler:
         self._prev: _Chunk | None = None  # fixed_blend mode: the older chunk while it overlaps
         self._spare = [_Chunk(horizon, dof), _Chunk(horizon, dof), _Chunk(horizon, dof)]
         self._seam = _SeamCorrection(dof)
+        self._blend_acc = self._per_dof(self.params.blend_max_acc_per_dof, self.params.blend_max_acc, dof)
+        self._blend_jerk = self._per_dof(self.params.blend_max_jerk_per_dof, self.params.blend_max_jerk, dof)
         self._target = np.zeros(dof)
         self._scratch = np.zeros(dof)
         self._row = np.zeros(dof)
@@ -378,6 +402,14 @@ class ChunkScheduler:
         self.switch_tick_last = -1
 
     # ------------------------------------------------------------------ lifecycle
+
+    @staticmethod
+    def _per_dof(values: tuple[float, ...], default: float, dof: int) -> np.ndarray:
+        if not values:
+            return np.full(dof, float(default))
+        if len(values) != dof:
+            raise ValueError(f"ChunkScheduler: {len(values)} per-DOF seam limits for {dof} DOFs")
+        return np.asarray(values, dtype=float)
 
     def reset(self) -> None:
         """Drop every chunk and any seam correction (start, stop, e-stop, re-arm). The delay statistics
@@ -540,8 +572,6 @@ class ChunkScheduler:
         dv_v = self._v0 - self._v1
         da_v = self._a0 - self._a1
         gap = float(np.max(np.abs(dp_v))) if has_seam else 0.0
-        dv = float(np.max(np.abs(dv_v))) if has_seam else 0.0
-        da = float(np.max(np.abs(da_v))) if has_seam else 0.0
         dt = self.dt
         acc_step = (
             float(np.max(np.abs(dp_v) / (dt * dt) + np.abs(dv_v) / dt + np.abs(da_v))) if has_seam else 0.0
@@ -565,7 +595,7 @@ class ChunkScheduler:
         if p.mode == "prefix" and has_seam and acc_step > p.seam_acc_threshold:
             t_max = max(p.blend_min_s, min(p.blend_max_s, (new.end - now_tick) * self.dt))
             t = _SeamCorrection.duration_for(
-                gap, dv, da, p.blend_max_acc, p.blend_max_jerk, p.blend_min_s, t_max
+                np.abs(dp_v), np.abs(dv_v), np.abs(da_v), self._blend_acc, self._blend_jerk, p.blend_min_s, t_max
             )
             self._seam.set(now_tick, t, self.dt, dp_v, dv_v, da_v)
             blend_ticks = self._seam.ticks
