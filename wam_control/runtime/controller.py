@@ -97,7 +97,8 @@ def default_scheduler_params(limits: LimitArrays) -> SchedulerParams:
 
     Per DOF, not the tightest of all: with a gripper finger among the DOFs (0.5 m/s^2) a common limit
     held the arm's corrections to 0.125 rad/s^2, so every seam was stretched over blend_max_s and the
-    arm left the prefix the model had been promised (docs/benchmarks/closed_loop.md, "Seams")."""
+    arm left the prefix the model had been promised (docs/benchmarks/closed_loop.md, "Runtime fixes
+    behind these numbers", 3)."""
     base = SchedulerParams()
 
     def quarter(limit: np.ndarray, default: float) -> tuple[float, ...]:
