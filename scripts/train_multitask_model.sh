@@ -149,9 +149,10 @@ if [ "${COMPACT:-0}" = 1 ]; then
       shares=(scripted_expert/push=0.2 scripted_expert/reach=0.1 scripted_expert_spread_miss=0.1
               scripted_expert_spread=0.1 dagger_spread=0.2 dagger_spread_counterfactual=0.1 scripted_expert_cubes=0.15)
     fi
-    # reach is at 1.0 from kc3 on: from kc6 the rollouts go to pick_place and push only
+    # reach is at 1.0 from kc3 on: from kc6 the rollouts go to pick_place and push only. From kc11
+    # reach is back: kc9 reached 0.90 on 20 seeds (two drift off a far or low target once near it).
     tasks=pick_place,push,reach
-    [ "$n" -lt 6 ] || tasks=pick_place,push
+    [ "$n" -lt 6 ] || [ "$n" -ge 11 ] || tasks=pick_place,push
     # From kc8 the rollouts run at the runtime's own cadences only: its scheduler requests a chunk every
     # 8 action steps (half the chunk) with a committed prefix of 2 at 0 ms and 6 at 200 ms; PP's
     # replan 4 never happens there. Two of three episodes at 200 ms, where async lost to sync (kc7
