@@ -128,14 +128,16 @@ def test_min_prefix_steps_beyond_the_models_max_prefix_is_refused_by_name():
 
 
 @pytest.mark.parametrize("execution", [AsyncExecution(), SyncExecution()], ids=["async", "sync"])
-def test_seam_limits_are_a_quarter_of_each_dofs_own_limits_with_a_gripper(execution: object) -> None:
+def test_seam_limits_are_a_quarter_of_each_dofs_own_limits_with_a_gripper(
+    execution: AsyncExecution | SyncExecution,
+) -> None:
     # fr3_hand: seven arm joints (10 rad/s^2, 5000 rad/s^3) and a finger (0.5 m/s^2, no jerk limit). A
     # common limit (the tightest of all) held the arm's seam corrections to the finger's 0.125.
     from wam_control.config import load_config, preset_path
 
     cfg = load_config(preset_path("fr3_hand"))
     limits = dataclasses.replace(cfg, joints=(*cfg.joints, "fr3_finger_joint1")).limit_arrays()
-    params = execution.scheduler_params(limits)  # type: ignore[attr-defined]
+    params = execution.scheduler_params(limits)
     assert params.blend_max_acc_per_dof == (2.5,) * 7 + (0.125,)
     assert params.blend_max_jerk_per_dof == (1250.0,) * 7 + (SchedulerParams().blend_max_jerk,)
 

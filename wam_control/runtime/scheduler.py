@@ -571,11 +571,10 @@ class ChunkScheduler:
         dp_v = self._p0 - self._p1
         dv_v = self._v0 - self._v1
         da_v = self._a0 - self._a1
-        gap = float(np.max(np.abs(dp_v))) if has_seam else 0.0
+        adp, adv, ada = np.abs(dp_v), np.abs(dv_v), np.abs(da_v)
+        gap = float(np.max(adp)) if has_seam else 0.0
         dt = self.dt
-        acc_step = (
-            float(np.max(np.abs(dp_v) / (dt * dt) + np.abs(dv_v) / dt + np.abs(da_v))) if has_seam else 0.0
-        )
+        acc_step = float(np.max(adp / (dt * dt) + adv / dt + ada)) if has_seam else 0.0
 
         # Retire the old chunk(s).
         if self.params.mode == "fixed_blend":
@@ -595,7 +594,7 @@ class ChunkScheduler:
         if p.mode == "prefix" and has_seam and acc_step > p.seam_acc_threshold:
             t_max = max(p.blend_min_s, min(p.blend_max_s, (new.end - now_tick) * self.dt))
             t = _SeamCorrection.duration_for(
-                np.abs(dp_v), np.abs(dv_v), np.abs(da_v), self._blend_acc, self._blend_jerk, p.blend_min_s, t_max
+                adp, adv, ada, self._blend_acc, self._blend_jerk, p.blend_min_s, t_max
             )
             self._seam.set(now_tick, t, self.dt, dp_v, dv_v, da_v)
             blend_ticks = self._seam.ticks
