@@ -205,3 +205,24 @@ def test_occluder_and_camera_move_change_the_image(seen: SimArm) -> None:
     seen.move_camera(np.array([0.0, 0.0, -0.1]))
     assert not np.array_equal(shifted, base)
     assert np.array_equal(seen.render("scene"), base)
+
+
+def test_a_program_that_never_closes_its_arm_exits_cleanly() -> None:
+    """The renderers are freed at exit before the GL backend tears its display down (mujoco.egl
+    registers that on its first context); before, such a program ended with EGL_BAD_DISPLAY."""
+    import subprocess
+    import sys
+
+    script = (
+        "from wam_control.sim.arm import RenderUnavailableError, SimArm\n"
+        "try:\n"
+        "    arm = SimArm(task='reach', seed=1, cameras=('scene',), image_hw=(32, 32))\n"
+        "except RenderUnavailableError:\n"
+        "    raise SystemExit(3)\n"
+        "arm.render('scene')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    if proc.returncode == 3:
+        pytest.skip("no offscreen GL backend")
+    assert proc.returncode == 0, proc.stderr
+    assert "Exception ignored" not in proc.stderr and "Error" not in proc.stderr, proc.stderr

@@ -113,11 +113,19 @@ def explain_failure(detail: str = "") -> str:
 _live: weakref.WeakSet[OffscreenRenderer] = weakref.WeakSet()
 
 
-@atexit.register
 def _close_all() -> None:
     # PyOpenGL cannot free contexts from __del__ during interpreter shutdown: free them first.
     for renderer in list(_live):
         renderer.close()
+
+
+def _close_all_before_the_backend_exits() -> None:
+    """(Re-)register `_close_all` after a backend's first context: atexit runs last-in first-out, and
+    mujoco.egl registers its display's termination when it makes its first context, so a hook
+    registered before that would find the display gone (EGL_BAD_DISPLAY at exit of any program that
+    did not close its SimArm)."""
+    atexit.unregister(_close_all)
+    atexit.register(_close_all)
 
 
 class OffscreenRenderer:
@@ -133,6 +141,7 @@ class OffscreenRenderer:
         try:
             module = importlib.import_module(f"mujoco.{backend}")
             self._ctx = module.GLContext(width, height)
+            _close_all_before_the_backend_exits()
             self._ctx.make_current()
             self._con = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150.value)
             mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, self._con)
