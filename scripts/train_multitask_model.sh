@@ -136,6 +136,7 @@ if [ "${COMPACT:-0}" = 1 ]; then
   dagger_sets=()
   for ((n = 2; n < first_n; n++)); do
     [ ! -f "$WORK/kc${n}_collect/dagger.npz" ] || dagger_sets+=("$WORK/kc${n}_collect/dagger.npz")
+    [ ! -f "$WORK/kc${n}_push_collect/dagger.npz" ] || dagger_sets+=("$WORK/kc${n}_push_collect/dagger.npz")
   done
   for ((n = first_n; n <= ${C_ITERS:-4}; n++)); do
     prev_pt="$WORK/kc$((n - 1))/model.pt"
@@ -173,6 +174,23 @@ if [ "${COMPACT:-0}" = 1 ]; then
         --episodes "${C_DAGGER:-40}" --seed $((20 + n)) --seed-start $((5000 + 100 * n)) --eval-episodes 1 \
         --surprise-episodes 1 --gripper-weight 4 --counterfactual-prompts-s 3.5 "${cadence[@]}"
     dagger_sets+=("$WORK/kc${n}_collect/dagger.npz")
+    # From kc13 a second DAgger set from the same student, push only (C_PUSH_DAGGER episodes, default
+    # 30; source dagger_push, 0.08 of every batch, taken from the push demonstrations and the every-cube
+    # ones). kc11's push was 0.69 on 100 seeds: the puck knocked off the line to the goal, then the arm
+    # waiting behind it for the rest of the episode. 13 push rollouts an iteration, among 48k push
+    # observations from students as old as kc2, say little about the current student's stalls.
+    if [ "$n" -ge 13 ] && [ "${C_PUSH_DAGGER:-30}" -gt 0 ]; then
+      [ -f "$WORK/kc${n}_push_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task push \
+          --steps 1 --batch-size 8 --dagger-source dagger_push --init "$prev_pt" --data "$WORK/demos_reach_hold" \
+          --student-out "$WORK/kc${n}_push_collect" --episodes "${C_PUSH_DAGGER:-30}" --seed $((40 + n)) \
+          --seed-start $((5050 + 100 * n)) --eval-episodes 1 --surprise-episodes 1 --gripper-weight 4 "${cadence[@]}"
+      dagger_sets+=("$WORK/kc${n}_push_collect/dagger.npz")
+    fi
+    if [[ " ${dagger_sets[*]} " == *_push_collect/* ]]; then
+      shares=(scripted_expert/push=0.14 scripted_expert/reach=0.1 scripted_expert_spread_miss=0.1
+              scripted_expert_spread=0.1 dagger_spread=0.2 dagger_spread_counterfactual=0.1 scripted_expert_cubes=0.13
+              dagger_push=0.08)
+    fi
     if [ ! -f "$WORK/kc$n/model.onnx" ]; then
       # the demonstrations' decoded caches (train keeps one per folder in its out dir): hard links from
       # the last stage instead of five minutes of decoding the same bags again
