@@ -423,6 +423,57 @@ def test_expert_resyncs_a_push_from_the_sim_and_reach_has_no_phase() -> None:
         assert Expert(arm).sync_phase() == "approach"
 
 
+def push_expert_down_to(arm: SimArm, above_push_m: float) -> tuple[Expert, np.ndarray]:
+    """Run the push expert until it descends at the pre-push point to `above_push_m` over the pushing
+    height; (the expert, the puck -> goal direction)."""
+    expert = Expert(arm)
+    arm.reset(3)
+    expert.reset()
+    while not (expert.phase == "descend" and arm.ee_pose()[0][2] < 0.018 + above_push_m):
+        arm.step(expert.act(), gripper=expert.gripper)
+        assert arm.time < 10.0, f"stuck in {expert.phase}"
+    d = arm.task.goal()[:2] - arm.task.object()[:2]  # type: ignore[attr-defined]
+    return expert, d / np.linalg.norm(d)
+
+
+@pytest.mark.parametrize(
+    ("above_push_m", "across_m", "phase"),
+    [
+        (0.027, 0.02, "recenter"),  # the thirteenth run's stall: 4.5 cm up, 2 cm off: across, then down
+        (0.027, 0.003, "descend"),  # the pre-push point still within a centimetre: the descent goes on
+        (0.027, 0.06, "approach"),  # far off: back to the hover point
+        (0.065, 0.02, "approach"),  # near the hover height: approach is already across
+    ],
+)
+def test_push_expert_resynced_part_way_down_and_off_the_pre_push_point_goes_on_down(
+    above_push_m: float, across_m: float, phase: str
+) -> None:
+    """A student stopped part-way down a few cm off the pre-push point (the puck moved across): the
+    resynced expert goes across and down from there and pushes, never climbing back toward the hover
+    point. Labelled "approach" (up to 9 cm) there and "descend" a centimetre closer, students hovered
+    between the two until the horizon."""
+    with SimArm(task="push", seed=3, cameras=(), hand=True) as arm:
+        _, u = push_expert_down_to(arm, above_push_m)
+        p0 = arm.ee_pose()[0]
+        puck = arm.task.object()  # type: ignore[attr-defined]
+        side = across_m * np.array([-u[1], u[0]])
+        arm.task.teleport(np.array([puck[0] + side[0], puck[1] + side[1], puck[2]]))  # type: ignore[attr-defined]
+        fresh = Expert(arm)
+        assert fresh.sync_phase() == phase, (fresh.phase, arm.task.info())
+        if phase == "approach":
+            return
+        top = p0[2]
+        while fresh.phase != "push":
+            arm.step(fresh.act(), gripper=fresh.gripper)
+            top = max(top, arm.ee_pose()[0][2])
+            assert arm.time < 20.0, f"stuck in {fresh.phase}"
+        assert top < p0[2] + 0.005, f"climbed {100 * (top - p0[2]):.1f} cm before pushing"
+        t_end = arm.time + 15.0
+        while not arm.task.success() and arm.time < t_end:
+            arm.step(fresh.act(), gripper=fresh.gripper)
+        assert arm.task.success(), arm.task.info()
+
+
 def test_expert_resyncs_every_pick_place_phase() -> None:
     """Inside each phase of a pick_place, a fresh expert synced from the sim (the lookahead DAgger
     teacher does this for every label) is, after one planning step, in the running expert's phase.
