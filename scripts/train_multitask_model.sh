@@ -179,9 +179,15 @@ if [ "${COMPACT:-0}" = 1 ]; then
     # ones). kc11's push was 0.69 on 100 seeds: the puck knocked off the line to the goal, then the arm
     # waiting behind it for the rest of the episode. 13 push rollouts an iteration, among 48k push
     # observations from students as old as kc2, say little about the current student's stalls.
+    # From kc14 that set is labelled by the recentering push teacher (sim/expert.py: resynced part-way
+    # down near the pre-push point it goes across and down; before, it labelled the climb back to the
+    # hover point, and the students hovered between that and "descend"): source dagger_recenter, and the
+    # old teacher's push-only labels (dagger_push) are left out.
+    push_source=dagger_push
+    [ "$n" -lt 14 ] || push_source=dagger_recenter
     if [ "$n" -ge 13 ] && [ "${C_PUSH_DAGGER:-30}" -gt 0 ]; then
       [ -f "$WORK/kc${n}_push_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task push \
-          --steps 1 --batch-size 8 --dagger-source dagger_push --init "$prev_pt" --data "$WORK/demos_reach_hold" \
+          --steps 1 --batch-size 8 --dagger-source "$push_source" --init "$prev_pt" --data "$WORK/demos_reach_hold" \
           --student-out "$WORK/kc${n}_push_collect" --episodes "${C_PUSH_DAGGER:-30}" --seed $((40 + n)) \
           --seed-start $((5050 + 100 * n)) --eval-episodes 1 --surprise-episodes 1 --gripper-weight 4 "${cadence[@]}"
       dagger_sets+=("$WORK/kc${n}_push_collect/dagger.npz")
@@ -190,6 +196,7 @@ if [ "${COMPACT:-0}" = 1 ]; then
       shares=(scripted_expert/push=0.14 scripted_expert/reach=0.1 scripted_expert_spread_miss=0.1
               scripted_expert_spread=0.1 dagger_spread=0.2 dagger_spread_counterfactual=0.1 scripted_expert_cubes=0.13
               dagger_push=0.08)
+      [[ " ${dagger_sets[*]} " != *kc14_push_collect/* ]] || shares=("${shares[@]/dagger_push=0.08/dagger_push=0}" dagger_recenter=0.08)
     fi
     if [ ! -f "$WORK/kc$n/model.onnx" ]; then
       # the demonstrations' decoded caches (train keeps one per folder in its out dir): hard links from
