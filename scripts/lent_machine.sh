@@ -13,7 +13,7 @@
 #   GPU part; CELLS as scripts/eval_matrix.sh. Everything lands in $OUT (one logs.tgz) and the summary
 #   lines in the output. Results: docs/benchmarks/gpu.md and docs/benchmarks/closed_loop.md.
 set -u
-OUT="${OUT:-lent_out}"
+OUT="${OUT:-/tmp/lent_out}"  # the device tool sets OUT
 mkdir -p "$OUT"
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
