@@ -50,11 +50,11 @@ RECENTER_RADIUS_M = 0.05
 # ...and no lower than this above the cube's top while moving sideways: the finger pads reach 8.4 mm
 # below the tool point, so they pass 6.6 mm over the cube.
 RECENTER_CLEARANCE_M = 0.015
+RECENTER_YAW_GATE = 0.1  # rad: the descent squares the fingers on the way down (the grasp squares the cube)
 PUSH_RECENTER_RADIUS_M = 0.04
 """push: below the hover point and this close (xy) to the pre-push point, a resynced teacher moves
 across at that height and descends, instead of climbing back to the hover point. 4 cm keeps the
 sideways path clear of the puck (the pre-push point is the standoff + 4.5 cm behind its centre)."""
-RECENTER_YAW_GATE = 0.1  # rad: the descent squares the fingers on the way down (the grasp squares the cube)
 # pick_place, resynced holding the cube low over the zone: place from there when the tool is this far
 # inside the region where the cube's centre counts as in the zone (per axis)
 PLACE_SLACK_M = 0.005
@@ -276,13 +276,14 @@ class Expert:
         obj, goal, u, standoff, pre, z_hover, z_push, dist = self._push_geometry()
         self._u = u
         low = abs(p[2] - z_push) < 0.015
+        off = float(np.linalg.norm(p[:2] - pre))  # from the pre-push point, xy
         if low and self._behind_puck(obj - p[:2], u, standoff):
             self.phase = "done" if dist < 0.008 else "push"
         elif low:
             self.phase = "retreat"
-        elif np.linalg.norm(p[:2] - pre) < 0.01 and p[2] < z_hover + 0.03:  # at or below the hover point
+        elif off < 0.01 and p[2] < z_hover + 0.03:  # at or below the hover point
             self.phase = "descend"
-        elif np.linalg.norm(p[:2] - pre) < PUSH_RECENTER_RADIUS_M and p[2] < z_hover - 0.015:
+        elif off < PUSH_RECENTER_RADIUS_M and p[2] < z_hover - 0.015:
             # Part-way down and a few cm off the pre-push point: "approach" would label the way back up
             # to the hover point, and a centimetre closer "descend" labels the way down; a student
             # between the two hovers where it averages them (the thirteenth run's push stalls,
