@@ -192,11 +192,25 @@ if [ "${COMPACT:-0}" = 1 ]; then
           --seed-start $((5050 + 100 * n)) --eval-episodes 1 --surprise-episodes 1 --gripper-weight 4 "${cadence[@]}"
       dagger_sets+=("$WORK/kc${n}_push_collect/dagger.npz")
     fi
+    # From kc15 a third set, reach only (C_REACH_DAGGER episodes, default 40; source dagger_reach_hold,
+    # 0.05 of every batch, taken from the reach demonstrations). Its rollouts go on until success has
+    # held 3 s (the evaluation ends at 0.5 s): kc11-kc13 came within 2-4 cm of targets near the arm's
+    # base or in the far top corner (7 of 8 failures in 100 seeds), then drifted off, and DAgger
+    # rollouts that end at success never label the states they drift in.
+    if [ "$n" -ge 15 ] && [ "${C_REACH_DAGGER:-40}" -gt 0 ]; then
+      [ -f "$WORK/kc${n}_reach_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task reach \
+          --steps 1 --batch-size 8 --dagger-source dagger_reach_hold --collect-settle-s 3 --init "$prev_pt" \
+          --data "$WORK/demos_reach_hold" --student-out "$WORK/kc${n}_reach_collect" \
+          --episodes "${C_REACH_DAGGER:-40}" --seed $((60 + n)) --seed-start $((2000 + 100 * n)) \
+          --eval-episodes 1 --surprise-episodes 1 --gripper-weight 4 "${cadence[@]}"
+      dagger_sets+=("$WORK/kc${n}_reach_collect/dagger.npz")
+    fi
     if [[ " ${dagger_sets[*]} " == *_push_collect/* ]]; then
       shares=(scripted_expert/push=0.14 scripted_expert/reach=0.1 scripted_expert_spread_miss=0.1
               scripted_expert_spread=0.1 dagger_spread=0.2 dagger_spread_counterfactual=0.1 scripted_expert_cubes=0.13
               dagger_push=0.08)
       [[ " ${dagger_sets[*]} " != *kc14_push_collect/* ]] || shares=("${shares[@]/dagger_push=0.08/dagger_push=0}" dagger_recenter=0.08)
+      [[ " ${dagger_sets[*]} " != *_reach_collect/* ]] || shares=("${shares[@]/scripted_expert\/reach=0.1/scripted_expert/reach=0.05}" dagger_reach_hold=0.05)
     fi
     if [ ! -f "$WORK/kc$n/model.onnx" ]; then
       # the demonstrations' decoded caches (train keeps one per folder in its out dir): hard links from

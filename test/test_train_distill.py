@@ -86,6 +86,37 @@ def test_labelled_rollout_records_what_was_executed(tmp_path: Path) -> None:
     assert np.allclose(arrays["executed"][:, 0], ep.cmd_q[np.arange(10) * 25])
 
 
+class _ExpertAsStudent:
+    """A student that plays the scripted expert's chunk from its measured state: it reaches."""
+
+    def __init__(self, arm: SimArm, horizon: int) -> None:
+        self.labeler = ExpertLabeler(arm, horizon=horizon, action_dt=0.05)
+        self.labeler.reset()
+
+    def __call__(self, images, state, prefix, prefix_len, tokens=None):  # type: ignore[no-untyped-def]
+        q = state.astype(np.float64)
+        return (
+            self.labeler(images, q, q, np.zeros_like(q)),
+            np.zeros(4, np.float32),
+            np.zeros((1, 4), np.float32),
+        )
+
+
+def test_a_longer_collection_settle_labels_the_student_at_the_reached_target() -> None:
+    """`distill --collect-settle-s`: the rollout goes on at the target until success has held that long,
+    every observation of it labelled (the states a student drifts off a reached target from)."""
+    lengths = {}
+    for settle in (0.5, 2.0):
+        with SimArm(task="reach", seed=0, image_hw=(32, 32), cameras=("scene",)) as arm:
+            labeler = ExpertLabeler(arm, horizon=8, action_dt=0.05)
+            cfg = RolloutConfig(horizon=8, action_dt=0.05, replan_steps=4, prefix_len=1, settle_s=settle)
+            ep = run_episode(arm, _ExpertAsStudent(arm, 8), 3, cfg, labeler=labeler)
+            assert ep.success and ep.labels is not None and len(ep.labels) == len(ep.obs_t)
+            assert arm.task.success()
+            lengths[settle] = ep.time_s
+    assert lengths[2.0] - lengths[0.5] == pytest.approx(1.5, abs=0.01)
+
+
 def test_distill_cli_end_to_end(tmp_path: Path, fr3_config_path: Path) -> None:
     from wam_control.config import load_config
     from wam_control.model.distill import main
@@ -141,11 +172,13 @@ def test_distill_deals_episodes_over_several_tasks(tmp_path: Path) -> None:
             "--teacher", "expert", "--init", str(init), "--student-out", str(out), "--task", "reach,push",
             "--iterations", "1", "--episodes", "3", "--steps", "2", "--batch-size", "8",
             "--eval-episodes", "1", "--max-time-s", "0.4", "--threads", "1", "--no-progress",
-            "--source-share", "dagger_v2=0.3", "--dagger-source", "dagger_v2",
+            "--source-share", "dagger_v2=0.3", "--dagger-source", "dagger_v2", "--collect-settle-s", "2",
         ]
     )  # fmt: skip
     assert rc == 0
-    it = json.loads((out / "distill_report.json").read_text())["iterations"][0]
+    report = json.loads((out / "distill_report.json").read_text())
+    assert report["rollout"]["collect_settle_s"] == 2.0 and report["rollout"]["settle_s"] == 0.5  # eval: 0.5
+    it = report["iterations"][0]
     assert it["reach"]["episodes"] == 2 and it["push"]["episodes"] == 1  # seeds dealt round-robin
     assert it["reach"]["seeds"] == [1000, 1002] and it["push"]["seeds"] == [1001, 1001]
     model, _ = load_checkpoint(str(out / "model.pt"))
@@ -189,7 +222,9 @@ def test_parallel_collection_gives_the_data_of_one_process(tmp_path: Path) -> No
         np.testing.assert_array_equal(getattr(one, name), getattr(two, name), err_msg=name)
 
 
-def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_distill_refuses_bad_worker_and_prefix_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from wam_control.model.distill import main
 
     init = tiny_student(tmp_path / "init.pt")
@@ -199,6 +234,7 @@ def test_distill_refuses_bad_worker_and_prefix_settings(tmp_path: Path, capsys: 
         ["--collect-prefix-lens", "2,x"],
         ["--collect-prefix-lens", "-1"],
         ["--eval-episodes", "0"],  # once crashed after the whole collection, writing the report
+        ["--collect-settle-s", "0"],
     ):
         with pytest.raises(SystemExit):
             main(base + bad)

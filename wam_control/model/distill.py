@@ -387,6 +387,13 @@ def main(argv: list[str] | None = None) -> int:
         "each; the data does not depend on the number)",
     )
     ap.add_argument("--max-time-s", type=float, help="cut episodes short (default: the task's horizon)")
+    ap.add_argument(
+        "--collect-settle-s",
+        type=float,
+        help="DAgger rollouts end once success has held this long (default: the evaluation's 0.5 s). "
+        "Longer keeps the student going at the goal, so its drift off a reached target is labelled, "
+        "as `record --after-success-s` does for demonstrations",
+    )
     ap.add_argument("--label-dt", type=float, default=0.01, help="expert teacher's integration step (s)")
     ap.add_argument("--export", action="store_true", help="write <student-out>/model.onnx (+ surprise stats)")
     ap.add_argument("--surprise-episodes", type=int, default=50, help="nominal rollouts for surprise stats")
@@ -403,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         prefix_choices = [int(v) for v in args.collect_prefix_lens.split(",") if v.strip()]
     except ValueError:
         ap.error(f"--collect-prefix-lens must be comma-separated integers, got {args.collect_prefix_lens!r}")
+    if args.collect_settle_s is not None and not args.collect_settle_s > 0:
+        ap.error(f"--collect-settle-s is a duration > 0, got {args.collect_settle_s}")
     if any(v < 0 for v in prefix_choices) or args.prefix_len < 0:
         ap.error("prefix lengths must be >= 0")
     if args.workers < 1:
@@ -492,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         task: CollectSetup(
             task=task,
             teacher=args.teacher,
-            rollout=rcfg,
+            rollout=rcfg if args.collect_settle_s is None else replace(rcfg, settle_s=args.collect_settle_s),
             spec=spec,
             label_dt=args.label_dt,
             replan_choices=tuple(replan_choices),
@@ -661,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
                 "collect_prefix_lens": prefix_choices or [rcfg.prefix_len],
                 "workers": args.workers,
                 "settle_s": rcfg.settle_s,
+                "collect_settle_s": setups[tasks[0]].rollout.settle_s,
                 "control_hz": arm.control_hz,
                 "camera_hz": arm.camera_hz,
             },
