@@ -7,7 +7,8 @@
 # Usage: scripts/eval_matrix.sh MODEL.onnx OUT_DIR [JOBS]
 #   JOBS: processes at once (default: nproc); EPISODES (default 20) per cell, PP0_EPISODES (default 40)
 #   for pick_place at 0 ms; SHARD (default 5); CELLS: which cells (default all, see below);
-#   MIN_PREFIX: inference.min_prefix_steps for every cell (default: config/fr3_hand.yaml's).
+#   MIN_PREFIX: inference.min_prefix_steps for every cell (default: config/fr3_hand.yaml's);
+#   SEED: the first evaluation seed (default 100000; e.g. 100020 for the 20 after the usual ones).
 # The 2-core dev machine runs the whole matrix in ~1.5 h; a 16-core machine in a few minutes.
 set -u -o pipefail
 MODEL="${1:?usage: scripts/eval_matrix.sh MODEL.onnx OUT_DIR [JOBS]}"
@@ -16,7 +17,8 @@ JOBS="${3:-$(nproc)}"
 N="${EPISODES:-20}"
 SHARD="${SHARD:-5}"
 CELLS="${CELLS:-pp0 pp200 push0 push200 reach0 reach200 wrong}"
-SEED=100000  # evaluation seeds: never trained on
+SEED="${SEED:-100000}"  # evaluation seeds (100000+): never trained on
+[ "$SEED" -ge 100000 ] || { echo "eval_matrix: SEED=$SEED is below the evaluation seeds (100000+)" >&2; exit 2; }
 mkdir -p "$OUT"
 if command -v wam-control >/dev/null; then WAM=wam-control; else WAM="python3 -m wam_control.cli"; fi
 
