@@ -1,7 +1,8 @@
 """`wam-control demo` with a prompted model that drives the gripper (contract v2, config/fr3_hand.yaml):
 the default plan is the prompted mix of tasks, every episode's controller gets its own task's prompt
-through the ~/instruction path, the summary has a line per task and the plots show the gripper. The
-bundled reach model with config/fr3.yaml (the default today) still runs the single-task demo."""
+through the ~/instruction path, the summary has a line per task and the plots show the gripper. This is
+the default (config/fr3_hand.yaml); the bundled reach model with config/fr3.yaml still runs the
+single-task demo."""
 
 from __future__ import annotations
 
@@ -53,11 +54,14 @@ def test_parse_tasks_and_the_demo_plan(prompt_model_path: Path) -> None:
     # Seeds count on over the whole mix.
     assert _episodes(_args(seed=7), [("reach", 2), ("pick_place", 1)]) == [("reach", [7, 8]), ("pick_place", [9])]
 
-    # The default today: config/fr3.yaml and its bundled reach model (no prompt, no gripper) -> 5 reach.
-    fr3 = load_config(preset_path(DEFAULT_CONFIG))
+    # The default: config/fr3_hand.yaml and its bundled prompted model -> the mix.
+    default = load_config(preset_path(DEFAULT_CONFIG))
+    assert demo_plan(_args(), default, read_contract(Path(default.inference.model))) == mix
+    # config/fr3.yaml's bundled reach model (no prompt, no gripper) -> 5 reach, or what --tasks says.
+    fr3 = load_config(preset_path("fr3"))
     bundled = read_contract(Path(fr3.inference.model))
-    if not bundled.has_instruction:
-        assert demo_plan(_args(), fr3, bundled) == [("reach", 5)]
+    assert not bundled.has_instruction
+    assert demo_plan(_args(), fr3, bundled) == [("reach", 5)]
     assert demo_plan(_args(tasks="push,reach", episodes=3), fr3, bundled) == [("push", 3), ("reach", 3)]
 
 
@@ -151,21 +155,37 @@ def test_demo_prompted_mix_gives_each_episode_its_prompt_and_plots_the_gripper(
     assert bag.gripper_q.shape[0] > 50
 
 
-def test_demo_default_is_still_the_bundled_reach_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """No --config/--model/--task: the bundled model of the default config, one reach task, as before
-    (lockstep here, to be quick and deterministic)."""
+@needs_render
+def test_demo_default_is_the_prompted_mix_with_the_bundled_multitask_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No --config/--model/--task: config/fr3_hand.yaml's bundled prompted model runs the prompted mix with
+    the gripper (lockstep here, to be quick and deterministic)."""
     from wam_control.config import load_config, preset_path
     from wam_control.demo import DEFAULT_CONFIG, main
     from wam_control.policy import read_contract
 
     model = Path(load_config(preset_path(DEFAULT_CONFIG)).inference.model)
     assert model.is_file(), f"the default config's bundled model {model} is missing"
-    # When DEFAULT_CONFIG switches to a prompted model, this test becomes the mix's: update it then.
-    assert not read_contract(model).has_instruction, "the default model takes a prompt now"
-    if not _render_ok():
-        pytest.skip("no offscreen OpenGL (EGL/OSMesa) for the sim cameras")
-    rc = main(["--clock", "lockstep", "--episodes", "1", "--horizon-s", "0.5", "--no-plots", "--no-surprise",
+    contract = read_contract(model)
+    assert contract.has_instruction and "gripper" in contract.state_names
+    rc = main(["--clock", "lockstep", "--episodes", "1", "--horizon-s", "0.3", "--no-plots", "--no-surprise",
                "--out", str(tmp_path)])  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "prompted mix of reach x1, push x1, pick_place x1" in text and model.name in text
+    assert "per task            reach" in text
+    for i, task in enumerate(("reach", "push", "pick_place")):
+        assert f"episode {i + 1}/3 {task} seed={100000 + i}" in text
+
+
+@needs_render
+def test_demo_with_config_fr3_runs_the_bundled_reach_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--config fr3`: its bundled single-task model, reach only, no prompt and no gripper."""
+    from wam_control.demo import main
+
+    rc = main(["--config", "fr3", "--clock", "lockstep", "--episodes", "1", "--horizon-s", "0.5", "--no-plots",
+               "--no-surprise", "--out", str(tmp_path)])  # fmt: skip
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "wam-control demo: 1 reach episode(s), seeds 100000..100000" in text

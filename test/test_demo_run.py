@@ -34,6 +34,8 @@ def test_demo_realtime_writes_summary_plots_and_bag(
             "1",
             "--horizon-s",
             "1.0",
+            "--config",
+            "fr3",
             "--model",
             str(test_model_path),
             "--out",

@@ -53,10 +53,10 @@ from wam_control.closedloop import (
 )
 
 DEFAULT_OUT = Path("out/demo")
-DEFAULT_CONFIG = "fr3"
+DEFAULT_CONFIG = "fr3_hand"
 """The demo's configuration (preset name or YAML) when --config is not given. Its inference.model is the
-demo's model: with config/fr3.yaml the bundled reach model (5 reach episodes); switch to "fr3_hand" once
-config/fr3_hand.yaml names the prompted multi-task model, and the demo runs `DEFAULT_MIX`."""
+demo's model: config/fr3_hand.yaml's prompted multi-task model with the gripper, so the demo runs
+`DEFAULT_MIX`; `--config fr3` runs the single-task reach model (5 reach episodes)."""
 DEFAULT_MIX = "reach,push,pick_place:2"
 """The tasks (and episodes of each) run by default when the model takes a prompt and has the gripper."""
 TASK_CHOICES = ("reach", "push", "pick_place")
