@@ -194,9 +194,9 @@ if [ "${COMPACT:-0}" = 1 ]; then
     fi
     # From kc15 a third set, reach only (C_REACH_DAGGER episodes, default 40; source dagger_reach_hold,
     # 0.05 of every batch, taken from the reach demonstrations). Its rollouts go on until success has
-    # held 3 s (the evaluation ends at 0.5 s): kc11-kc13 came within 2-4 cm of targets near the arm's
-    # base or in the far top corner (7 of 8 failures in 100 seeds), then drifted off, and DAgger
-    # rollouts that end at success never label the states they drift in.
+    # held 3 s (the evaluation ends at 0.5 s): kc11's 8 async reach failures in 100 seeds were targets
+    # near the arm's base (6) or in the far top corner (2); the students came near them, then drifted
+    # off, and DAgger rollouts that end at success never label the states they drift in.
     if [ "$n" -ge 15 ] && [ "${C_REACH_DAGGER:-40}" -gt 0 ]; then
       [ -f "$WORK/kc${n}_reach_collect/dagger.npz" ] || "$WAM" distill "${PP[@]}" --task reach \
           --steps 1 --batch-size 8 --dagger-source dagger_reach_hold --collect-settle-s 3 --init "$prev_pt" \
