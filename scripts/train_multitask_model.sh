@@ -115,7 +115,7 @@ if [ "${COMPACT:-0}" = 1 ]; then
         --source-share scripted_expert/reach=0.1 --source-share scripted_expert_spread_miss=0.2 \
         --source-share scripted_expert_spread=0.15 --source-share dagger_spread=0.2  # the rest (0.15): plain
   fi
-  # kc3, kc4, ... (C_ITERS, default 4; C_ITERS=15 gives kc15, the student in models/): DAgger from the last student on all three tasks (40 episodes, seeds
+  # kc3, kc4, ... (C_ITERS, default 4; C_ITERS=16 gives kc16, the student in models/): DAgger from the last student on all three tasks (40 episodes, seeds
   # 5300, 5400, ...), pick_place's first 3.5 s also labelled for the other two cubes' prompts (kc2 went to
   # another cube first in 11 of 20 evaluation episodes; such counterfactual labels taught the long chain
   # the colour word), then from it on everything with every DAgger set so far (4000 steps).
